@@ -88,7 +88,9 @@ impl std::str::FromStr for DekId {
 
 /// A DEK id that is not a lowercase hyphenated UUID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("not a DEK id: expected a lowercase hyphenated UUID such as 0193a1c2-7a4e-7c3b-9f10-2b8e5d6a4c21")]
+#[error(
+    "not a DEK id: expected a lowercase hyphenated UUID such as 0193a1c2-7a4e-7c3b-9f10-2b8e5d6a4c21"
+)]
 pub struct InvalidDekId;
 
 /// Key bytes that are not a 32-byte AES-256 key (for example an unwrapped DEK of the wrong size).
@@ -183,6 +185,58 @@ impl DataKey {
 
     pub(crate) fn ring_key(&self) -> &LessSafeKey {
         &self.material.ring
+    }
+
+    /// Raw AES-256-GCM open of `ciphertext || tag` with any nonce and AAD, through the same ring
+    /// key the envelope uses. For AEAD conformance vectors (Wycheproof); records are opened with
+    /// [`crate::envelope::open`].
+    #[doc(hidden)]
+    pub fn aead_open_for_vectors(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        ciphertext_and_tag: &[u8],
+    ) -> Result<Vec<u8>, crate::envelope::OpenError> {
+        let mut buf = ciphertext_and_tag.to_vec();
+        let len = self
+            .ring_key()
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| crate::envelope::OpenError)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Raw AES-256-GCM seal with a caller-chosen nonce, returning `ciphertext || tag`. For AEAD
+    /// conformance vectors only: a nonce must never be used twice with one key.
+    #[doc(hidden)]
+    pub fn aead_seal_for_vectors(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        let mut buf = plaintext.to_vec();
+        match self.ring_key().seal_in_place_separate_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(aad),
+            &mut buf,
+        ) {
+            Ok(tag) => buf.extend_from_slice(tag.as_ref()),
+            Err(_) => buf.clear(),
+        }
+        buf
+    }
+
+    /// A key from raw bytes for conformance vectors and fixtures (the bytes are copied and the
+    /// copy wiped on drop; the caller owns its own buffer).
+    #[doc(hidden)]
+    pub fn from_bytes_for_vectors(id: DekId, bytes: [u8; DEK_LEN]) -> Self {
+        Self::from_raw(id, bytes)
     }
 }
 
@@ -339,7 +393,9 @@ impl ActiveDek {
             limits,
             created: SystemTime::now(),
             // An age that does not fit an Instant is in effect no age limit.
-            deadline: now.checked_add(limits.max_age).unwrap_or(now + Duration::from_secs(1 << 40)),
+            deadline: now
+                .checked_add(limits.max_age)
+                .unwrap_or(now + Duration::from_secs(1 << 40)),
         })
     }
 
@@ -430,7 +486,10 @@ impl fmt::Debug for ActiveDek {
             .field("id", &self.key.id)
             .field("nonces_used", &self.nonces_used())
             .field("bytes_sealed", &self.bytes_sealed())
-            .field("retired", &Retired::from_code(self.retired.load(Ordering::Relaxed)))
+            .field(
+                "retired",
+                &Retired::from_code(self.retired.load(Ordering::Relaxed)),
+            )
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -450,7 +509,11 @@ mod tests {
     fn debug_never_prints_key_bytes() {
         let dek = ActiveDek::generate(DekLimits::default()).unwrap();
         let hex_key = hex::encode(dek.key().secret_bytes());
-        for text in [format!("{dek:?}"), format!("{:?}", dek.key()), format!("{dek:#?}")] {
+        for text in [
+            format!("{dek:?}"),
+            format!("{:?}", dek.key()),
+            format!("{dek:#?}"),
+        ] {
             assert!(!text.contains(&hex_key), "{text}");
             assert!(text.contains(&dek.id().to_string()));
             // no run of the key's bytes in decimal either (as `[u8; 32]` Debug would print)
@@ -543,7 +606,9 @@ mod tests {
         const THREADS: usize = 8;
         const PER_THREAD: usize = 20_000;
         let max = (THREADS * PER_THREAD / 2) as u64;
-        let dek = Arc::new(ActiveDek::generate(limits(max, u64::MAX, Duration::from_secs(3600))).unwrap());
+        let dek = Arc::new(
+            ActiveDek::generate(limits(max, u64::MAX, Duration::from_secs(3600))).unwrap(),
+        );
         let barrier = Arc::new(std::sync::Barrier::new(THREADS));
         let handles: Vec<_> = (0..THREADS)
             .map(|_| {
@@ -569,7 +634,10 @@ mod tests {
                 assert!(all.insert(n), "nonce handed out twice");
             }
         }
-        assert_eq!(total as u64, max, "exactly max_messages reservations succeed");
+        assert_eq!(
+            total as u64, max,
+            "exactly max_messages reservations succeed"
+        );
         assert_eq!(dek.retired(), Some(Retired::Messages));
     }
 

@@ -150,12 +150,19 @@ impl RegistryEntry {
             return Ok(Self::Destroyed(dek));
         };
         let bad = |reason: String| RegistryError::Value { dek, reason };
-        let json: Json = serde_json::from_slice(value).map_err(|e| bad(format!("not the registry JSON object: {e}")))?;
+        let json: Json = serde_json::from_slice(value)
+            .map_err(|e| bad(format!("not the registry JSON object: {e}")))?;
         if json.v != 1 {
-            return Err(bad(format!("\"v\" is {}; this reader knows version 1", json.v)));
+            return Err(bad(format!(
+                "\"v\" is {}; this reader knows version 1",
+                json.v
+            )));
         }
         if json.dek != key_text {
-            return Err(bad(format!("\"dek\" {:?} differs from the record key", json.dek)));
+            return Err(bad(format!(
+                "\"dek\" {:?} differs from the record key",
+                json.dek
+            )));
         }
         if json.suite != SUITE {
             return Err(bad(format!("\"suite\" {:?} is not {SUITE:?}", json.suite)));
@@ -216,7 +223,9 @@ mod tests {
 
     #[test]
     fn decodes_the_envelope_md_example_and_ignores_unknown_fields() {
-        let RegistryEntry::Live(r) = RegistryEntry::decode(Some(KEY), Some(EXAMPLE.as_bytes())).unwrap() else {
+        let RegistryEntry::Live(r) =
+            RegistryEntry::decode(Some(KEY), Some(EXAMPLE.as_bytes())).unwrap()
+        else {
             panic!("expected a live record")
         };
         assert_eq!(r.tenant, "acme");
@@ -229,7 +238,9 @@ mod tests {
 
     #[test]
     fn round_trips_with_optional_fields() {
-        let RegistryEntry::Live(mut r) = RegistryEntry::decode(Some(KEY), Some(EXAMPLE.as_bytes())).unwrap() else {
+        let RegistryEntry::Live(mut r) =
+            RegistryEntry::decode(Some(KEY), Some(EXAMPLE.as_bytes())).unwrap()
+        else {
             panic!()
         };
         r.wrapped_locally = true;
@@ -237,13 +248,22 @@ mod tests {
         let json = r.to_json();
         let text = String::from_utf8(json.clone()).unwrap();
         assert!(text.contains(r#""wrapped_locally":true"#), "{text}");
-        assert!(text.contains(r#""rewrapped":"2026-11-29T19:00:00Z""#), "{text}");
-        assert_eq!(RegistryEntry::decode(Some(&r.key()), Some(&json)).unwrap(), RegistryEntry::Live(r.clone()));
+        assert!(
+            text.contains(r#""rewrapped":"2026-11-29T19:00:00Z""#),
+            "{text}"
+        );
+        assert_eq!(
+            RegistryEntry::decode(Some(&r.key()), Some(&json)).unwrap(),
+            RegistryEntry::Live(r.clone())
+        );
         // the optional fields are omitted when unset
         r.wrapped_locally = false;
         r.rewrapped = None;
         let text = String::from_utf8(r.to_json()).unwrap();
-        assert!(!text.contains("wrapped_locally") && !text.contains("rewrapped"), "{text}");
+        assert!(
+            !text.contains("wrapped_locally") && !text.contains("rewrapped"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -260,10 +280,22 @@ mod tests {
             (EXAMPLE.replace("\"v\": 1", "\"v\": 2"), "knows version 1"),
             (EXAMPLE.replace("AES-256-GCM", "AES-128-GCM"), "suite"),
             (EXAMPLE.replace("RSA-OAEP-256", "RSA1_5"), "alg"),
-            (EXAMPLE.replace("/78deebed173b48e48f55abf87ed4cf71", ""), "kek"),
+            (
+                EXAMPLE.replace("/78deebed173b48e48f55abf87ed4cf71", ""),
+                "kek",
+            ),
             (EXAMPLE.replace("AAEC_-8", "AAEC+/8="), "base64url"),
-            (EXAMPLE.replace("2026-11-29T17:00:00Z", "yesterday"), "RFC 3339"),
-            (EXAMPLE.replace("0193a1c2-7a4e-7c3b-9f10-2b8e5d6a4c21\",\n      \"tenant", "0193a1c2-7a4e-7c3b-9f10-2b8e5d6a4c22\",\n      \"tenant"), "differs"),
+            (
+                EXAMPLE.replace("2026-11-29T17:00:00Z", "yesterday"),
+                "RFC 3339",
+            ),
+            (
+                EXAMPLE.replace(
+                    "0193a1c2-7a4e-7c3b-9f10-2b8e5d6a4c21\",\n      \"tenant",
+                    "0193a1c2-7a4e-7c3b-9f10-2b8e5d6a4c22\",\n      \"tenant",
+                ),
+                "differs",
+            ),
             ("[]".to_owned(), "registry JSON"),
         ];
         for (value, expect) in cases {
@@ -274,6 +306,9 @@ mod tests {
             RegistryEntry::decode(Some(b"nope"), Some(EXAMPLE.as_bytes())),
             Err(RegistryError::Key { .. })
         ));
-        assert!(matches!(RegistryEntry::decode(None, None), Err(RegistryError::Key { .. })));
+        assert!(matches!(
+            RegistryEntry::decode(None, None),
+            Err(RegistryError::Key { .. })
+        ));
     }
 }

@@ -91,7 +91,8 @@ impl FromStr for SourceRef {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Kafka topic names cannot contain '/', so the last two fields are split from the right.
         let mut parts = s.rsplitn(3, '/');
-        let (Some(offset), Some(partition), Some(topic)) = (parts.next(), parts.next(), parts.next())
+        let (Some(offset), Some(partition), Some(topic)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(format!("expected <topic>/<partition>/<offset>, got {s:?}"));
         };
@@ -414,7 +415,10 @@ mod tests {
     use super::*;
 
     fn borrowed<'a>(pairs: &'a [(&'static str, Vec<u8>)]) -> Vec<(&'static str, Option<&'a [u8]>)> {
-        pairs.iter().map(|(n, v)| (*n, Some(v.as_slice()))).collect()
+        pairs
+            .iter()
+            .map(|(n, v)| (*n, Some(v.as_slice())))
+            .collect()
     }
 
     #[test]
@@ -440,7 +444,10 @@ mod tests {
             src: SourceRef::new("t", 0, 0),
         };
         let pairs = h.to_pairs();
-        let missing: Vec<_> = borrowed(&pairs).into_iter().filter(|(n, _)| *n != names::DEK).collect();
+        let missing: Vec<_> = borrowed(&pairs)
+            .into_iter()
+            .filter(|(n, _)| *n != names::DEK)
+            .collect();
         assert_eq!(
             ArchiveHeaders::from_pairs(missing),
             Err(HeaderError::Missing { name: names::DEK })
@@ -455,7 +462,10 @@ mod tests {
         v2[0].1 = Some(b"2");
         assert!(matches!(
             ArchiveHeaders::from_pairs(v2),
-            Err(HeaderError::Invalid { name: names::VERSION, .. })
+            Err(HeaderError::Invalid {
+                name: names::VERSION,
+                ..
+            })
         ));
     }
 

@@ -113,7 +113,9 @@ pub enum SealError {
 
 /// A sealed value could not be opened. Deliberately says nothing about why.
 #[derive(Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("sealed value could not be opened (wrong DEK, tenant or record key, tampered, or not a v1 value)")]
+#[error(
+    "sealed value could not be opened (wrong DEK, tenant or record key, tampered, or not a v1 value)"
+)]
 pub struct OpenError;
 
 impl fmt::Debug for OpenError {
@@ -212,13 +214,18 @@ fn seal_core(
     out.extend_from_slice(&nonce);
     out.extend_from_slice(body);
     let (header, in_out) = out[start..].split_at_mut(HEADER_LEN);
-    let tag = with_aad(header, tenant.as_bytes(), record_key.unwrap_or(&[]), |aad| {
-        key.ring_key().seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad),
-            in_out,
-        )
-    })
+    let tag = with_aad(
+        header,
+        tenant.as_bytes(),
+        record_key.unwrap_or(&[]),
+        |aad| {
+            key.ring_key().seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                in_out,
+            )
+        },
+    )
     .map_err(|_| SealError::PlaintextTooLong { len: body.len() })?;
     out.extend_from_slice(tag.as_ref());
     Ok(out.len() - start)
@@ -293,20 +300,15 @@ pub fn open(
         return Err(OpenError);
     }
     let mut buf = sealed[HEADER_LEN..].to_vec();
-    let plain_len = with_aad(
-        &sealed[..HEADER_LEN],
-        tenant.as_bytes(),
-        key_bytes,
-        |aad| {
-            key.ring_key()
-                .open_in_place(
-                    Nonce::assume_unique_for_key(header.nonce),
-                    Aad::from(aad),
-                    &mut buf,
-                )
-                .map(|p| p.len())
-        },
-    )
+    let plain_len = with_aad(&sealed[..HEADER_LEN], tenant.as_bytes(), key_bytes, |aad| {
+        key.ring_key()
+            .open_in_place(
+                Nonce::assume_unique_for_key(header.nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
+            .map(|p| p.len())
+    })
     .map_err(|_| OpenError)?;
     buf.truncate(plain_len);
     if header.flags & FLAG_ZSTD != 0 {
@@ -429,7 +431,9 @@ pub enum NotV1 {
         looks_like: Option<&'static str>,
     },
     /// Shorter than header plus tag.
-    #[error("{len} bytes is shorter than the 47 bytes every v1 value has (31-byte header, 16-byte tag)")]
+    #[error(
+        "{len} bytes is shorter than the 47 bytes every v1 value has (31-byte header, 16-byte tag)"
+    )]
     TooShort {
         /// Its length.
         len: usize,
@@ -488,7 +492,10 @@ mod tests {
         let mut out = b"prefix".to_vec();
         let s = seal_into(&d, "t", None, b"abc", Compression::off(), &mut out).unwrap();
         assert_eq!(&out[..6], b"prefix");
-        assert_eq!(open(d.key(), "t", None, &out[6..6 + s.len]).unwrap(), b"abc");
+        assert_eq!(
+            open(d.key(), "t", None, &out[6..6 + s.len]).unwrap(),
+            b"abc"
+        );
     }
 
     #[test]
@@ -506,7 +513,10 @@ mod tests {
         let mut out = Vec::new();
         seal_into(&d, &tenant, Some(&key), b"x", Compression::off(), &mut out).unwrap();
         assert_eq!(open(d.key(), &tenant, Some(&key), &out).unwrap(), b"x");
-        assert_eq!(open(d.key(), &tenant, Some(&key[1..]), &out), Err(OpenError));
+        assert_eq!(
+            open(d.key(), &tenant, Some(&key[1..]), &out),
+            Err(OpenError)
+        );
     }
 
     #[test]
@@ -520,16 +530,34 @@ mod tests {
     #[test]
     fn compression_sets_the_flag_and_round_trips() {
         let d = dek();
-        let text = br#"{"tenant_id":"acme","body":"hello hello hello hello hello hello hello hello"}"#.repeat(20);
+        let text =
+            br#"{"tenant_id":"acme","body":"hello hello hello hello hello hello hello hello"}"#
+                .repeat(20);
         let mut out = Vec::new();
-        let s = seal_into(&d, "acme", None, &text, Compression::at_least(100, 3), &mut out).unwrap();
+        let s = seal_into(
+            &d,
+            "acme",
+            None,
+            &text,
+            Compression::at_least(100, 3),
+            &mut out,
+        )
+        .unwrap();
         assert!(s.compressed);
         assert!(out.len() < text.len());
         assert_eq!(out[2], FLAG_ZSTD);
         assert_eq!(open(d.key(), "acme", None, &out).unwrap(), text);
         // below the threshold: not compressed
         let mut small = Vec::new();
-        let s = seal_into(&d, "acme", None, &text[..50], Compression::at_least(100, 3), &mut small).unwrap();
+        let s = seal_into(
+            &d,
+            "acme",
+            None,
+            &text[..50],
+            Compression::at_least(100, 3),
+            &mut small,
+        )
+        .unwrap();
         assert!(!s.compressed);
         assert_eq!(small[2], 0);
     }
@@ -551,11 +579,13 @@ mod tests {
         let mut one = zstd::bulk::compress(b"aaaaaaaaaaaaaaaa", 3).unwrap();
         let two = [one.clone(), one.clone()].concat();
         let mut out = Vec::new();
-        seal_with_nonce_for_vectors(d.key(), [0; 12], FLAG_ZSTD, "a", None, &two, &mut out).unwrap();
+        seal_with_nonce_for_vectors(d.key(), [0; 12], FLAG_ZSTD, "a", None, &two, &mut out)
+            .unwrap();
         assert_eq!(open(d.key(), "a", None, &out), Err(OpenError));
         one.truncate(one.len() - 1);
         out.clear();
-        seal_with_nonce_for_vectors(d.key(), [1; 12], FLAG_ZSTD, "a", None, &one, &mut out).unwrap();
+        seal_with_nonce_for_vectors(d.key(), [1; 12], FLAG_ZSTD, "a", None, &one, &mut out)
+            .unwrap();
         assert_eq!(open(d.key(), "a", None, &out), Err(OpenError));
     }
 
@@ -575,7 +605,15 @@ mod tests {
         let d = dek();
         let other = dek();
         let mut out = Vec::new();
-        seal_into(&d, "acme", Some(b"k"), b"secret", Compression::off(), &mut out).unwrap();
+        seal_into(
+            &d,
+            "acme",
+            Some(b"k"),
+            b"secret",
+            Compression::off(),
+            &mut out,
+        )
+        .unwrap();
         let mut bad_version = out.clone();
         bad_version[0] = 2;
         let mut bad_flags = out.clone();
@@ -617,7 +655,10 @@ mod tests {
 
     #[test]
     fn a_retired_dek_refuses_to_seal() {
-        let d = ActiveDek::generate(DekLimits::new(1, 1 << 20, std::time::Duration::from_secs(60)).unwrap()).unwrap();
+        let d = ActiveDek::generate(
+            DekLimits::new(1, 1 << 20, std::time::Duration::from_secs(60)).unwrap(),
+        )
+        .unwrap();
         seal_into(&d, "a", None, b"1", Compression::off(), &mut Vec::new()).unwrap();
         let err = seal_into(&d, "a", None, b"2", Compression::off(), &mut Vec::new()).unwrap_err();
         assert_eq!(err, SealError::Retired(Retired::Messages));

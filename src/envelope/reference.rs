@@ -15,7 +15,11 @@ fn aad(head: &[u8], tenant: &str, record_key: Option<&[u8]>) -> Vec<u8> {
     let key = record_key.unwrap_or_default();
     let mut aad = Vec::with_capacity(head.len() + 6 + tenant.len() + key.len());
     aad.extend_from_slice(head);
-    aad.extend_from_slice(&u16::try_from(tenant.len()).unwrap_or(u16::MAX).to_be_bytes());
+    aad.extend_from_slice(
+        &u16::try_from(tenant.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
     aad.extend_from_slice(tenant.as_bytes());
     aad.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
     aad.extend_from_slice(key);

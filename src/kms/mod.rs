@@ -20,7 +20,9 @@ pub struct KekId {
 
 /// A `kek` that is not a versioned Key Vault key identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{text:?} is not a versioned Key Vault key id ({reason}); expected https://<vault>.vault.azure.net/keys/<name>/<version>")]
+#[error(
+    "{text:?} is not a versioned Key Vault key id ({reason}); expected https://<vault>.vault.azure.net/keys/<name>/<version>"
+)]
 pub struct InvalidKekId {
     text: String,
     reason: &'static str,
@@ -58,7 +60,9 @@ impl KekId {
         if version.is_empty() || !version.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(bad("no key version"));
         }
-        let path_start = text.find(path).ok_or_else(|| bad("path is not in canonical form"))?;
+        let path_start = text
+            .find(path)
+            .ok_or_else(|| bad("path is not in canonical form"))?;
         let version_end = path_start + path.len();
         let version_start = version_end - version.len();
         let name_end = version_start - 1;

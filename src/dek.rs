@@ -450,11 +450,15 @@ impl ActiveDek {
             .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Reserves a unique nonce for sealing `len` plaintext bytes, or says why the DEK is retired.
+    /// Reserves nonces for up to `records` records of `bytes` plaintext bytes in all, with one
+    /// clock read and two atomic operations whatever the count: the worker reserves once per
+    /// tenant group of a batch, so sealing a record costs no shared-memory traffic.
     ///
-    /// Every call that passes the first check consumes a counter value, whether or not it is then
-    /// refused, so a nonce is never handed out twice, whatever the interleaving of threads.
-    pub(crate) fn reserve_nonce(&self, len: usize) -> Result<[u8; NONCE_LEN], Retired> {
+    /// The block may hold fewer nonces than asked for when the DEK reaches `max_messages`; seal
+    /// what it holds and take a new DEK for the rest. `bytes` is charged in full against
+    /// `max_bytes` (so a DEK may retire a little early, never late). Nonces of a block that are
+    /// not used are never handed out again.
+    pub fn reserve(&self, records: u64, bytes: u64) -> Result<NonceBlock<'_>, Retired> {
         if let Some(r) = Retired::from_code(self.retired.load(Ordering::Acquire)) {
             return Err(r);
         }
@@ -462,21 +466,89 @@ impl ActiveDek {
             self.retire(Retired::Age);
             return Err(Retired::Age);
         }
-        let counter = self.next_counter.fetch_add(1, Ordering::Relaxed);
-        if counter >= self.limits.max_messages {
+        let records = records.max(1);
+        let start = self.next_counter.fetch_add(records, Ordering::Relaxed);
+        if start >= self.limits.max_messages {
             self.retire(Retired::Messages);
             return Err(Retired::Messages);
         }
-        let len = len as u64;
-        let before = self.sealed_bytes.fetch_add(len, Ordering::Relaxed);
-        if before.saturating_add(len) > self.limits.max_bytes {
+        let end = start
+            .saturating_add(records)
+            .min(self.limits.max_messages);
+        if end == self.limits.max_messages {
+            // This block takes the last nonces: nothing may be reserved after it.
+            self.retire(Retired::Messages);
+        }
+        let before = self.sealed_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.limits.max_bytes {
             self.retire(Retired::Bytes);
             return Err(Retired::Bytes);
         }
+        Ok(NonceBlock {
+            dek: self,
+            next: start,
+            end,
+            bytes_left: bytes,
+        })
+    }
+
+    /// Reserves one nonce for `len` plaintext bytes.
+    #[cfg(test)]
+    fn reserve_nonce(&self, len: usize) -> Result<[u8; NONCE_LEN], Retired> {
+        let mut block = self.reserve(1, len as u64)?;
+        block.take(len).ok_or(Retired::Messages)
+    }
+
+    fn nonce(&self, counter: u64) -> [u8; NONCE_LEN] {
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..NONCE_PREFIX_LEN].copy_from_slice(&self.nonce_prefix);
         nonce[NONCE_PREFIX_LEN..].copy_from_slice(&counter.to_be_bytes());
-        Ok(nonce)
+        nonce
+    }
+}
+
+/// Nonces reserved from one [`ActiveDek`] by [`ActiveDek::reserve`]: a range of its counter that
+/// no other block holds, and the plaintext bytes they may seal.
+pub struct NonceBlock<'a> {
+    dek: &'a ActiveDek,
+    next: u64,
+    end: u64,
+    bytes_left: u64,
+}
+
+impl NonceBlock<'_> {
+    /// The DEK the nonces belong to.
+    pub fn dek(&self) -> &ActiveDek {
+        self.dek
+    }
+
+    /// Nonces left.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.next
+    }
+
+    /// Takes the next nonce for a record of `len` plaintext bytes, or `None` when the block has
+    /// no nonce or not enough reserved bytes left.
+    #[inline]
+    pub(crate) fn take(&mut self, len: usize) -> Option<[u8; NONCE_LEN]> {
+        let len = len as u64;
+        if self.next >= self.end || len > self.bytes_left {
+            return None;
+        }
+        self.bytes_left -= len;
+        let n = self.dek.nonce(self.next);
+        self.next += 1;
+        Some(n)
+    }
+}
+
+impl fmt::Debug for NonceBlock<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NonceBlock")
+            .field("dek", &self.dek.id())
+            .field("remaining", &self.remaining())
+            .field("bytes_left", &self.bytes_left)
+            .finish()
     }
 }
 
@@ -591,6 +663,35 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(dek.reserve_nonce(1), Err(Retired::Age));
         assert_eq!(dek.retired(), Some(Retired::Age));
+    }
+
+    #[test]
+    fn blocks_are_disjoint_and_partial_at_the_limit() {
+        let dek = ActiveDek::generate(limits(10, 1000, Duration::from_secs(3600))).unwrap();
+        let mut a = dek.reserve(4, 40).unwrap();
+        let mut b = dek.reserve(4, 40).unwrap();
+        let mut c = dek.reserve(4, 40).unwrap(); // only 2 left under max_messages
+        assert_eq!((a.remaining(), b.remaining(), c.remaining()), (4, 4, 2));
+        assert_eq!(dek.retired(), Some(Retired::Messages));
+        assert!(dek.reserve(1, 1).is_err());
+        let mut seen = HashSet::new();
+        for block in [&mut a, &mut b, &mut c] {
+            while let Some(n) = block.take(10) {
+                assert!(seen.insert(n));
+            }
+        }
+        assert_eq!(seen.len(), 10);
+    }
+
+    #[test]
+    fn a_block_refuses_more_bytes_than_reserved() {
+        let dek = ActiveDek::generate(DekLimits::default()).unwrap();
+        let mut block = dek.reserve(3, 100).unwrap();
+        assert!(block.take(60).is_some());
+        assert!(block.take(41).is_none());
+        assert!(block.take(40).is_some());
+        assert!(block.take(0).is_some());
+        assert!(block.take(0).is_none());
     }
 
     #[test]

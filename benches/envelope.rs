@@ -35,7 +35,8 @@ const HEADER_AAD_LEN: usize = 31 + 2 + TENANT.len() + 4 + KEY.len();
 
 fn dek() -> ActiveDek {
     // Limits far beyond what a bench run seals, so the DEK never retires mid-measurement.
-    let limits = DekLimits::new(MAX_MESSAGES_CEILING, u64::MAX, Duration::from_secs(1 << 30)).unwrap();
+    let limits =
+        DekLimits::new(MAX_MESSAGES_CEILING, u64::MAX, Duration::from_secs(1 << 30)).unwrap();
     ActiveDek::generate(limits).unwrap()
 }
 
@@ -58,9 +59,13 @@ fn seal(c: &mut Criterion) {
                 let mut n = [0u8; 12];
                 n[4..].copy_from_slice(&counter.to_be_bytes());
                 let tag = raw_key
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::empty(), &mut buf)
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::empty(),
+                        &mut buf,
+                    )
                     .unwrap();
-                black_box(tag);
+                black_box(&tag);
             })
         });
 
@@ -75,25 +80,37 @@ fn seal(c: &mut Criterion) {
                 let mut n = [0u8; 12];
                 n[4..].copy_from_slice(&counter.to_be_bytes());
                 let tag = raw_key
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&aad[..]), &mut buf)
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&aad[..]),
+                        &mut buf,
+                    )
                     .unwrap();
-                black_box(tag);
+                black_box(&tag);
             })
         });
         let mut copy = Vec::with_capacity(size + 64);
-        g.bench_with_input(BenchmarkId::new("raw-ring-aad-copy", size), &size, |b, _| {
-            b.iter(|| {
-                counter += 1;
-                let mut n = [0u8; 12];
-                n[4..].copy_from_slice(&counter.to_be_bytes());
-                copy.clear();
-                copy.extend_from_slice(black_box(&pt));
-                let tag = raw_key
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&aad[..]), &mut copy)
-                    .unwrap();
-                black_box(tag);
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("raw-ring-aad-copy", size),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    counter += 1;
+                    let mut n = [0u8; 12];
+                    n[4..].copy_from_slice(&counter.to_be_bytes());
+                    copy.clear();
+                    copy.extend_from_slice(black_box(&pt));
+                    let tag = raw_key
+                        .seal_in_place_separate_tag(
+                            Nonce::assume_unique_for_key(n),
+                            Aad::from(&aad[..]),
+                            &mut copy,
+                        )
+                        .unwrap();
+                    black_box(&tag);
+                })
+            },
+        );
 
         let d = dek();
         let mut block = d.reserve(BLOCK, BLOCK * size as u64).unwrap();
@@ -104,7 +121,15 @@ fn seal(c: &mut Criterion) {
                     block = d.reserve(BLOCK, BLOCK * size as u64).unwrap();
                 }
                 out.clear();
-                envelope::seal_next(&mut block, TENANT, Some(KEY), black_box(&pt), Compression::off(), &mut out).unwrap();
+                envelope::seal_next(
+                    &mut block,
+                    TENANT,
+                    Some(KEY),
+                    black_box(&pt),
+                    Compression::off(),
+                    &mut out,
+                )
+                .unwrap();
                 black_box(&out);
             })
         });
@@ -116,7 +141,15 @@ fn seal(c: &mut Criterion) {
                     block = d.reserve(BLOCK, BLOCK * size as u64).unwrap();
                 }
                 let mut out = Vec::new();
-                envelope::seal_next(&mut block, TENANT, Some(KEY), black_box(&pt), Compression::off(), &mut out).unwrap();
+                envelope::seal_next(
+                    &mut block,
+                    TENANT,
+                    Some(KEY),
+                    black_box(&pt),
+                    Compression::off(),
+                    &mut out,
+                )
+                .unwrap();
                 black_box(out)
             })
         });
@@ -125,7 +158,15 @@ fn seal(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("one", size), &size, |b, _| {
             b.iter(|| {
                 out.clear();
-                envelope::seal_into(&d, TENANT, Some(KEY), black_box(&pt), Compression::off(), &mut out).unwrap();
+                envelope::seal_into(
+                    &d,
+                    TENANT,
+                    Some(KEY),
+                    black_box(&pt),
+                    Compression::off(),
+                    &mut out,
+                )
+                .unwrap();
                 black_box(&out);
             })
         });
@@ -137,7 +178,15 @@ fn seal(c: &mut Criterion) {
                 counter += 1;
                 let mut n = [0u8; 12];
                 n[4..].copy_from_slice(&counter.to_be_bytes());
-                black_box(reference::seal(&key, d.id(), n, 0, TENANT, Some(KEY), black_box(&pt)))
+                black_box(reference::seal(
+                    &key,
+                    d.id(),
+                    n,
+                    0,
+                    TENANT,
+                    Some(KEY),
+                    black_box(&pt),
+                ))
             })
         });
     }
@@ -149,14 +198,26 @@ fn open(c: &mut Criterion) {
     for size in SIZES {
         let d = dek();
         let mut sealed = Vec::new();
-        envelope::seal_into(&d, TENANT, Some(KEY), &plaintext(size), Compression::off(), &mut sealed).unwrap();
+        envelope::seal_into(
+            &d,
+            TENANT,
+            Some(KEY),
+            &plaintext(size),
+            Compression::off(),
+            &mut sealed,
+        )
+        .unwrap();
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
-            b.iter(|| black_box(envelope::open(d.key(), TENANT, Some(KEY), black_box(&sealed)).unwrap()))
+            b.iter(|| {
+                black_box(envelope::open(d.key(), TENANT, Some(KEY), black_box(&sealed)).unwrap())
+            })
         });
         let key = *d.key().secret_bytes();
         g.bench_with_input(BenchmarkId::new("aes-gcm", size), &size, |b, _| {
-            b.iter(|| black_box(reference::open(&key, TENANT, Some(KEY), black_box(&sealed)).unwrap()))
+            b.iter(|| {
+                black_box(reference::open(&key, TENANT, Some(KEY), black_box(&sealed)).unwrap())
+            })
         });
     }
     g.finish();
@@ -165,12 +226,24 @@ fn open(c: &mut Criterion) {
     for size in SIZES {
         let d = dek();
         let mut sealed = Vec::new();
-        envelope::seal_into(&d, TENANT, Some(KEY), &plaintext(size), Compression::off(), &mut sealed).unwrap();
+        envelope::seal_into(
+            &d,
+            TENANT,
+            Some(KEY),
+            &plaintext(size),
+            Compression::off(),
+            &mut sealed,
+        )
+        .unwrap();
         let last = sealed.len() - 1;
         sealed[last] ^= 0x01;
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
-            b.iter(|| black_box(envelope::open(d.key(), TENANT, Some(KEY), black_box(&sealed)).unwrap_err()))
+            b.iter(|| {
+                black_box(
+                    envelope::open(d.key(), TENANT, Some(KEY), black_box(&sealed)).unwrap_err(),
+                )
+            })
         });
     }
     g.finish();

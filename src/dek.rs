@@ -472,9 +472,7 @@ impl ActiveDek {
             self.retire(Retired::Messages);
             return Err(Retired::Messages);
         }
-        let end = start
-            .saturating_add(records)
-            .min(self.limits.max_messages);
+        let end = start.saturating_add(records).min(self.limits.max_messages);
         if end == self.limits.max_messages {
             // This block takes the last nonces: nothing may be reserved after it.
             self.retire(Retired::Messages);

@@ -172,7 +172,15 @@ pub fn seal_next(
         None => (plaintext, 0),
     };
     let nonce = block.take(body.len()).ok_or(SealError::BlockUsedUp)?;
-    let len = seal_core(block.dek().key(), nonce, flags, tenant, record_key, body, out)?;
+    let len = seal_core(
+        block.dek().key(),
+        nonce,
+        flags,
+        tenant,
+        record_key,
+        body,
+        out,
+    )?;
     Ok(Sealed {
         len,
         compressed: flags != 0,

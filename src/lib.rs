@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod dek;
+pub mod emulator;
 pub mod envelope;
 pub mod inspect;
 pub mod kms;

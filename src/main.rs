@@ -23,6 +23,7 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    VaultEmulator(EmulatorArgs),
     /// Show the header of a sealed value (version, suite, flags, DEK id, nonce, sizes), or why
     /// the bytes are not a v1 sealed value. Needs no key.
     Inspect {
@@ -35,6 +36,111 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Run a local Azure Key Vault (keys API) + Entra ID token endpoint over HTTPS that Microsoft's
+/// SDKs use unchanged, with real RSA keys, RBAC, key states, soft delete and throttling.
+///
+/// Vaults are reached as https://<vault>.vault.azure.net:<port> (resolve the host to 127.0.0.1),
+/// https://<vault>.privatelink.vaultcore.azure.net:<port>, or https://127.0.0.1:<port>/vaults/<vault>;
+/// the Entra ID authority host is https://127.0.0.1:<port>. Trust the CA written by --ca-out.
+/// The admin API (/_admin, see docs/vault-emulator.md and `byok vault-emulator admin --help`)
+/// changes keys, roles and credentials the way a tenant would, and injects faults.
+#[derive(Debug, clap::Args)]
+struct EmulatorArgs {
+    #[command(subcommand)]
+    command: Option<EmulatorCommand>,
+    /// Seed file declaring tenants, apps, vaults, keys and roles (see config/emulator.example.toml).
+    #[arg(long)]
+    seed: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: std::net::SocketAddr,
+    /// State file: loaded instead of the seed when it exists, rewritten after every change, so
+    /// a restart keeps keys, apps, roles and the CA.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Write the CA certificate (PEM) here; clients trust it.
+    #[arg(long)]
+    ca_out: Option<PathBuf>,
+    /// Lifetime of issued access tokens.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    token_lifetime: std::time::Duration,
+    /// Environment variable holding a token the admin API then requires (Bearer).
+    #[arg(long)]
+    admin_token_env: Option<String>,
+    /// Extra host name for the server certificate (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum EmulatorCommand {
+    /// Change a running emulator the way a tenant would, or inject faults.
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The emulator's base URL.
+    #[arg(long, default_value = "https://127.0.0.1:8443")]
+    url: String,
+    /// The emulator's CA certificate (PEM), as written by --ca-out.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Environment variable holding the admin token, if the emulator requires one.
+    #[arg(long)]
+    admin_token_env: Option<String>,
+    #[command(subcommand)]
+    action: AdminAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Print the state (no secrets, no private keys) as JSON.
+    State,
+    /// Disable a key (every version) or one version.
+    DisableKey { vault: String, key: String, #[arg(long)] version: Option<String> },
+    /// Enable a key (every version) or one version.
+    EnableKey { vault: String, key: String, #[arg(long)] version: Option<String> },
+    /// Soft-delete a key.
+    DeleteKey { vault: String, key: String },
+    /// Recover a soft-deleted key.
+    RecoverKey { vault: String, key: String },
+    /// Purge a soft-deleted key (refused under purge protection unless --force).
+    PurgeKey { vault: String, key: String, #[arg(long)] force: bool },
+    /// Add a new version to a key.
+    RotateKey { vault: String, key: String },
+    /// Set nbf/exp (Unix seconds; "none" clears) of a key version (latest by default).
+    UpdateKey {
+        vault: String,
+        key: String,
+        #[arg(long)] version: Option<String>,
+        #[arg(long)] nbf: Option<String>,
+        #[arg(long)] exp: Option<String>,
+    },
+    /// Assign a role (byok, "Key Vault Crypto User", "Key Vault Administrator", ...) to an app.
+    AddRole { vault: String, app: String, role: String },
+    /// Remove an app's role assignments on a vault (all, or --role).
+    RemoveRole { vault: String, app: String, #[arg(long)] role: Option<String> },
+    /// Add a client secret to an app registration (value from an environment variable).
+    AddSecret { tenant: String, app: String, #[arg(long)] value_env: String },
+    /// Remove every client secret of an app registration.
+    RemoveSecrets { tenant: String, app: String },
+    /// Upload a certificate (PEM or DER file) to an app registration.
+    UploadCert { tenant: String, app: String, file: PathBuf },
+    /// Remove a certificate from an app registration by thumbprint (SHA-1 or SHA-256 hex).
+    RemoveCert { tenant: String, app: String, thumbprint: String },
+    /// Inject faults into a vault (or "*" for all vaults, "entra" for the token endpoint).
+    Fault {
+        #[arg(long, default_value = "*")] target: String,
+        #[arg(long, default_value_t = 0)] latency_ms: u64,
+        #[arg(long, default_value_t = 0.0)] error_rate: f64,
+        #[arg(long, default_value_t = 0.0)] drop_rate: f64,
+        #[arg(long, default_value_t = 0)] outage_seconds: u64,
+    },
+    /// Clear every fault.
+    ClearFaults,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +160,127 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
         Command::Inspect { file, hex, json } => inspect(file, hex, json),
+        Command::VaultEmulator(args) => runtime().and_then(|rt| rt.block_on(vault_emulator(args))).unwrap_or_else(|e| fail(&e)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn vault_emulator(args: EmulatorArgs) -> Result<ExitCode, String> {
+    if let Some(EmulatorCommand::Admin(a)) = args.command {
+        return emulator_admin(a).await;
+    }
+    init_logs();
+    let admin_token = match &args.admin_token_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| format!("--admin-token-env {var}: the variable is not set"))?),
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let running = byok::emulator::start(byok::emulator::Options {
+        listen: args.listen,
+        seed: args.seed.clone(),
+        state: args.state.clone(),
+        ca_out: args.ca_out.clone(),
+        token_lifetime: args.token_lifetime,
+        admin_token,
+        hosts: args.hosts.clone(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "vault emulator ready in {} ms on https://{}\n  Entra ID authority host: {}\n  vaults: https://<vault>.vault.azure.net:{} (resolve to 127.0.0.1) or {}/vaults/<vault>\n  CA: {}",
+        started.elapsed().as_millis(),
+        running.addr,
+        running.authority(),
+        running.addr.port(),
+        running.authority(),
+        args.ca_out.as_ref().map_or_else(|| "not written (pass --ca-out FILE)".to_owned(), |p| p.display().to_string()),
+    );
+    let stop = running.stopper();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop.send(true);
+    });
+    running.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn emulator_admin(a: AdminArgs) -> Result<ExitCode, String> {
+    use byok::emulator::client::AdminClient;
+    use serde_json::json;
+    let ca = std::fs::read_to_string(&a.ca).map_err(|e| format!("--ca {}: {e}", a.ca.display()))?;
+    let token = match &a.admin_token_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| format!("--admin-token-env {var}: the variable is not set"))?),
+        None => None,
+    };
+    let c = AdminClient::new(&a.url, &ca, token).map_err(|e| e.to_string())?;
+    let time_arg = |v: Option<String>| -> Result<Option<serde_json::Value>, String> {
+        match v.as_deref() {
+            None => Ok(None),
+            Some("none") => Ok(Some(serde_json::Value::Null)),
+            Some(t) => t.parse::<i64>().map(|n| Some(json!(n))).map_err(|_| format!("{t:?} is not Unix seconds or \"none\"")),
+        }
+    };
+    let r = match a.action {
+        AdminAction::State => c.state().await,
+        AdminAction::DisableKey { vault, key, version } => c.set_key_enabled(&vault, &key, version.as_deref(), false).await,
+        AdminAction::EnableKey { vault, key, version } => c.set_key_enabled(&vault, &key, version.as_deref(), true).await,
+        AdminAction::DeleteKey { vault, key } => c.key_action(&vault, &key, "delete", None).await,
+        AdminAction::RecoverKey { vault, key } => c.key_action(&vault, &key, "recover", None).await,
+        AdminAction::PurgeKey { vault, key, force } => c.key_action(&vault, &key, "purge", Some(json!({"force": force}))).await,
+        AdminAction::RotateKey { vault, key } => c.key_action(&vault, &key, "rotate", None).await,
+        AdminAction::UpdateKey { vault, key, version, nbf, exp } => {
+            let mut body = serde_json::Map::new();
+            if let Some(v) = time_arg(nbf)? {
+                body.insert("nbf".into(), v);
+            }
+            if let Some(v) = time_arg(exp)? {
+                body.insert("exp".into(), v);
+            }
+            let path = match version {
+                Some(v) => format!("vaults/{vault}/keys/{key}/update?version={v}"),
+                None => format!("vaults/{vault}/keys/{key}/update"),
+            };
+            c.call(reqwest::Method::POST, &path, Some(body.into())).await
+        }
+        AdminAction::AddRole { vault, app, role } => c.add_role(&vault, &app, &role).await,
+        AdminAction::RemoveRole { vault, app, role } => c.remove_role(&vault, &app, role.as_deref()).await,
+        AdminAction::AddSecret { tenant, app, value_env } => {
+            let v = std::env::var(&value_env).map_err(|_| format!("--value-env {value_env}: the variable is not set"))?;
+            c.add_secret(&tenant, &app, &v).await
+        }
+        AdminAction::RemoveSecrets { tenant, app } => c.remove_secrets(&tenant, &app, None).await,
+        AdminAction::UploadCert { tenant, app, file } => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            c.upload_certificate(&tenant, &app, bytes).await
+        }
+        AdminAction::RemoveCert { tenant, app, thumbprint } => c.remove_certificate(&tenant, &app, &thumbprint).await,
+        AdminAction::Fault { target, latency_ms, error_rate, drop_rate, outage_seconds } => {
+            c.set_fault(json!({"target": target, "latency_ms": latency_ms, "error_rate": error_rate, "drop_rate": drop_rate, "outage_seconds": outage_seconds})).await
+        }
+        AdminAction::ClearFaults => c.clear_faults().await,
+    };
+    let v = r.map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(file: &std::path::Path) -> ExitCode {

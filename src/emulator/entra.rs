@@ -18,6 +18,17 @@ use super::{Reply, Req, Shared};
 
 /// The resource a vault token is for.
 pub(super) const VAULT_RESOURCE: &str = "https://vault.azure.net";
+
+/// The resource the vaults' 401 challenge names. On a port other than 443 it carries the port,
+/// so that SDKs comparing the challenge resource with the vault's host and port (Python's does)
+/// accept `https://<vault>.vault.azure.net:<port>`; on 443 it is Key Vault's own.
+pub(super) fn vault_resource(port: u16) -> String {
+    if port == 443 {
+        VAULT_RESOURCE.to_owned()
+    } else {
+        format!("{VAULT_RESOURCE}:{port}")
+    }
+}
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Clock skew tolerated on assertions, seconds.
 const SKEW: i64 = 300;
@@ -123,10 +134,14 @@ fn token(shared: &Shared, req: &Req, tenant: &str) -> Reply {
         return aad_error(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant."));
     };
     let scope = get("scope");
-    let resource = scope.split(' ').find_map(|s| s.strip_suffix("/.default"));
-    if resource.map(|r| r.trim_end_matches('/')) != Some(VAULT_RESOURCE) {
-        return aad_error(StatusCode::BAD_REQUEST, "invalid_scope", 1002012, &format!("The provided value for scope {scope} is not valid. This emulator issues tokens for https://vault.azure.net/.default."));
-    }
+    let resource = scope
+        .split(' ')
+        .find_map(|s| s.strip_suffix("/.default"))
+        .map(|r| r.trim_end_matches('/').to_owned());
+    let own = vault_resource(shared.port);
+    let Some(resource) = resource.filter(|r| r == VAULT_RESOURCE || *r == own) else {
+        return aad_error(StatusCode::BAD_REQUEST, "invalid_scope", 1002012, &format!("The provided value for scope {scope} is not valid. This emulator issues tokens for {own}/.default."));
+    };
 
     if !get("client_secret").is_empty() {
         let given = get("client_secret").as_bytes();
@@ -157,7 +172,7 @@ fn token(shared: &Shared, req: &Req, tenant: &str) -> Reply {
     let lifetime = shared.token_lifetime.as_secs() as i64;
     let now = now_secs();
     let claims = json!({
-        "aud": VAULT_RESOURCE,
+        "aud": resource,
         "iss": format!("https://sts.windows.net/{tenant}/"),
         "iat": now, "nbf": now, "exp": now + lifetime,
         "appid": client_id, "oid": client_id, "sub": client_id, "tid": tenant,
@@ -271,7 +286,7 @@ pub(super) struct TokenClaims {
 }
 
 /// Why a token was refused (the vault answers 401 with its challenge).
-pub(super) fn verify(key: &[u8], token: &str) -> Result<TokenClaims, &'static str> {
+pub(super) fn verify(key: &[u8], port: u16, token: &str) -> Result<TokenClaims, &'static str> {
     let parts: Vec<&str> = token.split('.').collect();
     let [h, p, s] = parts.as_slice() else {
         return Err("AKV10000: Request is missing a Bearer or PoP token.");
@@ -282,7 +297,8 @@ pub(super) fn verify(key: &[u8], token: &str) -> Result<TokenClaims, &'static st
     mac.verify_slice(&sig)
         .map_err(|_| "AKV10016: Bearer token signature is not valid.")?;
     let claims = b64url_json(p).ok_or("AKV10000: Request is missing a Bearer or PoP token.")?;
-    if claims["aud"].as_str() != Some(VAULT_RESOURCE) {
+    let aud = claims["aud"].as_str().unwrap_or_default();
+    if aud != VAULT_RESOURCE && aud != vault_resource(port) {
         return Err("AKV10022: Invalid audience.");
     }
     if claims["exp"].as_i64().unwrap_or(0) <= now_secs() {

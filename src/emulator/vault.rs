@@ -96,7 +96,7 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
     let challenge = format!(
         "Bearer authorization=\"https://127.0.0.1:{}/{tenant}\", resource=\"{}\"",
         shared.port,
-        entra::VAULT_RESOURCE
+        entra::vault_resource(shared.port)
     );
     let unauthorized = |msg: &str| {
         kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", None, msg)
@@ -108,7 +108,7 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
     let Some(token) = token else {
         return unauthorized("AKV10000: Request is missing a Bearer or PoP token.");
     };
-    let claims = match entra::verify(&shared.token_key, token) {
+    let claims = match entra::verify(&shared.token_key, shared.port, token) {
         Ok(c) => c,
         Err(msg) => return unauthorized(msg),
     };

@@ -140,16 +140,18 @@ pub mod emu {
         b.build().unwrap()
     }
 
-    /// The HTTP status and Key Vault error codes of an SDK error.
+    /// The HTTP status, `error.code` and `error.innererror.code` of an SDK error, read from the
+    /// raw body: azure_core's own `error_code` falls back to the status number whenever the
+    /// message holds a JSON escape (Key Vault's RBAC message holds `\r\n`).
     pub fn error_codes(err: &azure_core::Error) -> (u16, String, String) {
         match err.kind() {
-            azure_core::error::ErrorKind::HttpResponse { status, error_code, raw_response } => {
-                let inner = raw_response
+            azure_core::error::ErrorKind::HttpResponse { status, raw_response, .. } => {
+                let body = raw_response
                     .as_ref()
                     .and_then(|r| serde_json::from_slice::<serde_json::Value>(r.body()).ok())
-                    .and_then(|v| v["error"]["innererror"]["code"].as_str().map(str::to_owned))
                     .unwrap_or_default();
-                (u16::from(*status), error_code.clone().unwrap_or_default(), inner)
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                (u16::from(*status), s(&body["error"]["code"]), s(&body["error"]["innererror"]["code"]))
             }
             other => (0, format!("{other:?}"), String::new()),
         }

@@ -23,7 +23,7 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    VaultEmulator(EmulatorArgs),
+    VaultEmulator(Box<EmulatorArgs>),
     /// Show the header of a sealed value (version, suite, flags, DEK id, nonce, sizes), or why
     /// the bytes are not a v1 sealed value. Needs no key.
     Inspect {
@@ -100,44 +100,89 @@ enum AdminAction {
     /// Print the state (no secrets, no private keys) as JSON.
     State,
     /// Disable a key (every version) or one version.
-    DisableKey { vault: String, key: String, #[arg(long)] version: Option<String> },
+    DisableKey {
+        vault: String,
+        key: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Enable a key (every version) or one version.
-    EnableKey { vault: String, key: String, #[arg(long)] version: Option<String> },
+    EnableKey {
+        vault: String,
+        key: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Soft-delete a key.
     DeleteKey { vault: String, key: String },
     /// Recover a soft-deleted key.
     RecoverKey { vault: String, key: String },
     /// Purge a soft-deleted key (refused under purge protection unless --force).
-    PurgeKey { vault: String, key: String, #[arg(long)] force: bool },
+    PurgeKey {
+        vault: String,
+        key: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Add a new version to a key.
     RotateKey { vault: String, key: String },
     /// Set nbf/exp (Unix seconds; "none" clears) of a key version (latest by default).
     UpdateKey {
         vault: String,
         key: String,
-        #[arg(long)] version: Option<String>,
-        #[arg(long)] nbf: Option<String>,
-        #[arg(long)] exp: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        nbf: Option<String>,
+        #[arg(long)]
+        exp: Option<String>,
     },
     /// Assign a role (byok, "Key Vault Crypto User", "Key Vault Administrator", ...) to an app.
-    AddRole { vault: String, app: String, role: String },
+    AddRole {
+        vault: String,
+        app: String,
+        role: String,
+    },
     /// Remove an app's role assignments on a vault (all, or --role).
-    RemoveRole { vault: String, app: String, #[arg(long)] role: Option<String> },
+    RemoveRole {
+        vault: String,
+        app: String,
+        #[arg(long)]
+        role: Option<String>,
+    },
     /// Add a client secret to an app registration (value from an environment variable).
-    AddSecret { tenant: String, app: String, #[arg(long)] value_env: String },
+    AddSecret {
+        tenant: String,
+        app: String,
+        #[arg(long)]
+        value_env: String,
+    },
     /// Remove every client secret of an app registration.
     RemoveSecrets { tenant: String, app: String },
     /// Upload a certificate (PEM or DER file) to an app registration.
-    UploadCert { tenant: String, app: String, file: PathBuf },
+    UploadCert {
+        tenant: String,
+        app: String,
+        file: PathBuf,
+    },
     /// Remove a certificate from an app registration by thumbprint (SHA-1 or SHA-256 hex).
-    RemoveCert { tenant: String, app: String, thumbprint: String },
+    RemoveCert {
+        tenant: String,
+        app: String,
+        thumbprint: String,
+    },
     /// Inject faults into a vault (or "*" for all vaults, "entra" for the token endpoint).
     Fault {
-        #[arg(long, default_value = "*")] target: String,
-        #[arg(long, default_value_t = 0)] latency_ms: u64,
-        #[arg(long, default_value_t = 0.0)] error_rate: f64,
-        #[arg(long, default_value_t = 0.0)] drop_rate: f64,
-        #[arg(long, default_value_t = 0)] outage_seconds: u64,
+        #[arg(long, default_value = "*")]
+        target: String,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        #[arg(long, default_value_t = 0.0)]
+        drop_rate: f64,
+        #[arg(long, default_value_t = 0)]
+        outage_seconds: u64,
     },
     /// Clear every fault.
     ClearFaults,
@@ -160,7 +205,9 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
         Command::Inspect { file, hex, json } => inspect(file, hex, json),
-        Command::VaultEmulator(args) => runtime().and_then(|rt| rt.block_on(vault_emulator(args))).unwrap_or_else(|e| fail(&e)),
+        Command::VaultEmulator(args) => runtime()
+            .and_then(|rt| rt.block_on(vault_emulator(*args)))
+            .unwrap_or_else(|e| fail(&e)),
     }
 }
 
@@ -174,7 +221,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn vault_emulator(args: EmulatorArgs) -> Result<ExitCode, String> {
@@ -183,7 +233,10 @@ async fn vault_emulator(args: EmulatorArgs) -> Result<ExitCode, String> {
     }
     init_logs();
     let admin_token = match &args.admin_token_env {
-        Some(var) => Some(std::env::var(var).map_err(|_| format!("--admin-token-env {var}: the variable is not set"))?),
+        Some(var) => Some(
+            std::env::var(var)
+                .map_err(|_| format!("--admin-token-env {var}: the variable is not set"))?,
+        ),
         None => None,
     };
     let started = std::time::Instant::now();
@@ -205,14 +258,18 @@ async fn vault_emulator(args: EmulatorArgs) -> Result<ExitCode, String> {
         running.authority(),
         running.addr.port(),
         running.authority(),
-        args.ca_out.as_ref().map_or_else(|| "not written (pass --ca-out FILE)".to_owned(), |p| p.display().to_string()),
+        args.ca_out.as_ref().map_or_else(
+            || "not written (pass --ca-out FILE)".to_owned(),
+            |p| p.display().to_string()
+        ),
     );
     let stop = running.stopper();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -228,7 +285,10 @@ async fn emulator_admin(a: AdminArgs) -> Result<ExitCode, String> {
     use serde_json::json;
     let ca = std::fs::read_to_string(&a.ca).map_err(|e| format!("--ca {}: {e}", a.ca.display()))?;
     let token = match &a.admin_token_env {
-        Some(var) => Some(std::env::var(var).map_err(|_| format!("--admin-token-env {var}: the variable is not set"))?),
+        Some(var) => Some(
+            std::env::var(var)
+                .map_err(|_| format!("--admin-token-env {var}: the variable is not set"))?,
+        ),
         None => None,
     };
     let c = AdminClient::new(&a.url, &ca, token).map_err(|e| e.to_string())?;
@@ -236,7 +296,10 @@ async fn emulator_admin(a: AdminArgs) -> Result<ExitCode, String> {
         match v.as_deref() {
             None => Ok(None),
             Some("none") => Ok(Some(serde_json::Value::Null)),
-            Some(t) => t.parse::<i64>().map(|n| Some(json!(n))).map_err(|_| format!("{t:?} is not Unix seconds or \"none\"")),
+            Some(t) => t
+                .parse::<i64>()
+                .map(|n| Some(json!(n)))
+                .map_err(|_| format!("{t:?} is not Unix seconds or \"none\"")),
         }
     };
     let r = match a.action {

@@ -20,7 +20,10 @@ pub(super) async fn handle(shared: &Shared, req: &Req) -> Reply {
             .and_then(|h| h.strip_prefix("Bearer "))
             .unwrap_or_default();
         if !super::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            return error(StatusCode::UNAUTHORIZED, "the admin API needs Authorization: Bearer <admin token>");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "the admin API needs Authorization: Bearer <admin token>",
+            );
         }
     }
     let body: Value = if req.body.is_empty() {
@@ -32,7 +35,12 @@ pub(super) async fn handle(shared: &Shared, req: &Req) -> Reply {
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
         }
     };
-    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).skip(1).collect();
+    let segs: Vec<&str> = req
+        .path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .skip(1)
+        .collect();
     let reply = route(shared, req, &segs, &body).await;
     if req.method != Method::GET && reply.status.is_success() {
         shared.persist();
@@ -52,12 +60,20 @@ async fn route(shared: &Shared, req: &Req, segs: &[&str], body: &Value) -> Reply
         },
         (&Method::POST, ["faults"]) => set_fault(shared, body),
         (&Method::DELETE, ["faults"]) => {
-            shared.faults.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            shared
+                .faults
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             Reply::json(StatusCode::OK, json!({"faults": {}}))
         }
-        (&Method::POST, ["vaults", vault, "keys", key, action]) => key_action(shared, vault, key, action, q("version"), body),
+        (&Method::POST, ["vaults", vault, "keys", key, action]) => {
+            key_action(shared, vault, key, action, q("version"), body)
+        }
         (&Method::POST, ["vaults", vault, "roles"]) => add_role(shared, vault, body),
-        (&Method::DELETE, ["vaults", vault, "roles"]) => remove_role(shared, vault, q("principal"), q("role")),
+        (&Method::DELETE, ["vaults", vault, "roles"]) => {
+            remove_role(shared, vault, q("principal"), q("role"))
+        }
         (&Method::POST, ["vaults", vault, "settings"]) => vault_settings(shared, vault, body),
         (&Method::POST, ["tenants", tenant, "apps", app, "secrets"]) => {
             let Some(value) = body["value"].as_str().filter(|s| !s.is_empty()) else {
@@ -68,13 +84,15 @@ async fn route(shared: &Shared, req: &Req, segs: &[&str], body: &Value) -> Reply
                 Ok(json!({"secrets": a.secrets.len()}))
             })
         }
-        (&Method::DELETE, ["tenants", tenant, "apps", app, "secrets"]) => with_app(shared, tenant, app, |a| {
-            match q("value") {
-                Some(v) => a.secrets.retain(|s| s != v),
-                None => a.secrets.clear(),
-            }
-            Ok(json!({"secrets": a.secrets.len()}))
-        }),
+        (&Method::DELETE, ["tenants", tenant, "apps", app, "secrets"]) => {
+            with_app(shared, tenant, app, |a| {
+                match q("value") {
+                    Some(v) => a.secrets.retain(|s| s != v),
+                    None => a.secrets.clear(),
+                }
+                Ok(json!({"secrets": a.secrets.len()}))
+            })
+        }
         (&Method::POST, ["tenants", tenant, "apps", app, "certificates"]) => {
             let cert = match UploadedCert::parse(&req.body) {
                 Ok(c) => c,
@@ -88,15 +106,22 @@ async fn route(shared: &Shared, req: &Req, segs: &[&str], body: &Value) -> Reply
                 Ok(json!({"sha1": sha1, "certificates": a.certificates.len()}))
             })
         }
-        (&Method::DELETE, ["tenants", tenant, "apps", app, "certificates", thumb]) => with_app(shared, tenant, app, |a| {
-            let before = a.certificates.len();
-            a.certificates.retain(|c| !c.sha1.eq_ignore_ascii_case(thumb) && !c.sha256.eq_ignore_ascii_case(thumb));
-            if a.certificates.len() == before {
-                return Err(format!("no certificate with thumbprint {thumb}"));
-            }
-            Ok(json!({"certificates": a.certificates.len()}))
-        }),
-        _ => error(StatusCode::NOT_FOUND, format!("no admin route {} {}", req.method, req.path)),
+        (&Method::DELETE, ["tenants", tenant, "apps", app, "certificates", thumb]) => {
+            with_app(shared, tenant, app, |a| {
+                let before = a.certificates.len();
+                a.certificates.retain(|c| {
+                    !c.sha1.eq_ignore_ascii_case(thumb) && !c.sha256.eq_ignore_ascii_case(thumb)
+                });
+                if a.certificates.len() == before {
+                    return Err(format!("no certificate with thumbprint {thumb}"));
+                }
+                Ok(json!({"certificates": a.certificates.len()}))
+            })
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin route {} {}", req.method, req.path),
+        ),
     }
 }
 
@@ -145,8 +170,15 @@ fn state(shared: &Shared) -> Reply {
         })
         .collect::<serde_json::Map<_, _>>()
         .into();
-    let faults = shared.faults.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Reply::json(StatusCode::OK, json!({"tenants": tenants, "vaults": vaults, "faults": faults}))
+    let faults = shared
+        .faults
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Reply::json(
+        StatusCode::OK,
+        json!({"tenants": tenants, "vaults": vaults, "faults": faults}),
+    )
 }
 
 fn set_fault(shared: &Shared, body: &Value) -> Reply {
@@ -156,17 +188,28 @@ fn set_fault(shared: &Shared, body: &Value) -> Reply {
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("fault: {e}")),
     };
     if !(0.0..=1.0).contains(&fault.error_rate) || !(0.0..=1.0).contains(&fault.drop_rate) {
-        return error(StatusCode::BAD_REQUEST, "error_rate and drop_rate are shares from 0 to 1");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "error_rate and drop_rate are shares from 0 to 1",
+        );
     }
     if fault.outage_seconds > 0 {
-        fault.outage_until = Some(std::time::Instant::now() + std::time::Duration::from_secs(fault.outage_seconds));
+        fault.outage_until =
+            Some(std::time::Instant::now() + std::time::Duration::from_secs(fault.outage_seconds));
     }
     let mut faults = shared.faults.lock().unwrap_or_else(|p| p.into_inner());
     faults.insert(target.clone(), fault);
     Reply::json(StatusCode::OK, json!({"target": target, "faults": *faults}))
 }
 
-fn key_action(shared: &Shared, vault: &str, key: &str, action: &str, version: Option<&str>, body: &Value) -> Reply {
+fn key_action(
+    shared: &Shared,
+    vault: &str,
+    key: &str,
+    action: &str,
+    version: Option<&str>,
+    body: &Value,
+) -> Reply {
     let mut world = shared.world();
     let Some(v) = world.vaults.get_mut(vault) else {
         return error(StatusCode::NOT_FOUND, format!("no vault {vault}"));
@@ -278,12 +321,18 @@ fn key_action(shared: &Shared, vault: &str, key: &str, action: &str, version: Op
 
 fn add_role(shared: &Shared, vault: &str, body: &Value) -> Reply {
     let Some(principal) = body["principal"].as_str() else {
-        return error(StatusCode::BAD_REQUEST, "give {\"principal\": \"<client id>\", \"role\": \"byok\"} or data_actions");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give {\"principal\": \"<client id>\", \"role\": \"byok\"} or data_actions",
+        );
     };
     let role = match (body["role"].as_str(), body["data_actions"].as_array()) {
         (name, Some(acts)) => Role::Custom {
             name: name.unwrap_or("custom").to_owned(),
-            data_actions: acts.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect(),
+            data_actions: acts
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect(),
         },
         (Some(name), None) => Role::Preset(name.to_owned()),
         (None, None) => return error(StatusCode::BAD_REQUEST, "give role or data_actions"),
@@ -308,15 +357,23 @@ fn add_role(shared: &Shared, vault: &str, body: &Value) -> Reply {
 
 fn remove_role(shared: &Shared, vault: &str, principal: Option<&str>, role: Option<&str>) -> Reply {
     let Some(principal) = principal else {
-        return error(StatusCode::BAD_REQUEST, "give ?principal=<client id>[&role=<name>]");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give ?principal=<client id>[&role=<name>]",
+        );
     };
     let mut world = shared.world();
     let Some(v) = world.vaults.get_mut(vault) else {
         return error(StatusCode::NOT_FOUND, format!("no vault {vault}"));
     };
     let before = v.roles.len();
-    v.roles.retain(|a| !(a.principal.eq_ignore_ascii_case(principal) && role.is_none_or(|r| a.role.name() == r)));
-    Reply::json(StatusCode::OK, json!({"removed": before - v.roles.len(), "roles": v.roles}))
+    v.roles.retain(|a| {
+        !(a.principal.eq_ignore_ascii_case(principal) && role.is_none_or(|r| a.role.name() == r))
+    });
+    Reply::json(
+        StatusCode::OK,
+        json!({"removed": before - v.roles.len(), "roles": v.roles}),
+    )
 }
 
 fn vault_settings(shared: &Shared, vault: &str, body: &Value) -> Reply {
@@ -333,7 +390,10 @@ fn vault_settings(shared: &Shared, vault: &str, body: &Value) -> Reply {
     if let Some(b) = body["purge_protection"].as_bool() {
         v.purge_protection = b;
     }
-    Reply::json(StatusCode::OK, json!({"refuse_encrypt_when_disabled": v.refuse_encrypt_when_disabled, "budget_per_10s": v.budget_per_10s, "purge_protection": v.purge_protection}))
+    Reply::json(
+        StatusCode::OK,
+        json!({"refuse_encrypt_when_disabled": v.refuse_encrypt_when_disabled, "budget_per_10s": v.budget_per_10s, "purge_protection": v.purge_protection}),
+    )
 }
 
 fn with_app(
@@ -348,7 +408,10 @@ fn with_app(
         .get_mut(&tenant.to_ascii_lowercase())
         .and_then(|t| t.apps.get_mut(&app.to_ascii_lowercase()))
     else {
-        return error(StatusCode::NOT_FOUND, format!("no app {app} in tenant {tenant}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no app {app} in tenant {tenant}"),
+        );
     };
     match f(a) {
         Ok(v) => Reply::json(StatusCode::OK, v),

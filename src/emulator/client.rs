@@ -39,7 +39,8 @@ pub enum AdminError {
 impl AdminClient {
     /// A client for the emulator at `base` (`https://127.0.0.1:8443`) trusting `ca_pem`.
     pub fn new(base: &str, ca_pem: &str, token: Option<String>) -> Result<Self, AdminError> {
-        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(|e| AdminError::Ca(e.to_string()))?;
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+            .map_err(|e| AdminError::Ca(e.to_string()))?;
         let http = reqwest::Client::builder()
             .add_root_certificate(ca)
             .build()
@@ -52,7 +53,12 @@ impl AdminClient {
     }
 
     /// Sends `method path` with an optional JSON body (or raw PEM for certificates).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, AdminError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, AdminError> {
         let url = format!("{}/_admin/{}", self.base, path.trim_start_matches('/'));
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -81,42 +87,126 @@ impl AdminClient {
     }
 
     /// Disables (`enabled = false`) or enables a key, or one version of it.
-    pub async fn set_key_enabled(&self, vault: &str, key: &str, version: Option<&str>, enabled: bool) -> Result<Value, AdminError> {
+    pub async fn set_key_enabled(
+        &self,
+        vault: &str,
+        key: &str,
+        version: Option<&str>,
+        enabled: bool,
+    ) -> Result<Value, AdminError> {
         let action = if enabled { "enable" } else { "disable" };
         let q = version.map(|v| format!("?version={v}")).unwrap_or_default();
-        self.call(Method::POST, &format!("vaults/{vault}/keys/{key}/{action}{q}"), None).await
+        self.call(
+            Method::POST,
+            &format!("vaults/{vault}/keys/{key}/{action}{q}"),
+            None,
+        )
+        .await
     }
 
     /// Runs a key action: delete, recover, purge, rotate, update.
-    pub async fn key_action(&self, vault: &str, key: &str, action: &str, body: Option<Value>) -> Result<Value, AdminError> {
-        self.call(Method::POST, &format!("vaults/{vault}/keys/{key}/{action}"), body).await
+    pub async fn key_action(
+        &self,
+        vault: &str,
+        key: &str,
+        action: &str,
+        body: Option<Value>,
+    ) -> Result<Value, AdminError> {
+        self.call(
+            Method::POST,
+            &format!("vaults/{vault}/keys/{key}/{action}"),
+            body,
+        )
+        .await
     }
 
     /// Assigns a role (preset name) to an app on a vault.
-    pub async fn add_role(&self, vault: &str, principal: &str, role: &str) -> Result<Value, AdminError> {
-        self.call(Method::POST, &format!("vaults/{vault}/roles"), Some(json!({"principal": principal, "role": role}))).await
+    pub async fn add_role(
+        &self,
+        vault: &str,
+        principal: &str,
+        role: &str,
+    ) -> Result<Value, AdminError> {
+        self.call(
+            Method::POST,
+            &format!("vaults/{vault}/roles"),
+            Some(json!({"principal": principal, "role": role})),
+        )
+        .await
     }
 
     /// Removes an app's role assignments on a vault (all, or the named role).
-    pub async fn remove_role(&self, vault: &str, principal: &str, role: Option<&str>) -> Result<Value, AdminError> {
-        let q = role.map(|r| format!("&role={}", url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>())).unwrap_or_default();
-        self.call(Method::DELETE, &format!("vaults/{vault}/roles?principal={principal}{q}"), None).await
+    pub async fn remove_role(
+        &self,
+        vault: &str,
+        principal: &str,
+        role: Option<&str>,
+    ) -> Result<Value, AdminError> {
+        let q = role
+            .map(|r| {
+                format!(
+                    "&role={}",
+                    url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+                )
+            })
+            .unwrap_or_default();
+        self.call(
+            Method::DELETE,
+            &format!("vaults/{vault}/roles?principal={principal}{q}"),
+            None,
+        )
+        .await
     }
 
     /// Adds a client secret to an app.
-    pub async fn add_secret(&self, tenant: &str, app: &str, value: &str) -> Result<Value, AdminError> {
-        self.call(Method::POST, &format!("tenants/{tenant}/apps/{app}/secrets"), Some(json!({"value": value}))).await
+    pub async fn add_secret(
+        &self,
+        tenant: &str,
+        app: &str,
+        value: &str,
+    ) -> Result<Value, AdminError> {
+        self.call(
+            Method::POST,
+            &format!("tenants/{tenant}/apps/{app}/secrets"),
+            Some(json!({"value": value})),
+        )
+        .await
     }
 
     /// Removes one client secret (or all) from an app.
-    pub async fn remove_secrets(&self, tenant: &str, app: &str, value: Option<&str>) -> Result<Value, AdminError> {
-        let q = value.map(|v| format!("?value={}", url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>())).unwrap_or_default();
-        self.call(Method::DELETE, &format!("tenants/{tenant}/apps/{app}/secrets{q}"), None).await
+    pub async fn remove_secrets(
+        &self,
+        tenant: &str,
+        app: &str,
+        value: Option<&str>,
+    ) -> Result<Value, AdminError> {
+        let q = value
+            .map(|v| {
+                format!(
+                    "?value={}",
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            })
+            .unwrap_or_default();
+        self.call(
+            Method::DELETE,
+            &format!("tenants/{tenant}/apps/{app}/secrets{q}"),
+            None,
+        )
+        .await
     }
 
     /// Uploads a certificate (PEM or DER) to an app registration.
-    pub async fn upload_certificate(&self, tenant: &str, app: &str, cert: Vec<u8>) -> Result<Value, AdminError> {
-        let url = format!("{}/_admin/tenants/{tenant}/apps/{app}/certificates", self.base);
+    pub async fn upload_certificate(
+        &self,
+        tenant: &str,
+        app: &str,
+        cert: Vec<u8>,
+    ) -> Result<Value, AdminError> {
+        let url = format!(
+            "{}/_admin/tenants/{tenant}/apps/{app}/certificates",
+            self.base
+        );
         let mut req = self.http.post(&url).body(cert);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -125,8 +215,18 @@ impl AdminClient {
     }
 
     /// Removes a certificate by SHA-1 or SHA-256 thumbprint (hex).
-    pub async fn remove_certificate(&self, tenant: &str, app: &str, thumbprint: &str) -> Result<Value, AdminError> {
-        self.call(Method::DELETE, &format!("tenants/{tenant}/apps/{app}/certificates/{thumbprint}"), None).await
+    pub async fn remove_certificate(
+        &self,
+        tenant: &str,
+        app: &str,
+        thumbprint: &str,
+    ) -> Result<Value, AdminError> {
+        self.call(
+            Method::DELETE,
+            &format!("tenants/{tenant}/apps/{app}/certificates/{thumbprint}"),
+            None,
+        )
+        .await
     }
 
     /// Sets faults for a target (a vault name, `*` for all vaults, or `entra`).
@@ -141,7 +241,12 @@ impl AdminClient {
 
     /// Changes vault settings (refuse_encrypt_when_disabled, budget_per_10s, purge_protection).
     pub async fn vault_settings(&self, vault: &str, settings: Value) -> Result<Value, AdminError> {
-        self.call(Method::POST, &format!("vaults/{vault}/settings"), Some(settings)).await
+        self.call(
+            Method::POST,
+            &format!("vaults/{vault}/settings"),
+            Some(settings),
+        )
+        .await
     }
 
     /// The whole state, without secrets or private keys.

@@ -61,7 +61,14 @@ fn base(shared: &Shared, req: &Req) -> String {
 fn openid_configuration(shared: &Shared, req: &Req, tenant: &str) -> Reply {
     let tenant = tenant.to_ascii_lowercase();
     if !shared.world().tenants.contains_key(&tenant) {
-        return aad_error(StatusCode::BAD_REQUEST, "invalid_tenant", 90002, &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."));
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            90002,
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
+        );
     }
     let b = base(shared, req);
     Reply::json(
@@ -118,20 +125,40 @@ fn aad_error(status: StatusCode, error: &str, code: u32, text: &str) -> Reply {
 
 fn token(shared: &Shared, req: &Req, tenant: &str) -> Reply {
     let tenant = tenant.to_ascii_lowercase();
-    let form: std::collections::HashMap<String, String> =
-        url::form_urlencoded::parse(&req.body).into_owned().collect();
+    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&req.body)
+        .into_owned()
+        .collect();
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let client_id = get("client_id").to_ascii_lowercase();
 
     let mut world = shared.world();
     let Some(t) = world.tenants.get_mut(&tenant) else {
-        return aad_error(StatusCode::BAD_REQUEST, "invalid_request", 90002, &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."));
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
+        );
     };
     if get("grant_type") != "client_credentials" {
-        return aad_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "The app requested an unsupported grant type. This emulator supports client_credentials.");
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type. This emulator supports client_credentials.",
+        );
     }
     let Some(app) = t.apps.get_mut(&client_id) else {
-        return aad_error(StatusCode::BAD_REQUEST, "unauthorized_client", 700016, &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant."));
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant."
+            ),
+        );
     };
     let scope = get("scope");
     let resource = scope
@@ -140,7 +167,14 @@ fn token(shared: &Shared, req: &Req, tenant: &str) -> Reply {
         .map(|r| r.trim_end_matches('/').to_owned());
     let own = vault_resource(shared.port);
     let Some(resource) = resource.filter(|r| r == VAULT_RESOURCE || *r == own) else {
-        return aad_error(StatusCode::BAD_REQUEST, "invalid_scope", 1002012, &format!("The provided value for scope {scope} is not valid. This emulator issues tokens for {own}/.default."));
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            &format!(
+                "The provided value for scope {scope} is not valid. This emulator issues tokens for {own}/.default."
+            ),
+        );
     };
 
     if !get("client_secret").is_empty() {
@@ -150,11 +184,23 @@ fn token(shared: &Shared, req: &Req, tenant: &str) -> Reply {
             .iter()
             .any(|s| super::constant_time_eq(s.as_bytes(), given));
         if !ok {
-            return aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, &format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."));
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                &format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
+            );
         }
     } else if !get("client_assertion").is_empty() {
         if get("client_assertion_type") != ASSERTION_TYPE {
-            return aad_error(StatusCode::BAD_REQUEST, "invalid_request", 50027, "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.");
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            );
         }
         let audiences = [
             format!("{}/{tenant}/oauth2/v2.0/token", base(shared, req)),
@@ -166,7 +212,12 @@ fn token(shared: &Shared, req: &Req, tenant: &str) -> Reply {
             return reply;
         }
     } else {
-        return aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.");
+        return aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        );
     }
 
     let lifetime = shared.token_lifetime.as_secs() as i64;
@@ -198,7 +249,14 @@ fn check_assertion(
     audiences: &[String],
     app: &mut super::model::App,
 ) -> Result<(), Reply> {
-    let malformed = |why: &str| aad_error(StatusCode::BAD_REQUEST, "invalid_request", 50027, &format!("JWT token is invalid or malformed: {why}."));
+    let malformed = |why: &str| {
+        aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50027,
+            &format!("JWT token is invalid or malformed: {why}."),
+        )
+    };
     let parts: Vec<&str> = jwt.split('.').collect();
     let [h, p, s] = parts.as_slice() else {
         return Err(malformed("not three dot-separated parts"));
@@ -227,39 +285,92 @@ fn check_assertion(
         .unwrap_or_default()
         .to_owned();
     let cert = app.certificates.iter_mut().find(|c| {
-        sha1.as_deref().is_some_and(|t| t == c.sha1_bytes().as_slice())
-            || sha256.as_deref().is_some_and(|t| t == c.sha256_bytes().as_slice())
+        sha1.as_deref()
+            .is_some_and(|t| t == c.sha1_bytes().as_slice())
+            || sha256
+                .as_deref()
+                .is_some_and(|t| t == c.sha256_bytes().as_slice())
     });
     let Some(cert) = cert else {
-        return Err(aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 700027, &format!("The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{shown}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]")));
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700027,
+            &format!(
+                "The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '{shown}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]"
+            ),
+        ));
     };
     let key = cert
         .public_key()
         .map_err(|_| malformed("the registered certificate cannot be read"))?;
     let digest = Sha256::digest(format!("{h}.{p}").as_bytes());
     let verified = match alg {
-        "RS256" => key.verify(Pkcs1v15Sign::new::<Sha256>(), &digest, &sig).is_ok(),
+        "RS256" => key
+            .verify(Pkcs1v15Sign::new::<Sha256>(), &digest, &sig)
+            .is_ok(),
         "PS256" => key.verify(Pss::new::<Sha256>(), &digest, &sig).is_ok(),
         other => return Err(malformed(&format!("alg {other:?} is not RS256 or PS256"))),
     };
     if !verified {
-        return Err(aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 700027, &format!("Client assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value., Thumbprint of key used by client: '{shown}']")));
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700027,
+            &format!(
+                "Client assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value., Thumbprint of key used by client: '{shown}']"
+            ),
+        ));
     }
     let aud = claims["aud"].as_str().unwrap_or_default();
     if !audiences.iter().any(|a| a == aud) {
-        return Err(aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 700212, &format!("The audience claim {aud:?} of the client assertion is not the token endpoint {:?}.", audiences[0])));
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700212,
+            &format!(
+                "The audience claim {aud:?} of the client assertion is not the token endpoint {:?}.",
+                audiences[0]
+            ),
+        ));
     }
-    let iss = claims["iss"].as_str().unwrap_or_default().to_ascii_lowercase();
-    let sub = claims["sub"].as_str().unwrap_or_default().to_ascii_lowercase();
+    let iss = claims["iss"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let sub = claims["sub"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if iss != client_id || sub != client_id {
-        return Err(aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 700021, &format!("Client assertion application identifier doesn't match 'client_id' parameter: iss {iss:?}, sub {sub:?}, client_id {client_id:?}.")));
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700021,
+            &format!(
+                "Client assertion application identifier doesn't match 'client_id' parameter: iss {iss:?}, sub {sub:?}, client_id {client_id:?}."
+            ),
+        ));
     }
     let now = now_secs();
-    let (Some(nbf), Some(exp)) = (claims["nbf"].as_i64(), claims["exp"].as_i64()) else {
-        return Err(malformed("nbf and exp are required"));
+    // exp is required; nbf is optional (MSAL Python sends iat instead).
+    // NumericDate may carry a fraction (MSAL Python sends floats).
+    let secs = |v: &Value| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64));
+    let Some(exp) = secs(&claims["exp"]) else {
+        return Err(malformed("exp is required"));
     };
+    let nbf = secs(&claims["nbf"])
+        .or(secs(&claims["iat"]))
+        .unwrap_or(i64::MIN);
     if now + SKEW < nbf || now - SKEW >= exp {
-        return Err(aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 700024, &format!("Client assertion is not within its valid time range. Current time: {now}, assertion valid from {nbf}, expiry time of assertion {exp}.")));
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700024,
+            &format!(
+                "Client assertion is not within its valid time range. Current time: {now}, assertion valid from {nbf}, expiry time of assertion {exp}."
+            ),
+        ));
     }
     Ok(())
 }
@@ -293,7 +404,9 @@ pub(super) fn verify(key: &[u8], port: u16, token: &str) -> Result<TokenClaims, 
     };
     let mut mac = HmacSha256::new_from_slice(key).map_err(|_| "AKV10022: Invalid audience.")?;
     mac.update(format!("{h}.{p}").as_bytes());
-    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| "AKV10016: Bearer token signature is not valid.")?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| "AKV10016: Bearer token signature is not valid.")?;
     mac.verify_slice(&sig)
         .map_err(|_| "AKV10016: Bearer token signature is not valid.")?;
     let claims = b64url_json(p).ok_or("AKV10000: Request is missing a Bearer or PoP token.")?;

@@ -184,7 +184,10 @@ impl Shared {
         let window = budgets.entry(vault.to_owned()).or_default();
         let now = Instant::now();
         let span = Duration::from_secs(10);
-        while window.front().is_some_and(|(t, _)| now.duration_since(*t) >= span) {
+        while window
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= span)
+        {
             window.pop_front();
         }
         let used: u32 = window.iter().map(|(_, c)| c).sum();
@@ -347,8 +350,10 @@ fn load_state(path: &PathBuf) -> Result<(World, CaMaterial), StartError> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
-    let ca: CaMaterial = serde_json::from_value(value["ca"].take()).map_err(|e| fail(format!("no CA in the state: {e}")))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let ca: CaMaterial = serde_json::from_value(value["ca"].take())
+        .map_err(|e| fail(format!("no CA in the state: {e}")))?;
     let world: World = serde_json::from_value(value).map_err(|e| fail(e.to_string()))?;
     Ok((world, ca))
 }
@@ -428,7 +433,10 @@ impl Reply {
 
 const MAX_BODY: usize = 4 << 20;
 
-async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, DropConnection> {
+async fn route(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, DropConnection> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -449,7 +457,11 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<F
     let query = parts
         .uri
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let req = Req {
         method: parts.method,
@@ -465,23 +477,23 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<F
     } else {
         Some(vault::vault_of(&shared, &req).unwrap_or_else(|| "entra".to_owned()))
     };
-    if let Some(target) = &target {
-        if let Some(f) = shared.fault(target) {
-            if f.outage_until.is_some_and(|t| Instant::now() < t) {
-                return Err(DropConnection);
-            }
-            if f.latency_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
-            }
-            if f.drop_rate > 0.0 && rand::random::<f64>() < f.drop_rate {
-                return Err(DropConnection);
-            }
-            if f.error_rate > 0.0 && rand::random::<f64>() < f.error_rate {
-                return Ok(to_response(Reply::json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"error": {"code": "ServiceUnavailable", "message": "The service is temporarily unavailable (injected fault)."}}),
-                )));
-            }
+    if let Some(target) = &target
+        && let Some(f) = shared.fault(target)
+    {
+        if f.outage_until.is_some_and(|t| Instant::now() < t) {
+            return Err(DropConnection);
+        }
+        if f.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
+        }
+        if f.drop_rate > 0.0 && rand::random::<f64>() < f.drop_rate {
+            return Err(DropConnection);
+        }
+        if f.error_rate > 0.0 && rand::random::<f64>() < f.error_rate {
+            return Ok(to_response(Reply::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": {"code": "ServiceUnavailable", "message": "The service is temporarily unavailable (injected fault)."}}),
+            )));
         }
     }
     let reply = match target.as_deref() {

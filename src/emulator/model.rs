@@ -192,7 +192,10 @@ impl Key {
     pub fn version(&self, v: Option<&str>) -> Option<&KeyVersion> {
         match v {
             None | Some("") => self.current(),
-            Some(v) => self.versions.iter().find(|k| k.version.eq_ignore_ascii_case(v)),
+            Some(v) => self
+                .versions
+                .iter()
+                .find(|k| k.version.eq_ignore_ascii_case(v)),
         }
     }
     /// Mutable version by id, or the current one.
@@ -265,11 +268,22 @@ pub struct Attributes {
 }
 
 /// Every operation Key Vault allows in `key_ops` for RSA keys.
-pub const ALL_KEY_OPS: [&str; 6] = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"];
+pub const ALL_KEY_OPS: [&str; 6] = [
+    "encrypt",
+    "decrypt",
+    "sign",
+    "verify",
+    "wrapKey",
+    "unwrapKey",
+];
 
 impl KeyVersion {
     /// A version from a private key.
-    pub fn from_private(key: RsaPrivateKey, key_ops: Vec<String>, attributes: Attributes) -> Result<Self, String> {
+    pub fn from_private(
+        key: RsaPrivateKey,
+        key_ops: Vec<String>,
+        attributes: Attributes,
+    ) -> Result<Self, String> {
         let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
         Ok(Self {
             version: new_version(),
@@ -287,7 +301,9 @@ impl KeyVersion {
         if let Some(k) = &self.private {
             return Ok(Arc::clone(k));
         }
-        let der = STANDARD.decode(&self.pkcs8_b64).map_err(|e| e.to_string())?;
+        let der = STANDARD
+            .decode(&self.pkcs8_b64)
+            .map_err(|e| e.to_string())?;
         let key = Arc::new(RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| e.to_string())?);
         self.private = Some(Arc::clone(&key));
         Ok(key)
@@ -349,11 +365,19 @@ pub fn private_from_jwk(jwk: &serde_json::Value) -> Result<RsaPrivateKey, String
     };
     let kty = jwk.get("kty").and_then(|v| v.as_str()).unwrap_or_default();
     if !matches!(kty, "RSA" | "RSA-HSM") {
-        return Err(format!("kty {kty:?} is not supported by this emulator (RSA only)"));
+        return Err(format!(
+            "kty {kty:?} is not supported by this emulator (RSA only)"
+        ));
     }
-    let key = RsaPrivateKey::from_components(field("n")?, field("e")?, field("d")?, vec![field("p")?, field("q")?])
+    let key = RsaPrivateKey::from_components(
+        field("n")?,
+        field("e")?,
+        field("d")?,
+        vec![field("p")?, field("q")?],
+    )
+    .map_err(|e| format!("the RSA key is not valid: {e}"))?;
+    key.validate()
         .map_err(|e| format!("the RSA key is not valid: {e}"))?;
-    key.validate().map_err(|e| format!("the RSA key is not valid: {e}"))?;
     Ok(key)
 }
 
@@ -422,8 +446,19 @@ impl Role {
                 "byok" => vec![READ, ENCRYPT, DECRYPT],
                 "Key Vault Crypto User" => vec![READ, UPDATE, ENCRYPT, DECRYPT, WRAP, UNWRAP],
                 "Key Vault Crypto Officer" | "Key Vault Administrator" => vec![
-                    READ, CREATE, IMPORT, UPDATE, DELETE, ROTATE, ENCRYPT, DECRYPT, WRAP, UNWRAP,
-                    DELETED_READ, RECOVER, PURGE,
+                    READ,
+                    CREATE,
+                    IMPORT,
+                    UPDATE,
+                    DELETE,
+                    ROTATE,
+                    ENCRYPT,
+                    DECRYPT,
+                    WRAP,
+                    UNWRAP,
+                    DELETED_READ,
+                    RECOVER,
+                    PURGE,
                 ],
                 "Key Vault Reader" => vec![READ, DELETED_READ],
                 other => {
@@ -483,7 +518,11 @@ impl World {
     /// Decodes every private key and certificate once, so requests never parse DER.
     pub fn warm(&mut self) -> Result<(), String> {
         for vault in self.vaults.values_mut() {
-            for key in vault.keys.values_mut().chain(vault.deleted.values_mut().map(|d| &mut d.key)) {
+            for key in vault
+                .keys
+                .values_mut()
+                .chain(vault.deleted.values_mut().map(|d| &mut d.key))
+            {
                 for v in &mut key.versions {
                     v.private()?;
                 }

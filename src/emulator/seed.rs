@@ -11,8 +11,8 @@ use rsa::pkcs8::DecodePrivateKey;
 use serde::Deserialize;
 
 use super::model::{
-    ALL_KEY_OPS, App, Attributes, EntraTenant, Key, KeyVersion, Role, RoleAssignment,
-    UploadedCert, Vault, World, now_secs,
+    ALL_KEY_OPS, App, Attributes, EntraTenant, Key, KeyVersion, Role, RoleAssignment, UploadedCert,
+    Vault, World, now_secs,
 };
 
 /// A seed file that cannot be loaded.
@@ -147,9 +147,12 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
             };
             for c in a.certificates {
                 let p = base.join(&c);
-                let bytes = std::fs::read(&p).map_err(|e| fail(format!("certificate {}: {e}", p.display())))?;
-                app.certificates
-                    .push(UploadedCert::parse(&bytes).map_err(|e| fail(format!("certificate {}: {e}", p.display())))?);
+                let bytes = std::fs::read(&p)
+                    .map_err(|e| fail(format!("certificate {}: {e}", p.display())))?;
+                app.certificates.push(
+                    UploadedCert::parse(&bytes)
+                        .map_err(|e| fail(format!("certificate {}: {e}", p.display())))?,
+                );
             }
             tenant.apps.insert(a.client_id.to_ascii_lowercase(), app);
         }
@@ -158,10 +161,16 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
     for v in seed.vaults {
         let tenant = v.tenant.to_ascii_lowercase();
         if !world.tenants.contains_key(&tenant) {
-            return Err(fail(format!("vault {} names tenant {tenant}, which the seed does not declare", v.name)));
+            return Err(fail(format!(
+                "vault {} names tenant {tenant}, which the seed does not declare",
+                v.name
+            )));
         }
         if !(7..=90).contains(&v.soft_delete_days) {
-            return Err(fail(format!("vault {}: soft_delete_days must be 7 to 90", v.name)));
+            return Err(fail(format!(
+                "vault {}: soft_delete_days must be 7 to 90",
+                v.name
+            )));
         }
         let mut vault = Vault {
             tenant,
@@ -177,10 +186,16 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
             let private = match &k.pem {
                 Some(p) => {
                     let p = base.join(p);
-                    let pem = std::fs::read_to_string(&p).map_err(|e| fail(format!("key {}: {e}", p.display())))?;
+                    let pem = std::fs::read_to_string(&p)
+                        .map_err(|e| fail(format!("key {}: {e}", p.display())))?;
                     RsaPrivateKey::from_pkcs8_pem(&pem)
                         .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
-                        .map_err(|e| fail(format!("key {}: not an RSA private key PEM: {e}", p.display())))?
+                        .map_err(|e| {
+                            fail(format!(
+                                "key {}: not an RSA private key PEM: {e}",
+                                p.display()
+                            ))
+                        })?
                 }
                 None => generate(k.size).map_err(&fail)?,
             };
@@ -202,11 +217,19 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
             .map_err(&fail)?;
             if let Some(fixed) = k.version {
                 if fixed.len() != 32 || !fixed.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(fail(format!("key {}: version must be 32 hex digits", k.name)));
+                    return Err(fail(format!(
+                        "key {}: version must be 32 hex digits",
+                        k.name
+                    )));
                 }
                 version.version = fixed.to_ascii_lowercase();
             }
-            vault.keys.insert(k.name, Key { versions: vec![version] });
+            vault.keys.insert(
+                k.name,
+                Key {
+                    versions: vec![version],
+                },
+            );
         }
         for r in v.roles {
             let role = match (r.role, r.data_actions) {
@@ -215,7 +238,12 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
                     name: r.name.or(role).unwrap_or_else(|| "custom".into()),
                     data_actions,
                 },
-                (None, None) => return Err(fail(format!("vault {}: a role assignment needs role or data_actions", v.name))),
+                (None, None) => {
+                    return Err(fail(format!(
+                        "vault {}: a role assignment needs role or data_actions",
+                        v.name
+                    )));
+                }
             };
             role.data_actions().map_err(&fail)?;
             vault.roles.push(RoleAssignment {
@@ -232,7 +260,9 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
 /// Generates an RSA key of `bits` (2048, 3072 or 4096).
 pub fn generate(bits: usize) -> Result<RsaPrivateKey, String> {
     if !matches!(bits, 2048 | 3072 | 4096) {
-        return Err(format!("RSA key size {bits} is not one Key Vault offers (2048, 3072, 4096)"));
+        return Err(format!(
+            "RSA key size {bits} is not one Key Vault offers (2048, 3072, 4096)"
+        ));
     }
     RsaPrivateKey::new(&mut rand::rngs::OsRng, bits).map_err(|e| e.to_string())
 }

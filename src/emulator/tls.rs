@@ -59,9 +59,10 @@ impl CaMaterial {
         params
             .distinguished_name
             .push(DnType::CommonName, "byok vault-emulator local CA");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "byok-pipeline (local emulator, not for production)");
+        params.distinguished_name.push(
+            DnType::OrganizationName,
+            "byok-pipeline (local emulator, not for production)",
+        );
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -111,9 +112,7 @@ impl CaMaterial {
         params.not_after = now + time::Duration::days(365);
         let cert = params.signed_by(&key, &issuer, &ca_key).map_err(err)?;
 
-        let chain = vec![
-            rustls::pki_types::CertificateDer::from(cert.der().to_vec()),
-        ];
+        let chain = vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())];
         let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)

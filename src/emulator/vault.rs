@@ -34,9 +34,16 @@ pub(super) fn vault_of(_shared: &Shared, req: &Req) -> Option<String> {
     if let Some(rest) = req.path.strip_prefix("/vaults/") {
         return rest.split('/').next().map(str::to_ascii_lowercase);
     }
-    let host = req.host.rsplit_once(':').map_or(req.host.as_str(), |(h, p)| {
-        if p.chars().all(|c| c.is_ascii_digit()) { h } else { req.host.as_str() }
-    });
+    let host = req
+        .host
+        .rsplit_once(':')
+        .map_or(req.host.as_str(), |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                req.host.as_str()
+            }
+        });
     VAULT_SUFFIXES.iter().find_map(|s| {
         host.strip_suffix(s)
             .filter(|name| !name.is_empty() && !name.contains('.'))
@@ -65,13 +72,16 @@ fn not_found(name: &str, version: Option<&str>) -> Reply {
         StatusCode::NOT_FOUND,
         "KeyNotFound",
         None,
-        &format!("A key with (name/id) {id} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"),
+        &format!(
+            "A key with (name/id) {id} was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
+        ),
     )
 }
 
 fn api_version_ok(v: &str) -> bool {
     let v = v.split("-preview").next().unwrap_or(v);
-    matches!(v, "7.4" | "7.5" | "7.6") || (v.starts_with("2025-") && v.len() == 10 && v.get(5..7).is_some_and(|m| m <= "07"))
+    matches!(v, "7.4" | "7.5" | "7.6")
+        || (v.starts_with("2025-") && v.len() == 10 && v.get(5..7).is_some_and(|m| m <= "07"))
 }
 
 /// Handles a request to vault `name`.
@@ -91,7 +101,12 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
     };
 
     let Some(tenant) = shared.world().vaults.get(name).map(|v| v.tenant.clone()) else {
-        return kv_error(StatusCode::NOT_FOUND, "VaultNotFound", None, &format!("The vault {name} does not exist in this emulator; declare it in the seed."));
+        return kv_error(
+            StatusCode::NOT_FOUND,
+            "VaultNotFound",
+            None,
+            &format!("The vault {name} does not exist in this emulator; declare it in the seed."),
+        );
     };
     let challenge = format!(
         "Bearer authorization=\"https://127.0.0.1:{}/{tenant}\", resource=\"{}\"",
@@ -102,9 +117,10 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
         kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", None, msg)
             .with_header("www-authenticate", challenge.clone())
     };
-    let token = req
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")));
+    let token = req.header("authorization").and_then(|h| {
+        h.strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    });
     let Some(token) = token else {
         return unauthorized("AKV10000: Request is missing a Bearer or PoP token.");
     };
@@ -113,19 +129,27 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
         Err(msg) => return unauthorized(msg),
     };
     if claims.tenant != tenant {
-        return unauthorized(&format!("AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{tenant}/, found https://sts.windows.net/{}/.", claims.tenant));
+        return unauthorized(&format!(
+            "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{tenant}/, found https://sts.windows.net/{}/.",
+            claims.tenant
+        ));
     }
     match req.query.get("api-version") {
         None => return bad("The api-version query parameter is missing."),
         Some(v) if !api_version_ok(v) => {
-            return bad(&format!("The specified version ({v}) is not recognized. Consider using the latest supported version (2025-07-01)."));
+            return bad(&format!(
+                "The specified version ({v}) is not recognized. Consider using the latest supported version (2025-07-01)."
+            ));
         }
         Some(_) => {}
     }
 
     let op = Op::parse(&req.method, &segs);
     let Some(op) = op else {
-        return bad(&format!("{} /{rel} is not an operation of the Key Vault keys API in this emulator.", req.method));
+        return bad(&format!(
+            "{} /{rel} is not an operation of the Key Vault keys API in this emulator.",
+            req.method
+        ));
     };
 
     // Budget: a crypto operation costs by key size, anything else 1.
@@ -159,7 +183,10 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 Some("ForbiddenByRbac"),
-                &format!("Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role definitions were changed recently, please observe propagation time.\r\nCaller: appid={};oid={}\r\nAction: '{action}'\r\nResource: '{resource}'\r\nAssignment: (not found)\r\nVault: {name}\r\n", claims.app, claims.app),
+                &format!(
+                    "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role definitions were changed recently, please observe propagation time.\r\nCaller: appid={};oid={}\r\nAction: '{action}'\r\nResource: '{resource}'\r\nAssignment: (not found)\r\nVault: {name}\r\n",
+                    claims.app, claims.app
+                ),
             );
         }
     }
@@ -284,7 +311,12 @@ impl<'a> Op<'a> {
     fn mutates(&self) -> bool {
         !matches!(
             self,
-            Op::List | Op::ListDeleted | Op::Get(..) | Op::Versions(_) | Op::GetDeleted(_) | Op::Crypto { .. }
+            Op::List
+                | Op::ListDeleted
+                | Op::Get(..)
+                | Op::Versions(_)
+                | Op::GetDeleted(_)
+                | Op::Crypto { .. }
         )
     }
 
@@ -298,7 +330,9 @@ impl<'a> Op<'a> {
             }
         };
         match *self {
-            Op::Crypto { key, version, kind } => crypto(shared, vault, base, key, version, kind, &body).await,
+            Op::Crypto { key, version, kind } => {
+                crypto(shared, vault, base, key, version, kind, &body).await
+            }
             Op::Create(k) => create(shared, vault, base, k, &body).await,
             Op::Import(k) => {
                 let private = match private_from_jwk(&body["key"]) {
@@ -316,9 +350,17 @@ impl<'a> Op<'a> {
                         None => return not_found(k, None),
                     }
                 };
-                let private = match tokio::task::spawn_blocking(move || seed::generate(bits)).await {
+                let private = match tokio::task::spawn_blocking(move || seed::generate(bits)).await
+                {
                     Ok(Ok(p)) => p,
-                    _ => return kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None, "key generation failed"),
+                    _ => {
+                        return kv_error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            None,
+                            "key generation failed",
+                        );
+                    }
                 };
                 add_version(shared, vault, base, k, private, ops, &Value::Null)
             }
@@ -379,7 +421,10 @@ fn bundle(vault: &Vault, base: &str, name: &str, v: &KeyVersion) -> Value {
 }
 
 fn deleted_bundle(vault: &Vault, base: &str, name: &str, d: &DeletedKey) -> Value {
-    let mut b = d.key.current().map_or(Value::Null, |v| bundle(vault, base, name, v));
+    let mut b = d
+        .key
+        .current()
+        .map_or(Value::Null, |v| bundle(vault, base, name, v));
     b["recoveryId"] = json!(format!("{base}/deletedkeys/{name}"));
     b["deletedDate"] = json!(d.deleted);
     b["scheduledPurgeDate"] = json!(d.scheduled_purge);
@@ -391,13 +436,20 @@ fn apply_attributes(a: &mut Attributes, v: &Value) -> Result<(), Reply> {
         return Ok(());
     }
     if let Some(e) = v.get("enabled") {
-        a.enabled = e.as_bool().ok_or_else(|| bad("attributes.enabled must be true or false"))?;
+        a.enabled = e
+            .as_bool()
+            .ok_or_else(|| bad("attributes.enabled must be true or false"))?;
     }
     for (field, slot) in [("nbf", &mut a.nbf), ("exp", &mut a.exp)] {
         match v.get(field) {
             None => {}
             Some(Value::Null) => *slot = None,
-            Some(n) => *slot = Some(n.as_i64().ok_or_else(|| bad(&format!("attributes.{field} must be Unix seconds")))?),
+            Some(n) => {
+                *slot = Some(
+                    n.as_i64()
+                        .ok_or_else(|| bad(&format!("attributes.{field} must be Unix seconds")))?,
+                )
+            }
         }
     }
     a.updated = now_secs();
@@ -410,14 +462,19 @@ fn conflict_if_deleted(vault: &Vault, name: &str) -> Result<(), Reply> {
             StatusCode::CONFLICT,
             "Conflict",
             Some("ObjectIsDeletedButRecoverable"),
-            &format!("Key {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the key can only be recovered or purged."),
+            &format!(
+                "Key {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the key can only be recovered or purged."
+            ),
         ));
     }
     Ok(())
 }
 
 async fn create(shared: &Shared, vault: &str, base: &str, name: &str, body: &Value) -> Reply {
-    if name.is_empty() || name.len() > 127 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if name.is_empty()
+        || name.len() > 127
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
         return bad("Key names are 1 to 127 letters, digits and dashes.");
     }
     {
@@ -428,11 +485,15 @@ async fn create(shared: &Shared, vault: &str, base: &str, name: &str, body: &Val
     }
     let kty = body["kty"].as_str().unwrap_or_default();
     if !matches!(kty, "RSA" | "RSA-HSM") {
-        return bad(&format!("The value of kty ({kty}) is not supported by this emulator; use RSA."));
+        return bad(&format!(
+            "The value of kty ({kty}) is not supported by this emulator; use RSA."
+        ));
     }
     let bits = body["key_size"].as_u64().unwrap_or(2048) as usize;
     if !matches!(bits, 2048 | 3072 | 4096) {
-        return bad(&format!("key_size {bits} is not supported; use 2048, 3072 or 4096."));
+        return bad(&format!(
+            "key_size {bits} is not supported; use 2048, 3072 or 4096."
+        ));
     }
     if body["public_exponent"].as_u64().is_some_and(|e| e != 65537) {
         return bad("Only public_exponent 65537 is supported.");
@@ -440,7 +501,14 @@ async fn create(shared: &Shared, vault: &str, base: &str, name: &str, body: &Val
     let ops = key_ops_of(&body["key_ops"]).unwrap_or_else(all_ops);
     let private = match tokio::task::spawn_blocking(move || seed::generate(bits)).await {
         Ok(Ok(p)) => p,
-        _ => return kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None, "key generation failed"),
+        _ => {
+            return kv_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                None,
+                "key generation failed",
+            );
+        }
     };
     add_version(shared, vault, base, name, private, ops, body)
 }
@@ -486,7 +554,9 @@ fn add_version(
     }
     v.keys
         .entry(name.to_owned())
-        .or_insert(Key { versions: Vec::new() })
+        .or_insert(Key {
+            versions: Vec::new(),
+        })
         .versions
         .push(version);
     let current = v
@@ -518,19 +588,22 @@ fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
                 .deleted
                 .iter()
                 .filter_map(|(name, d)| {
-                    d.key.current().map(|v| json!({
-                        "kid": format!("{base}/keys/{name}"),
-                        "attributes": attributes_json(vault, &v.attributes),
-                        "tags": v.tags,
-                        "recoveryId": format!("{base}/deletedkeys/{name}"),
-                        "deletedDate": d.deleted,
-                        "scheduledPurgeDate": d.scheduled_purge,
-                    }))
+                    d.key.current().map(|v| {
+                        json!({
+                            "kid": format!("{base}/keys/{name}"),
+                            "attributes": attributes_json(vault, &v.attributes),
+                            "tags": v.tags,
+                            "recoveryId": format!("{base}/deletedkeys/{name}"),
+                            "deletedDate": d.deleted,
+                            "scheduledPurgeDate": d.scheduled_purge,
+                        })
+                    })
                 })
                 .collect();
             Reply::json(StatusCode::OK, json!({"value": value, "nextLink": null}))
         }
-        Op::Get(name, version) => match vault.keys.get(name).and_then(|k| k.version(Some(version))) {
+        Op::Get(name, version) => match vault.keys.get(name).and_then(|k| k.version(Some(version)))
+        {
             Some(v) => Reply::json(StatusCode::OK, bundle(vault, base, name, v)),
             None => not_found(name, Some(version)),
         },
@@ -546,7 +619,11 @@ fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
             None => not_found(name, None),
         },
         Op::Update(name, version) => {
-            let Some(v) = vault.keys.get_mut(name).and_then(|k| k.version_mut(Some(version))) else {
+            let Some(v) = vault
+                .keys
+                .get_mut(name)
+                .and_then(|k| k.version_mut(Some(version)))
+            else {
                 return not_found(name, Some(version));
             };
             let mut attributes = v.attributes.clone();
@@ -581,11 +658,21 @@ fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
         }
         Op::GetDeleted(name) => match vault.deleted.get(name) {
             Some(d) => Reply::json(StatusCode::OK, deleted_bundle(vault, base, name, d)),
-            None => kv_error(StatusCode::NOT_FOUND, "KeyNotFound", None, &format!("Deleted Key not found: {name}")),
+            None => kv_error(
+                StatusCode::NOT_FOUND,
+                "KeyNotFound",
+                None,
+                &format!("Deleted Key not found: {name}"),
+            ),
         },
         Op::Recover(name) => {
             let Some(d) = vault.deleted.remove(name) else {
-                return kv_error(StatusCode::NOT_FOUND, "KeyNotFound", None, &format!("Deleted Key not found: {name}"));
+                return kv_error(
+                    StatusCode::NOT_FOUND,
+                    "KeyNotFound",
+                    None,
+                    &format!("Deleted Key not found: {name}"),
+                );
             };
             let reply = d
                 .key
@@ -597,7 +684,12 @@ fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
         }
         Op::Purge(name) => {
             if !vault.deleted.contains_key(name) {
-                return kv_error(StatusCode::NOT_FOUND, "KeyNotFound", None, &format!("Deleted Key not found: {name}"));
+                return kv_error(
+                    StatusCode::NOT_FOUND,
+                    "KeyNotFound",
+                    None,
+                    &format!("Deleted Key not found: {name}"),
+                );
             }
             if vault.purge_protection {
                 return kv_error(
@@ -630,34 +722,65 @@ async fn crypto(
             None => return not_found(name, None),
         };
         let refuse_disabled_encrypt = v.refuse_encrypt_when_disabled;
-        let Some(kv) = v.keys.get_mut(name).and_then(|k| k.version_mut(Some(version))) else {
+        let Some(kv) = v
+            .keys
+            .get_mut(name)
+            .and_then(|k| k.version_mut(Some(version)))
+        else {
             return not_found(name, Some(version));
         };
         let op = kind.key_op();
         if !kv.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op)) {
-            return kv_error(StatusCode::FORBIDDEN, "Forbidden", Some("KeyOperationForbidden"), &format!("Operation {op} is not allowed on the key. The key's key_ops are {:?}.", kv.key_ops));
+            return kv_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                Some("KeyOperationForbidden"),
+                &format!(
+                    "Operation {op} is not allowed on the key. The key's key_ops are {:?}.",
+                    kv.key_ops
+                ),
+            );
         }
         if !kv.attributes.enabled && (kind.private() || refuse_disabled_encrypt) {
-            return kv_error(StatusCode::FORBIDDEN, "Forbidden", Some("KeyDisabled"), &format!("Operation {op} is not allowed on a disabled key."));
+            return kv_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                Some("KeyDisabled"),
+                &format!("Operation {op} is not allowed on a disabled key."),
+            );
         }
         match kv.in_date(now_secs()) {
             Err("KeyNotYetValid") => {
-                return kv_error(StatusCode::FORBIDDEN, "Forbidden", Some("KeyNotYetValid"), &format!("Operation {op} is not allowed on a key that is not yet valid (nbf)."));
+                return kv_error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    Some("KeyNotYetValid"),
+                    &format!("Operation {op} is not allowed on a key that is not yet valid (nbf)."),
+                );
             }
             Err(code) if !kind.private() => {
-                return kv_error(StatusCode::FORBIDDEN, "Forbidden", Some(code), &format!("Operation {op} is not allowed on an expired key."));
+                return kv_error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    Some(code),
+                    &format!("Operation {op} is not allowed on an expired key."),
+                );
             }
             _ => {}
         }
         let key = match kv.private() {
             Ok(k) => k,
-            Err(e) => return kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None, &e),
+            Err(e) => {
+                return kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None, &e);
+            }
         };
         (key, format!("{base}/keys/{name}/{}", kv.version))
     };
     let alg = body["alg"].as_str().unwrap_or_default().to_owned();
     if !matches!(alg.as_str(), "RSA-OAEP-256" | "RSA-OAEP" | "RSA1_5") {
-        return bad(&format!("The algorithm {alg:?} is not supported for RSA keys; use RSA-OAEP-256, RSA-OAEP or RSA1_5."));
+        return bad(&format!(
+            "The algorithm {alg:?} is not supported for RSA keys; use RSA-OAEP-256, RSA-OAEP or RSA1_5."
+        ));
     }
     let Some(value) = body["value"].as_str() else {
         return bad("The request has no 'value'.");
@@ -671,9 +794,17 @@ async fn crypto(
     let private_op = kind.private();
     let result = tokio::task::spawn_blocking(move || rsa_op(&key, &alg, private_op, &input)).await;
     match result {
-        Ok(Ok(out)) => Reply::json(StatusCode::OK, json!({"kid": kid, "value": URL_SAFE_NO_PAD.encode(out)})),
+        Ok(Ok(out)) => Reply::json(
+            StatusCode::OK,
+            json!({"kid": kid, "value": URL_SAFE_NO_PAD.encode(out)}),
+        ),
         Ok(Err(msg)) => bad(&msg),
-        Err(_) => kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None, "the crypto operation failed"),
+        Err(_) => kv_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            None,
+            "the crypto operation failed",
+        ),
     }
 }
 
@@ -682,7 +813,11 @@ fn rsa_op(key: &RsaPrivateKey, alg: &str, private: bool, input: &[u8]) -> Result
     let k = key.size();
     if private {
         if input.len() != k {
-            return Err(format!("The ciphertext is {} bytes; this {}-bit key needs exactly {k}.", input.len(), k * 8));
+            return Err(format!(
+                "The ciphertext is {} bytes; this {}-bit key needs exactly {k}.",
+                input.len(),
+                k * 8
+            ));
         }
         let r = match alg {
             "RSA-OAEP-256" => key.decrypt_blinded(&mut rng, Oaep::new::<sha2::Sha256>(), input),
@@ -698,7 +833,10 @@ fn rsa_op(key: &RsaPrivateKey, alg: &str, private: bool, input: &[u8]) -> Result
             _ => k.saturating_sub(11),
         };
         if input.len() > max {
-            return Err(format!("The plaintext is {} bytes; {alg} with this key takes at most {max}.", input.len()));
+            return Err(format!(
+                "The plaintext is {} bytes; {alg} with this key takes at most {max}.",
+                input.len()
+            ));
         }
         let r = match alg {
             "RSA-OAEP-256" => public.encrypt(&mut rng, Oaep::new::<sha2::Sha256>(), input),

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use byok::dek::{DataKey, DekId};
 
-
 /// A path under tests/fixtures.
 pub(crate) fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,7 +35,7 @@ pub(crate) fn byok() -> std::process::Command {
 }
 
 /// A Key Vault emulator started in-process from the example seed, and Azure SDK clients for it.
-pub mod emu {
+pub(crate) mod emu {
     use std::sync::Arc;
 
     use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
@@ -46,16 +45,16 @@ pub mod emu {
     use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
     use byok::emulator::{self, client::AdminClient};
 
-    pub const ACME_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-    pub const ACME_APP: &str = "4a1e6a3e-9d2f-4f7c-8a55-0c6e2d1b9f33";
-    pub const ACME_SECRET: &str = "acme-example-secret-not-real";
-    pub const ACME_ADMIN_APP: &str = "a0a0a0a0-1111-4222-8333-444455556666";
-    pub const ACME_ADMIN_SECRET: &str = "acme-admin-secret-not-real";
-    pub const GLOBEX_TENANT: &str = "c3f1a2b4-7d6e-4f5a-9b8c-1d2e3f4a5b6c";
-    pub const GLOBEX_APP: &str = "d4e5f6a7-b8c9-4d0e-8f1a-2b3c4d5e6f70";
-    pub const GLOBEX_SECRET: &str = "example-client-secret-not-real";
+    pub(crate) const ACME_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    pub(crate) const ACME_APP: &str = "4a1e6a3e-9d2f-4f7c-8a55-0c6e2d1b9f33";
+    pub(crate) const ACME_SECRET: &str = "acme-example-secret-not-real";
+    pub(crate) const ACME_ADMIN_APP: &str = "a0a0a0a0-1111-4222-8333-444455556666";
+    pub(crate) const ACME_ADMIN_SECRET: &str = "acme-admin-secret-not-real";
+    pub(crate) const GLOBEX_TENANT: &str = "c3f1a2b4-7d6e-4f5a-9b8c-1d2e3f4a5b6c";
+    pub(crate) const GLOBEX_APP: &str = "d4e5f6a7-b8c9-4d0e-8f1a-2b3c4d5e6f70";
+    pub(crate) const GLOBEX_SECRET: &str = "example-client-secret-not-real";
 
-    pub struct Emu {
+    pub(crate) struct Emu {
         pub running: emulator::Running,
         pub admin: AdminClient,
         pub http: reqwest::Client,
@@ -64,28 +63,36 @@ pub mod emu {
 
     impl Emu {
         /// Starts the emulator on a free port from config/emulator.example.toml.
-        pub async fn start() -> Emu {
+        pub(crate) async fn start() -> Emu {
             Self::start_with(|_| {}).await
         }
 
-        pub async fn start_with(tweak: impl FnOnce(&mut emulator::Options)) -> Emu {
+        pub(crate) async fn start_with(tweak: impl FnOnce(&mut emulator::Options)) -> Emu {
             let dir = tempfile::tempdir().unwrap();
             let mut opts = emulator::Options {
-                seed: Some(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/emulator.example.toml")),
+                seed: Some(
+                    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("config/emulator.example.toml"),
+                ),
                 ..emulator::Options::default()
             };
             tweak(&mut opts);
             let running = emulator::start(opts).await.unwrap();
             let admin = AdminClient::new(&running.authority(), &running.ca_pem, None).unwrap();
             let http = http_client(&running);
-            Emu { running, admin, http, dir }
+            Emu {
+                running,
+                admin,
+                http,
+                dir,
+            }
         }
 
-        pub fn port(&self) -> u16 {
+        pub(crate) fn port(&self) -> u16 {
             self.running.addr.port()
         }
 
-        pub fn client_options(&self) -> ClientOptions {
+        pub(crate) fn client_options(&self) -> ClientOptions {
             let mut custom = CustomConfiguration::default();
             custom.authority_host = self.running.authority();
             ClientOptions {
@@ -95,42 +102,64 @@ pub mod emu {
             }
         }
 
-        pub fn secret_credential(&self, tenant: &str, app: &str, secret: &str) -> Arc<ClientSecretCredential> {
+        pub(crate) fn secret_credential(
+            &self,
+            tenant: &str,
+            app: &str,
+            secret: &str,
+        ) -> Arc<ClientSecretCredential> {
             ClientSecretCredential::new(
                 tenant,
                 app.to_owned(),
                 Secret::new(secret.to_owned()),
-                Some(ClientSecretCredentialOptions { client_options: self.client_options() }),
+                Some(ClientSecretCredentialOptions {
+                    client_options: self.client_options(),
+                }),
             )
             .unwrap()
         }
 
-        pub fn key_client(&self, vault: &str, credential: Arc<dyn TokenCredential>) -> KeyClient {
+        pub(crate) fn key_client(
+            &self,
+            vault: &str,
+            credential: Arc<dyn TokenCredential>,
+        ) -> KeyClient {
             KeyClient::new(
                 &self.running.vault_url(vault),
                 credential,
-                Some(KeyClientOptions { client_options: self.client_options(), ..KeyClientOptions::default() }),
+                Some(KeyClientOptions {
+                    client_options: self.client_options(),
+                    ..KeyClientOptions::default()
+                }),
             )
             .unwrap()
         }
 
         /// The seed's acme app with its secret, on acme-vault.
-        pub fn acme(&self) -> KeyClient {
-            self.key_client("acme-vault", self.secret_credential(ACME_TENANT, ACME_APP, ACME_SECRET))
+        pub(crate) fn acme(&self) -> KeyClient {
+            self.key_client(
+                "acme-vault",
+                self.secret_credential(ACME_TENANT, ACME_APP, ACME_SECRET),
+            )
         }
 
         /// Acme's administrator app on acme-vault.
-        pub fn acme_admin(&self) -> KeyClient {
-            self.key_client("acme-vault", self.secret_credential(ACME_TENANT, ACME_ADMIN_APP, ACME_ADMIN_SECRET))
+        pub(crate) fn acme_admin(&self) -> KeyClient {
+            self.key_client(
+                "acme-vault",
+                self.secret_credential(ACME_TENANT, ACME_ADMIN_APP, ACME_ADMIN_SECRET),
+            )
         }
     }
 
     /// A reqwest client that trusts the emulator's CA and resolves the seed's vault hosts (and
     /// any `<name>.vault.azure.net` the tests use) to 127.0.0.1.
-    pub fn http_client(running: &emulator::Running) -> reqwest::Client {
+    pub(crate) fn http_client(running: &emulator::Running) -> reqwest::Client {
         let addr = running.addr;
         let mut b = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(running.ca_pem.as_bytes()).unwrap())
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(running.ca_pem.as_bytes()).unwrap(),
+            )
             .no_proxy();
         for v in ["acme-vault", "globex-kv", "byok-operator", "nope-vault"] {
             b = b
@@ -143,15 +172,23 @@ pub mod emu {
     /// The HTTP status, `error.code` and `error.innererror.code` of an SDK error, read from the
     /// raw body: azure_core's own `error_code` falls back to the status number whenever the
     /// message holds a JSON escape (Key Vault's RBAC message holds `\r\n`).
-    pub fn error_codes(err: &azure_core::Error) -> (u16, String, String) {
+    pub(crate) fn error_codes(err: &azure_core::Error) -> (u16, String, String) {
         match err.kind() {
-            azure_core::error::ErrorKind::HttpResponse { status, raw_response, .. } => {
+            azure_core::error::ErrorKind::HttpResponse {
+                status,
+                raw_response,
+                ..
+            } => {
                 let body = raw_response
                     .as_ref()
                     .and_then(|r| serde_json::from_slice::<serde_json::Value>(r.body()).ok())
                     .unwrap_or_default();
                 let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-                (u16::from(*status), s(&body["error"]["code"]), s(&body["error"]["innererror"]["code"]))
+                (
+                    u16::from(*status),
+                    s(&body["error"]["code"]),
+                    s(&body["error"]["innererror"]["code"]),
+                )
             }
             other => (0, format!("{other:?}"), String::new()),
         }

@@ -1078,6 +1078,19 @@ async fn faults_5xx_outage_and_latency() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(t.elapsed() >= std::time::Duration::from_millis(300));
+    // dropped connections
+    emu.admin
+        .set_fault(json!({"target": "acme-vault", "drop_rate": 1.0}))
+        .await
+        .unwrap();
+    assert!(
+        emu.http
+            .get(&url)
+            .bearer_auth(token.token.secret())
+            .send()
+            .await
+            .is_err()
+    );
     // the token endpoint can go down too
     emu.admin
         .set_fault(json!({"target": "entra", "outage_seconds": 60}))
@@ -1258,4 +1271,43 @@ async fn wycheproof_rsa_oaep_256_through_the_decrypt_path() {
         total.0, total.1, total.2
     );
     assert!(total.0 >= 20 && total.1 >= 20, "{total:?}");
+}
+
+#[tokio::test]
+async fn private_link_hosts_fail_the_sdk_challenge_check_unless_it_is_turned_off() {
+    use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+    let emu = Emu::start().await;
+    let url = format!(
+        "https://globex-kv.privatelink.vaultcore.azure.net:{}",
+        emu.port()
+    );
+    let cred = emu.secret_credential(GLOBEX_TENANT, GLOBEX_APP, GLOBEX_SECRET);
+    let strict = KeyClient::new(
+        &url,
+        cred.clone(),
+        Some(KeyClientOptions {
+            client_options: emu.client_options(),
+            ..KeyClientOptions::default()
+        }),
+    )
+    .unwrap();
+    let e = strict.get_key("archive-kek", None).await.unwrap_err();
+    assert!(format!("{e:?}").contains("challenge resource"), "{e:?}");
+    let relaxed = KeyClient::new(
+        &url,
+        cred,
+        Some(KeyClientOptions {
+            client_options: emu.client_options(),
+            verify_challenge_resource: Some(false),
+            ..KeyClientOptions::default()
+        }),
+    )
+    .unwrap();
+    let key = relaxed
+        .get_key("archive-kek", None)
+        .await
+        .unwrap()
+        .into_model()
+        .unwrap();
+    assert!(key.key.unwrap().kid.unwrap().starts_with(&url));
 }

@@ -274,6 +274,9 @@ pub struct KeysConfig {
     pub unwrapped_cache_ttl: Duration,
     /// Extra CA certificate (PEM) to trust for vault and Entra endpoints, e.g. the emulator's.
     pub ca_file: Option<PathBuf>,
+    /// Host names resolved to fixed addresses instead of DNS (like curl --resolve), for the
+    /// local emulator or split-horizon DNS.
+    pub resolve: BTreeMap<String, std::net::IpAddr>,
 }
 
 /// Metrics and health endpoint.
@@ -659,6 +662,8 @@ struct KeysRaw {
     unwrapped_cache_ttl: Duration,
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    resolve: BTreeMap<String, std::net::IpAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1193,6 +1198,7 @@ impl Loader {
             unwrapped_cache_entries: raw.unwrapped_cache_entries,
             unwrapped_cache_ttl: raw.unwrapped_cache_ttl,
             ca_file,
+            resolve: raw.resolve,
         })
     }
 

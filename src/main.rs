@@ -24,6 +24,24 @@ enum Command {
         command: ConfigCommand,
     },
     VaultEmulator(Box<EmulatorArgs>),
+    /// Walk the setup guide's checklist against each tenant's real vault: token with the
+    /// configured credential, key found, RSA >= 3072 bits, enabled, in date, encrypt and decrypt
+    /// permitted, a real round trip, soft delete and purge protection, Private Link reachable.
+    /// One line per check with pass, warn or fail and the fix; exit 1 on any failure.
+    CheckKey {
+        /// The worker configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Check this tenant.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        tenant: Option<String>,
+        /// Check every tenant with BYOK enabled.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the header of a sealed value (version, suite, flags, DEK id, nonce, sizes), or why
     /// the bytes are not a v1 sealed value. Needs no key.
     Inspect {
@@ -205,10 +223,78 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
         Command::Inspect { file, hex, json } => inspect(file, hex, json),
+        Command::CheckKey {
+            config,
+            tenant,
+            all,
+            json,
+        } => runtime()
+            .and_then(|rt| rt.block_on(check_key(&config, tenant.as_deref(), all, json)))
+            .unwrap_or_else(|e| fail(&e)),
         Command::VaultEmulator(args) => runtime()
             .and_then(|rt| rt.block_on(vault_emulator(*args)))
             .unwrap_or_else(|e| fail(&e)),
     }
+}
+
+async fn check_key(
+    config: &std::path::Path,
+    tenant: Option<&str>,
+    all: bool,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    let selected: Vec<_> = config
+        .tenants
+        .values()
+        .filter(|t| all || Some(t.id.as_str()) == tenant)
+        .collect();
+    if selected.is_empty() {
+        return Err(match tenant {
+            Some(t) => format!(
+                "tenant {t:?} is not in the configuration; configured: {}",
+                config
+                    .tenants
+                    .keys()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "the configuration has no tenant".to_owned(),
+        });
+    }
+    let mut failed = false;
+    for t in selected {
+        let lines = match (&t.key, t.byok_enabled) {
+            (Some(key), true) => byok::check::check_tenant(t.id.as_str(), key, &config.keys).await,
+            _ => vec![byok::check::CheckLine {
+                tenant: t.id.to_string(),
+                check: "byok",
+                verdict: byok::check::Verdict::Warn,
+                message: "BYOK is not enabled for this tenant: its messages go to the quarantine"
+                    .into(),
+                fix: Some(
+                    "configure its key and set byok_enabled = true (the guide's \"Enable BYOK\")"
+                        .into(),
+                ),
+            }],
+        };
+        failed |= lines
+            .iter()
+            .any(|l| l.verdict == byok::check::Verdict::Fail);
+        if json {
+            for l in &lines {
+                println!("{}", serde_json::to_string(l).unwrap_or_default());
+            }
+        } else {
+            print!("{}", byok::check::render_text(&lines));
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -53,6 +53,14 @@ async fn route(shared: &Shared, req: &Req, segs: &[&str], body: &Value) -> Reply
     match (&req.method, segs) {
         (&Method::GET, ["health"]) => Reply::json(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, ["state"]) => state(shared),
+        (&Method::GET, ["stats"]) => {
+            let calls = shared
+                .calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            Reply::json(StatusCode::OK, json!({"calls": calls}))
+        }
         (&Method::GET, ["ca"]) => Reply {
             status: StatusCode::OK,
             headers: vec![("content-type", "application/x-pem-file".into())],

@@ -249,6 +249,11 @@ impl AdminClient {
         .await
     }
 
+    /// Authenticated requests per vault and operation since start.
+    pub async fn stats(&self) -> Result<Value, AdminError> {
+        self.call(Method::GET, "stats", None).await
+    }
+
     /// The whole state, without secrets or private keys.
     pub async fn state(&self) -> Result<Value, AdminError> {
         self.call(Method::GET, "state", None).await

@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     world: Mutex<World>,
     faults: Mutex<HashMap<String, Fault>>,
     budgets: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
+    /// Authenticated requests per vault and operation, for tests and the demo.
+    calls: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, u64>>>,
     token_key: Vec<u8>,
     token_lifetime: Duration,
     admin_token: Option<String>,
@@ -206,6 +208,15 @@ impl Shared {
         }
         window.push_back((now, cost));
         Ok(())
+    }
+
+    fn count_call(&self, vault: &str, op: &'static str) {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        *calls
+            .entry(vault.to_owned())
+            .or_default()
+            .entry(op)
+            .or_default() += 1;
     }
 
     /// The fault settings for a target: the vault's own, else `*` (vaults only).
@@ -309,6 +320,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         world: Mutex::new(world),
         faults: Mutex::new(HashMap::new()),
         budgets: Mutex::new(HashMap::new()),
+        calls: Mutex::new(Default::default()),
         token_key,
         token_lifetime: opts.token_lifetime,
         admin_token: opts.admin_token.clone(),

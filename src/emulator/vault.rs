@@ -152,6 +152,8 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
         ));
     };
 
+    shared.count_call(name, op.name());
+
     // Budget: a crypto operation costs by key size, anything else 1.
     let (budget, cost) = {
         let world = shared.world();
@@ -280,6 +282,30 @@ impl<'a> Op<'a> {
             },
             _ => return None,
         })
+    }
+
+    /// A short name for request counters.
+    fn name(&self) -> &'static str {
+        match self {
+            Op::List => "list",
+            Op::ListDeleted => "list-deleted",
+            Op::Create(_) => "create",
+            Op::Import(_) => "import",
+            Op::Get(..) => "get",
+            Op::Versions(_) => "versions",
+            Op::Update(..) => "update",
+            Op::Rotate(_) => "rotate",
+            Op::Delete(_) => "delete",
+            Op::GetDeleted(_) => "get-deleted",
+            Op::Recover(_) => "recover",
+            Op::Purge(_) => "purge",
+            Op::Crypto { kind, .. } => match kind {
+                CryptoOp::Encrypt => "encrypt",
+                CryptoOp::Decrypt => "decrypt",
+                CryptoOp::Wrap => "wrapkey",
+                CryptoOp::Unwrap => "unwrapkey",
+            },
+        }
     }
 
     /// The RBAC data action and the key it applies to.

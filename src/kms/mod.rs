@@ -1,11 +1,326 @@
 //! The KEK side: the tenant's RSA key in Azure Key Vault that wraps DEKs.
 //!
-//! For now this holds the identity of a key version, [`KekId`], as the registry records it. The
-//! provider trait (wrap, unwrap, key state) and its Azure implementation build on it.
+//! [`KeyProvider`] is the small trait the worker uses: wrap a DEK (Key Vault `encrypt`,
+//! RSA-OAEP-256, on a pinned key version), unwrap one given the `kek` the registry recorded
+//! (`decrypt` on that version), and read the key's state. Never wrapKey/unwrapKey: the customer's
+//! role does not allow them. [`azure`] implements it over Microsoft's SDK; [`cache`],
+//! [`resilience`] and [`metered`] wrap any provider with the same trait (a DEK cache with
+//! single-flight, a per-vault rate limit and retries, metrics).
+//!
+//! Key state is classified by Key Vault's `innererror.code` and Entra's AADSTS codes, never by
+//! the coarse `Forbidden`: see [`classify`].
+
+pub mod azure;
+pub mod cache;
+mod classify;
+pub mod metered;
+pub mod resilience;
 
 use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use url::Url;
+
+use crate::dek::{DataKey, DekId};
+use crate::envelope::headers::QuarantineReason;
+
+pub use classify::classify;
+
+/// A DEK wrapped under a KEK version.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Wrapped {
+    /// The key version that wrapped it, as Key Vault returned it.
+    pub kek: KekId,
+    /// The RSA-OAEP-256 ciphertext.
+    pub wrapped: Vec<u8>,
+}
+
+impl fmt::Debug for Wrapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wrapped")
+            .field("kek", &self.kek)
+            .field("wrapped_len", &self.wrapped.len())
+            .finish()
+    }
+}
+
+/// What `GET key` said about one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// The version's `kid`.
+    pub kid: KekId,
+    /// Key type (`RSA`, `RSA-HSM`).
+    pub kty: String,
+    /// Modulus (big-endian), for local wrapping while the vault is away.
+    pub n: Vec<u8>,
+    /// Public exponent.
+    pub e: Vec<u8>,
+    /// Permitted operations.
+    pub key_ops: Vec<String>,
+    /// Enabled.
+    pub enabled: bool,
+    /// Not before (Unix seconds).
+    pub nbf: Option<i64>,
+    /// Expires (Unix seconds).
+    pub exp: Option<i64>,
+    /// `recoveryLevel`.
+    pub recovery_level: Option<String>,
+    /// `recoverableDays`.
+    pub recoverable_days: Option<i32>,
+}
+
+impl VersionInfo {
+    /// Modulus size in bits.
+    pub fn bits(&self) -> usize {
+        let lead = self.n.iter().take_while(|b| **b == 0).count();
+        (self.n.len() - lead) * 8
+    }
+    /// Why the version cannot wrap and unwrap DEKs now, if it cannot.
+    pub fn problem(&self, now: i64) -> Option<Revocation> {
+        if !self.enabled {
+            return Some(Revocation::KeyDisabled);
+        }
+        if self.nbf.is_some_and(|n| now < n) || self.exp.is_some_and(|e| now >= e) {
+            return Some(Revocation::KeyExpired);
+        }
+        let has = |op: &str| self.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op));
+        if !self.kty.starts_with("RSA") || !has("encrypt") || !has("decrypt") {
+            return Some(Revocation::AccessDenied);
+        }
+        None
+    }
+}
+
+/// Why a key cannot be used: the tenant said no (ARCHITECTURE.md "Key states").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Revocation {
+    /// Every usable version is disabled.
+    KeyDisabled,
+    /// Expired or not yet valid.
+    KeyExpired,
+    /// The key does not exist.
+    KeyNotFound,
+    /// The key is soft-deleted.
+    KeyDeleted,
+    /// The app may not use the key (role removed, key_ops, wrong tenant).
+    AccessDenied,
+    /// Entra ID refused the app's credential (AADSTS code).
+    CredentialRejected(u32),
+}
+
+impl Revocation {
+    /// The quarantine reason for records of a tenant whose key is revoked this way.
+    pub fn quarantine_reason(self) -> QuarantineReason {
+        match self {
+            Revocation::KeyDisabled => QuarantineReason::KeyDisabled,
+            Revocation::KeyExpired => QuarantineReason::KeyExpired,
+            Revocation::KeyNotFound => QuarantineReason::KeyNotFound,
+            Revocation::KeyDeleted => QuarantineReason::KeyDeleted,
+            Revocation::AccessDenied | Revocation::CredentialRejected(_) => {
+                QuarantineReason::AccessDenied
+            }
+        }
+    }
+}
+
+impl fmt::Display for Revocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Revocation::CredentialRejected(code) => write!(f, "credential rejected (AADSTS{code})"),
+            other => f.write_str(other.quarantine_reason().as_str()),
+        }
+    }
+}
+
+/// Why the vault could not answer: an outage, not a decision (keep archiving).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outage {
+    /// 429 from the vault.
+    Throttled,
+    /// 5xx from the vault.
+    ServerError,
+    /// No connection, TLS failure, timeout.
+    Network,
+    /// Entra ID's token endpoint failed (5xx or unreachable).
+    TokenEndpoint,
+}
+
+impl fmt::Display for Outage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outage::Throttled => "throttled",
+            Outage::ServerError => "vault server error",
+            Outage::Network => "network",
+            Outage::TokenEndpoint => "token endpoint unavailable",
+        })
+    }
+}
+
+/// The state of a tenant's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// Wrap new DEKs under this version.
+    Usable(VersionInfo),
+    /// The version in use (pinned or newest) cannot be used, but another can: switch to it and
+    /// rewrap.
+    VersionUnusable {
+        /// The version that can no longer be used.
+        unusable: KekId,
+        /// Why.
+        why: Revocation,
+        /// The version to use instead.
+        usable: VersionInfo,
+    },
+    /// No usable version: the tenant revoked the key (or never gave access).
+    Revoked {
+        /// How.
+        why: Revocation,
+        /// What Key Vault or Entra said, for the operator.
+        detail: String,
+        /// The newest version seen, with its public key, if `GET key` still answers.
+        last_seen: Option<VersionInfo>,
+    },
+    /// The vault or Entra could not be reached: keep archiving.
+    Unavailable {
+        /// What failed.
+        why: Outage,
+        /// Details for the operator.
+        detail: String,
+        /// When to ask again, if the service said.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// A KEK operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// The tenant's key cannot be used: quarantine, do not retry.
+    #[error("tenant {tenant}: key {key} cannot be used ({why}): {detail}")]
+    Revoked {
+        /// Tenant id.
+        tenant: String,
+        /// Vault key URL or kid.
+        key: String,
+        /// How it is revoked.
+        why: Revocation,
+        /// Key Vault's or Entra's words.
+        detail: String,
+    },
+    /// The vault or Entra is unavailable: retry later, keep archiving.
+    #[error("tenant {tenant}: key vault unavailable ({why}): {detail}")]
+    Unavailable {
+        /// Tenant id.
+        tenant: String,
+        /// What failed.
+        why: Outage,
+        /// Details.
+        detail: String,
+        /// When to try again, if the service said.
+        retry_after: Option<Duration>,
+    },
+    /// Key Vault refused the input (for example a wrapped DEK that does not decrypt).
+    #[error("tenant {tenant}: Key Vault rejected the request: {detail}")]
+    Rejected {
+        /// Tenant id.
+        tenant: String,
+        /// Details.
+        detail: String,
+    },
+    /// The provider could not be set up (credential file, CA, URL).
+    #[error("tenant {tenant}: {detail}")]
+    Setup {
+        /// Tenant id.
+        tenant: String,
+        /// What is wrong and how to fix it.
+        detail: String,
+    },
+}
+
+impl KmsError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KmsError::Unavailable { .. })
+    }
+}
+
+/// The KEK operations the worker needs, for one tenant's key.
+pub trait KeyProvider: Send + Sync {
+    /// The tenant this provider serves.
+    fn tenant(&self) -> &str;
+
+    /// Wraps a DEK under the key version to use now (Key Vault `encrypt`, RSA-OAEP-256).
+    fn wrap(&self, dek: &DataKey) -> impl Future<Output = Result<Wrapped, KmsError>> + Send;
+
+    /// Unwraps a DEK with the version the registry recorded (Key Vault `decrypt`).
+    fn unwrap(
+        &self,
+        kek: &KekId,
+        dek: DekId,
+        wrapped: &[u8],
+    ) -> impl Future<Output = Result<Arc<DataKey>, KmsError>> + Send;
+
+    /// Reads the key's state (`GET key`).
+    fn key_state(&self) -> impl Future<Output = KeyState> + Send;
+}
+
+/// The provider stack the worker uses for one tenant: a DEK cache over retries and a per-vault
+/// rate limit over metrics over the Azure SDK.
+pub type TenantKms =
+    cache::CachingProvider<resilience::Resilient<metered::Metered<azure::AzureKeyProvider>>>;
+
+/// Builds the provider stack of every tenant with BYOK enabled, sharing one HTTP client and one
+/// rate limiter per vault host.
+pub fn providers(
+    config: &crate::config::Config,
+) -> Result<std::collections::BTreeMap<crate::config::TenantId, Arc<TenantKms>>, KmsError> {
+    let mut limiters: std::collections::HashMap<String, Arc<resilience::RateLimiter>> =
+        Default::default();
+    let mut out = std::collections::BTreeMap::new();
+    for (id, tenant) in &config.tenants {
+        let Some(key) = tenant.key.as_ref().filter(|_| tenant.byok_enabled) else {
+            continue;
+        };
+        out.insert(
+            id.clone(),
+            Arc::new(tenant_kms(id.as_str(), key, &config.keys, &mut limiters)?),
+        );
+    }
+    Ok(out)
+}
+
+/// Builds one provider stack.
+pub fn tenant_kms(
+    tenant: &str,
+    key: &crate::config::KeyVaultKey,
+    keys: &crate::config::KeysConfig,
+    limiters: &mut std::collections::HashMap<String, Arc<resilience::RateLimiter>>,
+) -> Result<TenantKms, KmsError> {
+    let http =
+        azure::http_client(keys, key.ca_file.as_deref()).map_err(|detail| KmsError::Setup {
+            tenant: tenant.to_owned(),
+            detail,
+        })?;
+    let azure = azure::AzureKeyProvider::new(tenant, key, http, keys.check_interval)?;
+    let host = key.vault_url.host_str().unwrap_or_default().to_owned();
+    let limiter =
+        Arc::clone(limiters.entry(host).or_insert_with(|| {
+            Arc::new(resilience::RateLimiter::new(keys.vault_requests_per_10s))
+        }));
+    Ok(cache::CachingProvider::new(
+        resilience::Resilient::new(
+            metered::Metered::new(azure),
+            limiter,
+            resilience::RetryPolicy::default(),
+        ),
+        keys.unwrapped_cache_entries,
+        keys.unwrapped_cache_ttl,
+    ))
+}
 
 /// A Key Vault key identifier including its version, exactly as Key Vault returns it in `kid`:
 /// `https://<vault>.vault.azure.net/keys/<name>/<version>`. The text is kept byte for byte (it is

@@ -194,3 +194,71 @@ pub(crate) mod emu {
         }
     }
 }
+
+/// Worker configurations pointing at a running emulator.
+pub mod emu_config {
+    use std::path::{Path, PathBuf};
+
+    /// Writes a worker config for the example seed's tenants at the emulator on `port`, with
+    /// its CA in `dir`. `extra` is appended (more tenants, overrides).
+    pub fn write(dir: &Path, port: u16, ca_pem: &str, extra: &str) -> PathBuf {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let ca = dir.join("emulator-ca.pem");
+        std::fs::write(&ca, ca_pem).unwrap();
+        let secret = dir.join("globex.secret");
+        std::fs::write(&secret, "example-client-secret-not-real\n").unwrap();
+        let operator = dir.join("operator.secret");
+        std::fs::write(&operator, "example-operator-secret-not-real\n").unwrap();
+        let acme_pem = root.join("config/example/acme.pem");
+        let text = format!(
+            r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[keys]
+ca_file = "{ca}"
+check_interval = "5s"
+
+[keys.resolve]
+"acme-vault.vault.azure.net" = "127.0.0.1"
+"globex-kv.privatelink.vaultcore.azure.net" = "127.0.0.1"
+"byok-operator.vault.azure.net" = "127.0.0.1"
+
+[quarantine]
+vault_url = "https://byok-operator.vault.azure.net:{port}"
+key_name = "quarantine-kek"
+entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
+client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
+credential = {{ type = "client-secret", file = "{operator}" }}
+authority_host = "https://127.0.0.1:{port}"
+
+[[tenants]]
+id = "acme"
+vault_url = "https://acme-vault.vault.azure.net:{port}"
+key_name = "byok-key"
+key_version = "78deebed173b48e48f55abf87ed4cf71"
+entra_tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+client_id = "4a1e6a3e-9d2f-4f7c-8a55-0c6e2d1b9f33"
+credential = {{ type = "certificate", path = "{acme}" }}
+authority_host = "https://127.0.0.1:{port}"
+
+[[tenants]]
+id = "globex"
+vault_url = "https://globex-kv.privatelink.vaultcore.azure.net:{port}"
+key_name = "archive-kek"
+entra_tenant_id = "c3f1a2b4-7d6e-4f5a-9b8c-1d2e3f4a5b6c"
+client_id = "d4e5f6a7-b8c9-4d0e-8f1a-2b3c4d5e6f70"
+credential = {{ type = "client-secret", file = "{secret}" }}
+authority_host = "https://127.0.0.1:{port}"
+{extra}
+"#,
+            ca = ca.display(),
+            operator = operator.display(),
+            acme = acme_pem.display(),
+            secret = secret.display(),
+        );
+        let path = dir.join("byok.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}

@@ -1,0 +1,548 @@
+//! The tenant key provider over Microsoft's SDK: `azure_identity` (certificate or client-secret
+//! credential, optional authority host) and `azure_security_keyvault_keys` (one `KeyClient` per
+//! tenant vault, reused). Wrap = `encrypt` RSA-OAEP-256 on a pinned version; unwrap = `decrypt`
+//! on the version the registry names; state = `GET key`.
+//!
+//! The SDK's own retries are turned off: [`super::resilience`] retries, honouring
+//! `Retry-After`, in one place. Private Link hosts turn the SDK's challenge-resource check off
+//! (their host is not under `vault.azure.net`, so the check would always fail).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::credentials::{Secret, SecretBytes, TokenCredential};
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_identity::{
+    ClientCertificateCredential, ClientCertificateCredentialOptions, ClientSecretCredential,
+    ClientSecretCredentialOptions,
+};
+use azure_security_keyvault_keys::models::{EncryptionAlgorithm, Key, KeyOperationParameters};
+use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+use futures::TryStreamExt;
+use tokio::sync::Mutex;
+
+use super::classify::{Classified, classify};
+use super::{KekId, KeyProvider, KeyState, KmsError, Revocation, VersionInfo, Wrapped};
+use crate::config::{CertFormat, Credential, KeyVaultKey, KeysConfig};
+use crate::dek::{DataKey, DekId};
+
+/// The OAuth scope of Key Vault.
+pub const VAULT_SCOPE: &str = "https://vault.azure.net/.default";
+
+/// The HTTP client every SDK client of this process shares: trusts the configured extra CA and
+/// applies the `resolve` overrides.
+pub fn http_client(keys: &KeysConfig, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(60));
+    if let Some(ca) = ca_file.or(keys.ca_file.as_deref()) {
+        let pem = std::fs::read(ca).map_err(|e| format!("CA file {}: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("CA file {}: not a PEM certificate: {e}", ca.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    for (host, ip) in &keys.resolve {
+        b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
+    }
+    b.build().map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// One tenant's key in Azure Key Vault.
+pub struct AzureKeyProvider {
+    tenant: String,
+    key_name: String,
+    pinned: Option<String>,
+    vault_url: String,
+    client: KeyClient,
+    credential: Arc<dyn TokenCredential>,
+    state: Mutex<Option<(Instant, KeyState)>>,
+    state_ttl: Duration,
+}
+
+impl std::fmt::Debug for AzureKeyProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureKeyProvider")
+            .field("tenant", &self.tenant)
+            .field("vault_url", &self.vault_url)
+            .field("key_name", &self.key_name)
+            .field("pinned", &self.pinned)
+            .finish_non_exhaustive()
+    }
+}
+
+fn setup(tenant: &str, detail: impl Into<String>) -> KmsError {
+    KmsError::Setup {
+        tenant: tenant.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// Builds the app's credential from the configuration.
+pub fn credential(
+    tenant: &str,
+    key: &KeyVaultKey,
+    options: ClientOptions,
+) -> Result<Arc<dyn TokenCredential>, KmsError> {
+    match &key.credential {
+        Credential::ClientSecret(source) => {
+            let secret = source
+                .load()
+                .map_err(|e| setup(tenant, format!("client secret: {e}")))?;
+            let cred = ClientSecretCredential::new(
+                &key.entra_tenant_id,
+                key.client_id.clone(),
+                Secret::new(secrecy::ExposeSecret::expose_secret(&secret).to_owned()),
+                Some(ClientSecretCredentialOptions {
+                    client_options: options,
+                }),
+            )
+            .map_err(|e| setup(tenant, format!("client secret credential: {e}")))?;
+            Ok(cred)
+        }
+        Credential::Certificate {
+            path,
+            format,
+            password,
+        } => {
+            let password = password
+                .as_ref()
+                .map(|p| p.load())
+                .transpose()
+                .map_err(|e| setup(tenant, format!("certificate password: {e}")))?;
+            let pass = password
+                .as_ref()
+                .map(|p| secrecy::ExposeSecret::expose_secret(p).to_owned());
+            let bytes = std::fs::read(path)
+                .map_err(|e| setup(tenant, format!("certificate {}: {e}", path.display())))?;
+            let pkcs12 = match format {
+                CertFormat::Pfx => bytes,
+                CertFormat::Pem => pem_to_pkcs12(&bytes, pass.as_deref())
+                    .map_err(|e| setup(tenant, format!("certificate {}: {e}", path.display())))?,
+            };
+            let cred = ClientCertificateCredential::new(
+                key.entra_tenant_id.clone(),
+                key.client_id.clone(),
+                SecretBytes::new(pkcs12),
+                Some(ClientCertificateCredentialOptions {
+                    client_options: options,
+                    password: match format {
+                        CertFormat::Pfx => pass.map(Secret::new),
+                        CertFormat::Pem => None,
+                    },
+                    ..Default::default()
+                }),
+            )
+            .map_err(|e| setup(tenant, format!("certificate credential: {e}")))?;
+            Ok(cred)
+        }
+    }
+}
+
+/// A PKCS#12 (no password) of a PEM holding a certificate and its private key, as the SDK's
+/// certificate credential takes only PKCS#12.
+pub fn pem_to_pkcs12(pem: &[u8], password: Option<&str>) -> Result<Vec<u8>, String> {
+    let cert = openssl::x509::X509::from_pem(pem).map_err(|_| "no certificate in the PEM")?;
+    let key = match password {
+        Some(p) => openssl::pkey::PKey::private_key_from_pem_passphrase(pem, p.as_bytes()),
+        None => openssl::pkey::PKey::private_key_from_pem(pem),
+    }
+    .map_err(|_| "no readable private key in the PEM (encrypted? set password_env)")?;
+    openssl::pkcs12::Pkcs12::builder()
+        .name("byok")
+        .pkey(&key)
+        .cert(&cert)
+        .build2("")
+        .and_then(|p| p.to_der())
+        .map_err(|e| format!("cannot build PKCS#12: {e}"))
+}
+
+impl AzureKeyProvider {
+    /// A provider for one tenant's key, sharing `http` with the process's other providers.
+    pub fn new(
+        tenant: &str,
+        key: &KeyVaultKey,
+        http: reqwest::Client,
+        state_ttl: Duration,
+    ) -> Result<Self, KmsError> {
+        let mut cloud = CustomConfiguration::default();
+        cloud.authority_host = key.authority_host.as_str().trim_end_matches('/').to_owned();
+        let options = ClientOptions {
+            transport: Some(Transport::new(Arc::new(http))),
+            cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
+            retry: RetryOptions::none(),
+            ..ClientOptions::default()
+        };
+        let credential = credential(tenant, key, options.clone())?;
+        let vault_url = key.vault_url.as_str().trim_end_matches('/').to_owned();
+        let client = KeyClient::new(
+            &vault_url,
+            Arc::clone(&credential),
+            Some(KeyClientOptions {
+                client_options: options,
+                verify_challenge_resource: Some(!key.is_private_link()),
+                ..KeyClientOptions::default()
+            }),
+        )
+        .map_err(|e| setup(tenant, format!("Key Vault client for {vault_url}: {e}")))?;
+        Ok(Self {
+            tenant: tenant.to_owned(),
+            key_name: key.key_name.clone(),
+            pinned: key.key_version.clone(),
+            vault_url,
+            client,
+            credential,
+            state: Mutex::new(None),
+            state_ttl,
+        })
+    }
+
+    /// The vault URL.
+    pub fn vault_url(&self) -> &str {
+        &self.vault_url
+    }
+
+    /// The key name.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// The pinned version, if any.
+    pub fn pinned(&self) -> Option<&str> {
+        self.pinned.as_deref()
+    }
+
+    fn error(&self, err: &azure_core::Error) -> KmsError {
+        match classify(err) {
+            Classified::Revoked(why, detail) => KmsError::Revoked {
+                tenant: self.tenant.clone(),
+                key: format!("{}/keys/{}", self.vault_url, self.key_name),
+                why,
+                detail,
+            },
+            Classified::Unavailable(why, detail, retry_after) => KmsError::Unavailable {
+                tenant: self.tenant.clone(),
+                why,
+                detail,
+                retry_after,
+            },
+            Classified::Rejected(detail) => KmsError::Rejected {
+                tenant: self.tenant.clone(),
+                detail,
+            },
+        }
+    }
+
+    /// Gets a token for Key Vault with the configured credential (the first check of
+    /// `byok check-key`).
+    pub async fn token(&self) -> Result<(), KmsError> {
+        self.credential
+            .get_token(&[VAULT_SCOPE], None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(&e))
+    }
+
+    /// `GET key` for a version (latest when `None`).
+    pub async fn get_version(&self, version: Option<&str>) -> Result<VersionInfo, KmsError> {
+        let options =
+            version.map(
+                |v| azure_security_keyvault_keys::models::KeyClientGetKeyOptions {
+                    key_version: Some(v.to_owned()),
+                    ..Default::default()
+                },
+            );
+        let key = self
+            .client
+            .get_key(&self.key_name, options)
+            .await
+            .map_err(|e| self.error(&e))?
+            .into_model()
+            .map_err(|e| self.error(&e))?;
+        self.version_info(key)
+    }
+
+    fn version_info(&self, key: Key) -> Result<VersionInfo, KmsError> {
+        let bad = |what: &str| KmsError::Rejected {
+            tenant: self.tenant.clone(),
+            detail: format!("GET key returned no {what}"),
+        };
+        let jwk = key.key.ok_or_else(|| bad("key"))?;
+        let kid = KekId::parse(jwk.kid.as_deref().ok_or_else(|| bad("kid"))?).map_err(|e| {
+            KmsError::Rejected {
+                tenant: self.tenant.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        let attrs = key.attributes.unwrap_or_default();
+        Ok(VersionInfo {
+            kid,
+            kty: jwk.kty.map(|k| k.to_string()).unwrap_or_default(),
+            n: jwk.n.unwrap_or_default(),
+            e: jwk.e.unwrap_or_default(),
+            key_ops: jwk.key_ops.unwrap_or_default(),
+            enabled: attrs.enabled.unwrap_or(false),
+            nbf: attrs.not_before.map(|t| t.unix_timestamp()),
+            exp: attrs.expires.map(|t| t.unix_timestamp()),
+            recovery_level: attrs.recovery_level.map(|r| r.to_string()),
+            recoverable_days: attrs.recoverable_days,
+        })
+    }
+
+    /// Whether the key is soft-deleted (needs deletedKeys/read; `false` when not allowed).
+    async fn is_deleted(&self) -> bool {
+        self.client
+            .get_deleted_key(&self.key_name, None)
+            .await
+            .is_ok()
+    }
+
+    /// Encrypts `plaintext` with RSA-OAEP-256 on a version.
+    pub async fn encrypt(&self, version: &KekId, plaintext: &[u8]) -> Result<Wrapped, KmsError> {
+        let params = KeyOperationParameters {
+            algorithm: Some(EncryptionAlgorithm::RsaOaep256),
+            value: Some(plaintext.to_vec()),
+            ..Default::default()
+        };
+        let body = params.try_into().map_err(|e| self.error(&e))?;
+        let options = azure_security_keyvault_keys::models::KeyClientEncryptOptions {
+            key_version: Some(version.version().to_owned()),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .encrypt(version.name(), body, Some(options))
+            .await
+            .map_err(|e| self.error(&e))?
+            .into_model()
+            .map_err(|e| self.error(&e))?;
+        let wrapped = r.result.ok_or_else(|| KmsError::Rejected {
+            tenant: self.tenant.clone(),
+            detail: "encrypt returned no value".into(),
+        })?;
+        let kid = r
+            .kid
+            .as_deref()
+            .map(KekId::parse)
+            .transpose()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| version.clone());
+        Ok(Wrapped { kek: kid, wrapped })
+    }
+
+    /// Decrypts with RSA-OAEP-256 on the version `kek` names.
+    pub async fn decrypt(&self, kek: &KekId, ciphertext: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let params = KeyOperationParameters {
+            algorithm: Some(EncryptionAlgorithm::RsaOaep256),
+            value: Some(ciphertext.to_vec()),
+            ..Default::default()
+        };
+        let body = params.try_into().map_err(|e| self.error(&e))?;
+        let r = self
+            .client
+            .decrypt(kek.name(), kek.version(), body, None)
+            .await
+            .map_err(|e| self.error(&e))?
+            .into_model()
+            .map_err(|e| self.error(&e))?;
+        r.result.ok_or_else(|| KmsError::Rejected {
+            tenant: self.tenant.clone(),
+            detail: "decrypt returned no value".into(),
+        })
+    }
+
+    /// Reads the key's state now (no cache).
+    pub async fn read_state(&self) -> KeyState {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let latest = match self.get_version(None).await {
+            Ok(v) => v,
+            Err(e) => return self.state_of_error(e).await,
+        };
+        let in_use = match &self.pinned {
+            Some(p) if !latest.kid.version().eq_ignore_ascii_case(p) => {
+                match self.get_version(Some(p)).await {
+                    Ok(v) => v,
+                    Err(e) => return self.state_of_error(e).await,
+                }
+            }
+            _ => latest.clone(),
+        };
+        let Some(why) = in_use.problem(now) else {
+            return KeyState::Usable(in_use);
+        };
+        // The version in use cannot be used: is another one usable?
+        let usable = if latest.problem(now).is_none() {
+            Some(latest.clone())
+        } else {
+            self.newest_usable(now).await
+        };
+        match usable {
+            Some(usable) => KeyState::VersionUnusable {
+                unusable: in_use.kid,
+                why,
+                usable,
+            },
+            None => KeyState::Revoked {
+                why,
+                detail: format!("no usable version of key {} ({why})", self.key_name),
+                last_seen: Some(latest),
+            },
+        }
+    }
+
+    async fn newest_usable(&self, now: i64) -> Option<VersionInfo> {
+        let pager = self
+            .client
+            .list_key_properties_versions(&self.key_name, None)
+            .ok()?;
+        let mut versions: Vec<_> = pager.try_collect().await.ok()?;
+        versions.sort_by_key(|p| {
+            std::cmp::Reverse(
+                p.attributes
+                    .as_ref()
+                    .and_then(|a| a.created)
+                    .map(|t| t.unix_timestamp()),
+            )
+        });
+        for p in versions {
+            let a = p.attributes.unwrap_or_default();
+            let plausible = a.enabled == Some(true)
+                && a.not_before.is_none_or(|t| t.unix_timestamp() <= now)
+                && a.expires.is_none_or(|t| t.unix_timestamp() > now);
+            if !plausible {
+                continue;
+            }
+            let Some(kid) = p.kid.as_deref().and_then(|k| KekId::parse(k).ok()) else {
+                continue;
+            };
+            if let Ok(v) = self.get_version(Some(kid.version())).await {
+                if v.problem(now).is_none() {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    async fn state_of_error(&self, e: KmsError) -> KeyState {
+        match e {
+            KmsError::Revoked { why, detail, .. } => {
+                let why = if why == Revocation::KeyNotFound && self.is_deleted().await {
+                    Revocation::KeyDeleted
+                } else {
+                    why
+                };
+                KeyState::Revoked {
+                    why,
+                    detail,
+                    last_seen: None,
+                }
+            }
+            KmsError::Unavailable {
+                why,
+                detail,
+                retry_after,
+                ..
+            } => KeyState::Unavailable {
+                why,
+                detail,
+                retry_after,
+            },
+            KmsError::Rejected { detail, .. } | KmsError::Setup { detail, .. } => {
+                KeyState::Revoked {
+                    why: Revocation::AccessDenied,
+                    detail,
+                    last_seen: None,
+                }
+            }
+        }
+    }
+
+    /// The cached state if fresh, else a new read.
+    async fn current_state(&self) -> KeyState {
+        let mut guard = self.state.lock().await;
+        if let Some((at, state)) = guard.as_ref() {
+            if at.elapsed() < self.state_ttl && !matches!(state, KeyState::Unavailable { .. }) {
+                return state.clone();
+            }
+        }
+        let state = self.read_state().await;
+        *guard = Some((Instant::now(), state.clone()));
+        state
+    }
+
+    /// Forgets the cached state (after a vault error, or when the monitor asks).
+    pub async fn invalidate(&self) {
+        *self.state.lock().await = None;
+    }
+
+    fn revoked(&self, why: Revocation, detail: String) -> KmsError {
+        KmsError::Revoked {
+            tenant: self.tenant.clone(),
+            key: format!("{}/keys/{}", self.vault_url, self.key_name),
+            why,
+            detail,
+        }
+    }
+}
+
+impl KeyProvider for AzureKeyProvider {
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    async fn wrap(&self, dek: &DataKey) -> Result<Wrapped, KmsError> {
+        // A successful encrypt proves nothing (a disabled key may still accept it): wrap only
+        // under a version GET key says is usable.
+        let version = match self.current_state().await {
+            KeyState::Usable(v) | KeyState::VersionUnusable { usable: v, .. } => v,
+            KeyState::Revoked { why, detail, .. } => return Err(self.revoked(why, detail)),
+            KeyState::Unavailable {
+                why,
+                detail,
+                retry_after,
+            } => {
+                return Err(KmsError::Unavailable {
+                    tenant: self.tenant.clone(),
+                    why,
+                    detail,
+                    retry_after,
+                });
+            }
+        };
+        let result = self.encrypt(&version.kid, dek.secret_bytes()).await;
+        if result.is_err() {
+            self.invalidate().await;
+        }
+        result
+    }
+
+    async fn unwrap(
+        &self,
+        kek: &KekId,
+        dek: DekId,
+        wrapped: &[u8],
+    ) -> Result<Arc<DataKey>, KmsError> {
+        let mut bytes = match self.decrypt(kek, wrapped).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.invalidate().await;
+                return Err(e);
+            }
+        };
+        let key = DataKey::from_unwrapped(dek, &mut bytes).map_err(|e| KmsError::Rejected {
+            tenant: self.tenant.clone(),
+            detail: format!("the unwrapped DEK {dek} is not a DEK: {e}"),
+        })?;
+        Ok(Arc::new(key))
+    }
+
+    async fn key_state(&self) -> KeyState {
+        let state = self.read_state().await;
+        *self.state.lock().await = Some((Instant::now(), state.clone()));
+        state
+    }
+}

@@ -1,0 +1,193 @@
+//! Retries with jitter that honour `Retry-After`, and a per-vault rate limit kept below Key
+//! Vault's own budget, as a decorator of any [`KeyProvider`]. Only outages are retried; a
+//! revoked key is an answer, not a failure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::Mutex;
+
+use super::{KekId, KeyProvider, KeyState, KmsError, Wrapped};
+use crate::dek::{DataKey, DekId};
+
+/// A token bucket: `per_10s` requests per 10 s, bursting up to `per_10s / 2`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// A limiter for one vault.
+    pub fn new(per_10s: u32) -> Self {
+        let per_10s = f64::from(per_10s.max(1));
+        let burst = (per_10s / 2.0).max(1.0);
+        Self {
+            per_second: per_10s / 10.0,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Waits for a request slot.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().await;
+                let now = Instant::now();
+                let refill = now.duration_since(s.1).as_secs_f64() * self.per_second;
+                s.0 = (s.0 + refill).min(self.burst);
+                s.1 = now;
+                if s.0 >= 1.0 {
+                    s.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - s.0) / self.per_second)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// First backoff; doubles per attempt, with full jitter.
+    pub base: Duration,
+    /// Longest single wait (also caps `Retry-After`).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            base: Duration::from_millis(200),
+            max_delay: Duration::from_secs(15),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self.base.saturating_mul(1 << attempt.min(16));
+        let jittered =
+            Duration::from_secs_f64(rand::thread_rng().gen_range(0.0..=exp.as_secs_f64()));
+        retry_after
+            .map_or(jittered, |ra| ra.max(jittered))
+            .min(self.max_delay)
+    }
+}
+
+/// Rate-limits and retries the provider it wraps.
+#[derive(Debug)]
+pub struct Resilient<P> {
+    inner: P,
+    limiter: Arc<RateLimiter>,
+    policy: RetryPolicy,
+}
+
+impl<P: KeyProvider> Resilient<P> {
+    /// Wraps `inner`, sharing `limiter` with the other tenants of the same vault.
+    pub fn new(inner: P, limiter: Arc<RateLimiter>, policy: RetryPolicy) -> Self {
+        Self {
+            inner,
+            limiter,
+            policy,
+        }
+    }
+
+    /// The provider this wraps.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+}
+
+impl<P: KeyProvider> KeyProvider for Resilient<P> {
+    fn tenant(&self) -> &str {
+        self.inner.tenant()
+    }
+
+    async fn wrap(&self, dek: &DataKey) -> Result<Wrapped, KmsError> {
+        let mut attempt = 0;
+        loop {
+            self.limiter.acquire().await;
+            match self.inner.wrap(dek).await {
+                Err(KmsError::Unavailable { retry_after, .. })
+                    if attempt + 1 < self.policy.attempts =>
+                {
+                    tokio::time::sleep(self.policy.delay(attempt, retry_after)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn unwrap(
+        &self,
+        kek: &KekId,
+        dek: DekId,
+        wrapped: &[u8],
+    ) -> Result<Arc<DataKey>, KmsError> {
+        let mut attempt = 0;
+        loop {
+            self.limiter.acquire().await;
+            match self.inner.unwrap(kek, dek, wrapped).await {
+                Err(KmsError::Unavailable { retry_after, .. })
+                    if attempt + 1 < self.policy.attempts =>
+                {
+                    tokio::time::sleep(self.policy.delay(attempt, retry_after)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn key_state(&self) -> KeyState {
+        let mut attempt = 0;
+        loop {
+            self.limiter.acquire().await;
+            match self.inner.key_state().await {
+                KeyState::Unavailable { retry_after, .. } if attempt + 1 < self.policy.attempts => {
+                    tokio::time::sleep(self.policy.delay(attempt, retry_after)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_bucket_spaces_requests_past_the_burst() {
+        let l = RateLimiter::new(100); // 10/s, burst 50
+        let t = Instant::now();
+        for _ in 0..52 {
+            l.acquire().await;
+        }
+        // two requests past the burst wait about 0.1 s each
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let p = RetryPolicy::default();
+        assert!(p.delay(0, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        assert_eq!(p.delay(0, Some(Duration::from_secs(600))), p.max_delay);
+        assert!(p.delay(3, None) <= Duration::from_millis(1600));
+    }
+}

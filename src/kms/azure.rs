@@ -132,7 +132,6 @@ pub fn credential(
                         CertFormat::Pfx => pass.map(Secret::new),
                         CertFormat::Pem => None,
                     },
-                    ..Default::default()
                 }),
             )
             .map_err(|e| setup(tenant, format!("certificate credential: {e}")))?;
@@ -418,10 +417,10 @@ impl AzureKeyProvider {
             let Some(kid) = p.kid.as_deref().and_then(|k| KekId::parse(k).ok()) else {
                 continue;
             };
-            if let Ok(v) = self.get_version(Some(kid.version())).await {
-                if v.problem(now).is_none() {
-                    return Some(v);
-                }
+            if let Ok(v) = self.get_version(Some(kid.version())).await
+                && v.problem(now).is_none()
+            {
+                return Some(v);
             }
         }
         None
@@ -464,10 +463,11 @@ impl AzureKeyProvider {
     /// The cached state if fresh, else a new read.
     async fn current_state(&self) -> KeyState {
         let mut guard = self.state.lock().await;
-        if let Some((at, state)) = guard.as_ref() {
-            if at.elapsed() < self.state_ttl && !matches!(state, KeyState::Unavailable { .. }) {
-                return state.clone();
-            }
+        if let Some((at, state)) = guard.as_ref()
+            && at.elapsed() < self.state_ttl
+            && !matches!(state, KeyState::Unavailable { .. })
+        {
+            return state.clone();
         }
         let state = self.read_state().await;
         *guard = Some((Instant::now(), state.clone()));

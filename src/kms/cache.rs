@@ -125,12 +125,12 @@ impl<P: KeyProvider> KeyProvider for CachingProvider<P> {
         wrapped: &[u8],
     ) -> Result<Arc<DataKey>, KmsError> {
         let now = self.now_ms();
-        if let Some(e) = self.entries.get(&dek) {
-            if self.fresh(&e, now) {
-                e.last_used.store(now, Ordering::Relaxed);
-                metrics::counter!("byok_dek_cache_total", "tenant" => self.tenant().to_owned(), "result" => "hit").increment(1);
-                return Ok(Arc::clone(&e.key));
-            }
+        if let Some(e) = self.entries.get(&dek)
+            && self.fresh(&e, now)
+        {
+            e.last_used.store(now, Ordering::Relaxed);
+            metrics::counter!("byok_dek_cache_total", "tenant" => self.tenant().to_owned(), "result" => "hit").increment(1);
+            return Ok(Arc::clone(&e.key));
         }
         self.entries.remove_if(&dek, |_, e| !self.fresh(e, now));
         metrics::counter!("byok_dek_cache_total", "tenant" => self.tenant().to_owned(), "result" => "miss").increment(1);
@@ -141,10 +141,10 @@ impl<P: KeyProvider> KeyProvider for CachingProvider<P> {
             .clone();
         self.inflight
             .remove_if(&dek, |_, f| Arc::ptr_eq(f, &flight));
-        if let Ok(key) = &result {
-            if !self.entries.contains_key(&dek) {
-                self.insert(dek, Arc::clone(key));
-            }
+        if let Ok(key) = &result
+            && !self.entries.contains_key(&dek)
+        {
+            self.insert(dek, Arc::clone(key));
         }
         result
     }

@@ -196,12 +196,12 @@ pub(crate) mod emu {
 }
 
 /// Worker configurations pointing at a running emulator.
-pub mod emu_config {
+pub(crate) mod emu_config {
     use std::path::{Path, PathBuf};
 
     /// Writes a worker config for the example seed's tenants at the emulator on `port`, with
     /// its CA in `dir`. `extra` is appended (more tenants, overrides).
-    pub fn write(dir: &Path, port: u16, ca_pem: &str, extra: &str) -> PathBuf {
+    pub(crate) fn write(dir: &Path, port: u16, ca_pem: &str, extra: &str) -> PathBuf {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let ca = dir.join("emulator-ca.pem");
         std::fs::write(&ca, ca_pem).unwrap();

@@ -122,14 +122,14 @@ enum AdminAction {
         vault: String,
         key: String,
         #[arg(long)]
-        version: Option<String>,
+        key_version: Option<String>,
     },
     /// Enable a key (every version) or one version.
     EnableKey {
         vault: String,
         key: String,
         #[arg(long)]
-        version: Option<String>,
+        key_version: Option<String>,
     },
     /// Soft-delete a key.
     DeleteKey { vault: String, key: String },
@@ -149,7 +149,7 @@ enum AdminAction {
         vault: String,
         key: String,
         #[arg(long)]
-        version: Option<String>,
+        key_version: Option<String>,
         #[arg(long)]
         nbf: Option<String>,
         #[arg(long)]
@@ -390,13 +390,13 @@ async fn emulator_admin(a: AdminArgs) -> Result<ExitCode, String> {
     };
     let r = match a.action {
         AdminAction::State => c.state().await,
-        AdminAction::DisableKey { vault, key, version } => c.set_key_enabled(&vault, &key, version.as_deref(), false).await,
-        AdminAction::EnableKey { vault, key, version } => c.set_key_enabled(&vault, &key, version.as_deref(), true).await,
+        AdminAction::DisableKey { vault, key, key_version: version } => c.set_key_enabled(&vault, &key, version.as_deref(), false).await,
+        AdminAction::EnableKey { vault, key, key_version: version } => c.set_key_enabled(&vault, &key, version.as_deref(), true).await,
         AdminAction::DeleteKey { vault, key } => c.key_action(&vault, &key, "delete", None).await,
         AdminAction::RecoverKey { vault, key } => c.key_action(&vault, &key, "recover", None).await,
         AdminAction::PurgeKey { vault, key, force } => c.key_action(&vault, &key, "purge", Some(json!({"force": force}))).await,
         AdminAction::RotateKey { vault, key } => c.key_action(&vault, &key, "rotate", None).await,
-        AdminAction::UpdateKey { vault, key, version, nbf, exp } => {
+        AdminAction::UpdateKey { vault, key, key_version: version, nbf, exp } => {
             let mut body = serde_json::Map::new();
             if let Some(v) = time_arg(nbf)? {
                 body.insert("nbf".into(), v);
@@ -522,4 +522,15 @@ fn read_stdin() -> (String, Result<Vec<u8>, String>) {
 fn fail(msg: &str) -> ExitCode {
     eprintln!("byok: {msg}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

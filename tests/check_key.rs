@@ -54,10 +54,25 @@ async fn all_tenants_pass_then_a_disabled_key_fails_with_its_fix() {
     );
     assert!(!out.contains("FAIL"), "{out}");
 
-    emu.admin
-        .set_key_enabled("acme-vault", "byok-key", None, false)
-        .await
-        .unwrap();
+    // disable the key the way an operator would, through the admin CLI
+    let ca = emu.dir.path().join("emulator-ca.pem");
+    let url = emu.running.authority();
+    let admin = tokio::task::spawn_blocking(move || {
+        common::byok()
+            .args(["vault-emulator", "admin", "--url", &url, "--ca"])
+            .arg(&ca)
+            .args(["disable-key", "acme-vault", "byok-key"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    assert!(String::from_utf8_lossy(&admin.stdout).contains("\"enabled\": false"));
     let (ok, out) = check(&config, &["--all"]).await;
     assert!(!ok, "{out}");
     assert!(

@@ -164,6 +164,9 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
             return r.lines;
         }
     };
+    if !certificates(&mut r, key) {
+        return r.lines;
+    }
     let how = match &key.credential {
         Credential::Certificate { .. } => "the certificate",
         Credential::ClientSecret(_) => "the client secret",
@@ -338,6 +341,83 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
         ),
     }
     r.lines
+}
+
+/// Checks certificate files: expiry (warn 30 days ahead, fail once expired) and key match.
+/// Returns false when no configured certificate can be used at all.
+fn certificates(r: &mut Report<'_>, key: &KeyVaultKey) -> bool {
+    let Credential::Certificate {
+        path,
+        next,
+        format,
+        password,
+    } = &key.credential
+    else {
+        return true;
+    };
+    let pass = password
+        .as_ref()
+        .and_then(|p| p.load().ok())
+        .map(|p| secrecy::ExposeSecret::expose_secret(&p).to_owned());
+    let mut usable = false;
+    for p in std::iter::once(path).chain(next.iter()) {
+        let fix_new = format!(
+            "generate a new certificate (byok cert generate --tenant {}), upload its .cer to app {} (Certificates & secrets > Certificates > Upload certificate) and set it as next_path",
+            r.tenant, key.client_id
+        );
+        match crate::cert::read_credential(
+            p,
+            *format == crate::config::CertFormat::Pfx,
+            pass.as_deref(),
+        ) {
+            Err(e) => r.fail(
+                "certificate",
+                e.to_string(),
+                "point the credential at the .pem/.pfx written by byok cert generate",
+            ),
+            Ok((cert, pkey)) => {
+                let i = crate::cert::info(&p.display().to_string(), &cert, pkey.as_ref());
+                if i.key_matches != Some(true) {
+                    r.fail(
+                        "certificate",
+                        format!(
+                            "{}: the private key is missing or is not this certificate's",
+                            i.path
+                        ),
+                        "use the credential file written with the certificate",
+                    );
+                } else if i.days_left < 0
+                    || time::OffsetDateTime::now_utc().unix_timestamp() >= i.not_after_unix
+                {
+                    r.fail(
+                        "certificate",
+                        format!("{} (SHA-1 {}) expired at {}", i.path, i.sha1, i.not_after),
+                        fix_new,
+                    );
+                } else if i.days_left <= 30 {
+                    usable = true;
+                    r.warn(
+                        "certificate",
+                        format!(
+                            "{} (SHA-1 {}) expires at {} (in {} days)",
+                            i.path, i.sha1, i.not_after, i.days_left
+                        ),
+                        fix_new,
+                    );
+                } else {
+                    usable = true;
+                    r.pass(
+                        "certificate",
+                        format!(
+                            "{} (SHA-1 {}) valid until {} ({} days)",
+                            i.path, i.sha1, i.not_after, i.days_left
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    usable
 }
 
 fn validity(r: &mut Report<'_>, v: &VersionInfo, key: &KeyVaultKey) {

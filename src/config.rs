@@ -395,6 +395,9 @@ pub enum Credential {
     Certificate {
         /// The certificate and its private key.
         path: PathBuf,
+        /// The next certificate during a rotation (same format and password): the credential
+        /// uses the newest certificate Entra ID accepts.
+        next: Option<PathBuf>,
         /// PEM or PKCS#12.
         format: CertFormat,
         /// Where the PKCS#12 or encrypted-PEM password comes from.
@@ -706,6 +709,8 @@ struct KeyRaw {
 enum CredentialRaw {
     Certificate {
         path: PathBuf,
+        #[serde(default)]
+        next_path: Option<PathBuf>,
         #[serde(default)]
         format: Option<CertFormat>,
         #[serde(default)]
@@ -1414,10 +1419,12 @@ impl Loader {
         match raw {
             CredentialRaw::Certificate {
                 path,
+                next_path,
                 format,
                 password_env,
             } => {
                 let path = self.resolve(&path);
+                let next = next_path.map(|p| self.resolve(&p));
                 let format = format.or_else(|| {
                     match path
                         .extension()
@@ -1441,23 +1448,29 @@ impl Loader {
                     );
                     return None;
                 };
-                match format {
-                    CertFormat::Pem => {
-                        if self.readable_pem(&format!("{field}.path"), &path, "CERTIFICATE") {
-                            self.readable_pem(&format!("{field}.path"), &path, "PRIVATE KEY");
+                for (name, p) in
+                    std::iter::once(("path", &path)).chain(next.iter().map(|n| ("next_path", n)))
+                {
+                    let at = format!("{field}.{name}");
+                    match format {
+                        CertFormat::Pem => {
+                            if self.readable_pem(&at, p, "CERTIFICATE") {
+                                self.readable_pem(&at, p, "PRIVATE KEY");
+                            }
+                        }
+                        CertFormat::Pfx => {
+                            self.readable(&at, p);
                         }
                     }
-                    CertFormat::Pfx => {
-                        self.readable(&format!("{field}.path"), &path);
-                    }
+                    self.private_file(&at, p);
                 }
-                self.private_file(&format!("{field}.path"), &path);
                 let password = password_env.map(|name| {
                     self.env_present(&format!("{field}.password_env"), &name);
                     SecretSource::Env(name)
                 });
                 Some(Credential::Certificate {
                     path,
+                    next,
                     format,
                     password,
                 })

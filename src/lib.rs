@@ -15,6 +15,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod cert;
 pub mod check;
 pub mod config;
 pub mod dek;

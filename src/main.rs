@@ -24,6 +24,11 @@ enum Command {
         command: ConfigCommand,
     },
     VaultEmulator(Box<EmulatorArgs>),
+    /// Certificate credentials for the customer's app registration: generate, show.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Walk the setup guide's checklist against each tenant's real vault: token with the
     /// configured credential, key found, RSA >= 3072 bits, enabled, in date, encrypt and decrypt
     /// permitted, a real round trip, soft delete and purge protection, Private Link reachable.
@@ -207,6 +212,49 @@ enum AdminAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Generate an RSA key pair and a self-signed certificate for a tenant's app registration:
+    /// writes <tenant>.cer and <tenant>.pem to upload, and <tenant>-credential.pem (or .pfx)
+    /// for the worker (mode 0600); prints the thumbprints and the next steps.
+    Generate {
+        /// The tenant the certificate is for.
+        #[arg(long)]
+        tenant: String,
+        /// Folder to write the files to.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// RSA key size (3072 or more).
+        #[arg(long, default_value_t = 3072)]
+        bits: u32,
+        /// Write the private credential as PKCS#12 (.pfx) instead of PEM.
+        #[arg(long)]
+        pfx: bool,
+        /// Environment variable holding a passphrase for the private credential.
+        #[arg(long)]
+        passphrase_env: Option<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// For each tenant's configured certificate (and next certificate): subject, thumbprints,
+    /// validity, days left, and whether the private key matches.
+    Show {
+        /// The worker configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Load a configuration and print every problem with its field, the reason and the fix.
     /// Exits 1 when there is an error (warnings alone pass).
@@ -223,6 +271,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
         Command::Inspect { file, hex, json } => inspect(file, hex, json),
+        Command::Cert { command } => cert(command).unwrap_or_else(|e| fail(&e)),
         Command::CheckKey {
             config,
             tenant,
@@ -234,6 +283,165 @@ fn main() -> ExitCode {
         Command::VaultEmulator(args) => runtime()
             .and_then(|rt| rt.block_on(vault_emulator(*args)))
             .unwrap_or_else(|e| fail(&e)),
+    }
+}
+
+fn cert(command: CertCommand) -> Result<ExitCode, String> {
+    match command {
+        CertCommand::Generate {
+            tenant,
+            out_dir,
+            days,
+            bits,
+            pfx,
+            passphrase_env,
+            force,
+        } => {
+            byok::config::TenantId::parse(&tenant)?;
+            let passphrase = match &passphrase_env {
+                Some(var) => Some(
+                    std::env::var(var)
+                        .map_err(|_| format!("--passphrase-env {var}: the variable is not set"))?,
+                ),
+                None => None,
+            };
+            let g = byok::cert::generate(&tenant, bits, days).map_err(|e| e.to_string())?;
+            let w =
+                byok::cert::write_files(&g, &tenant, &out_dir, pfx, passphrase.as_deref(), force)
+                    .map_err(|e| e.to_string())?;
+            let i = byok::cert::info(&w.credential.display().to_string(), &g.cert, Some(&g.key));
+            let credential_line = match (pfx, &passphrase_env) {
+                (true, Some(v)) => format!(
+                    "credential = {{ type = \"certificate\", path = \"{}\", password_env = \"{v}\" }}",
+                    w.credential.display()
+                ),
+                (true, None) => format!(
+                    "credential = {{ type = \"certificate\", path = \"{}\" }}",
+                    w.credential.display()
+                ),
+                (false, Some(v)) => format!(
+                    "credential = {{ type = \"certificate\", path = \"{}\", password_env = \"{v}\" }}",
+                    w.credential.display()
+                ),
+                (false, None) => format!(
+                    "credential = {{ type = \"certificate\", path = \"{}\" }}",
+                    w.credential.display()
+                ),
+            };
+            println!("Generated a certificate credential for tenant {tenant}");
+            println!("  subject      {}", i.subject);
+            println!(
+                "  valid        {} to {} ({days} days)",
+                i.not_before, i.not_after
+            );
+            println!("  key          RSA-{bits}");
+            println!(
+                "  thumbprint   SHA-1   {}  (the Thumbprint the Azure portal shows)",
+                i.sha1
+            );
+            println!("               SHA-256 {}", i.sha256);
+            println!("Files");
+            println!(
+                "  {:<40} upload this to the app registration (public certificate, DER)",
+                w.cer.display()
+            );
+            println!(
+                "  {:<40} the same public certificate as PEM",
+                w.pem.display()
+            );
+            println!(
+                "  {:<40} private key and certificate for the worker (mode 0600): never send it",
+                w.credential.display()
+            );
+            println!("Next steps (setup guide, Option 1: Authenticate App using Certificates)");
+            println!(
+                "  1. In the Microsoft Entra admin center, go to App registrations and open the app (e.g. KeyVaultAccessApp)."
+            );
+            println!(
+                "  2. Go to Certificates & secrets. Under Certificates, click Upload certificate (or Update certificate)."
+            );
+            println!(
+                "  3. Click Select file and upload {}. (Optional) Enter a description. Click Add.",
+                w.cer
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            );
+            println!(
+                "  4. Check that the portal lists thumbprint {} for it.",
+                i.sha1
+            );
+            println!(
+                "  5. Configure the tenant's credential (rotation: keep the current certificate in path and set next_path to this one until the old one is removed from the app):"
+            );
+            println!("       {credential_line}");
+            println!("  6. Run: byok check-key --config <config> --tenant {tenant}");
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCommand::Show {
+            config,
+            tenant,
+            json,
+        } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let mut any = false;
+            for t in config
+                .tenants
+                .values()
+                .filter(|t| tenant.as_deref().is_none_or(|id| id == t.id.as_str()))
+            {
+                let Some(byok::config::Credential::Certificate {
+                    path,
+                    next,
+                    format,
+                    password,
+                }) = t.key.as_ref().map(|k| &k.credential)
+                else {
+                    continue;
+                };
+                let pass = match password.as_ref().map(|p| p.load()).transpose() {
+                    Ok(p) => p.map(|p| secrecy::ExposeSecret::expose_secret(&p).to_owned()),
+                    Err(e) => return Err(format!("tenant {}: certificate password: {e}", t.id)),
+                };
+                for (role, p) in
+                    std::iter::once(("current", path)).chain(next.iter().map(|n| ("next", n)))
+                {
+                    any = true;
+                    let (cert, key) = byok::cert::read_credential(
+                        p,
+                        *format == byok::config::CertFormat::Pfx,
+                        pass.as_deref(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let i = byok::cert::info(&p.display().to_string(), &cert, key.as_ref());
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"tenant": t.id.as_str(), "role": role, "certificate": i})
+                        );
+                    } else {
+                        println!("{} ({role} certificate) {}", t.id, i.path);
+                        println!("  subject      {}", i.subject);
+                        println!("  SHA-1        {}", i.sha1);
+                        println!("  SHA-256      {}", i.sha256);
+                        println!("  not before   {}", i.not_before);
+                        println!("  not after    {} ({} days left)", i.not_after, i.days_left);
+                        println!(
+                            "  key matches  {}",
+                            match i.key_matches {
+                                Some(true) => "yes",
+                                Some(false) => "NO: the private key is not this certificate's",
+                                None => "no private key in the file",
+                            }
+                        );
+                    }
+                }
+            }
+            if !any {
+                return Err("no tenant in the configuration uses a certificate credential".into());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

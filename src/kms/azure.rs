@@ -104,6 +104,7 @@ pub fn credential(
         }
         Credential::Certificate {
             path,
+            next,
             format,
             password,
         } => {
@@ -115,27 +116,43 @@ pub fn credential(
             let pass = password
                 .as_ref()
                 .map(|p| secrecy::ExposeSecret::expose_secret(p).to_owned());
-            let bytes = std::fs::read(path)
-                .map_err(|e| setup(tenant, format!("certificate {}: {e}", path.display())))?;
-            let pkcs12 = match format {
-                CertFormat::Pfx => bytes,
-                CertFormat::Pem => pem_to_pkcs12(&bytes, pass.as_deref())
-                    .map_err(|e| setup(tenant, format!("certificate {}: {e}", path.display())))?,
-            };
-            let cred = ClientCertificateCredential::new(
-                key.entra_tenant_id.clone(),
-                key.client_id.clone(),
-                SecretBytes::new(pkcs12),
-                Some(ClientCertificateCredentialOptions {
-                    client_options: options,
-                    password: match format {
-                        CertFormat::Pfx => pass.map(Secret::new),
-                        CertFormat::Pem => None,
-                    },
-                }),
-            )
-            .map_err(|e| setup(tenant, format!("certificate credential: {e}")))?;
-            Ok(cred)
+            let mut creds = Vec::new();
+            for p in std::iter::once(path).chain(next.iter()) {
+                let bytes = std::fs::read(p)
+                    .map_err(|e| setup(tenant, format!("certificate {}: {e}", p.display())))?;
+                let (cert, _) =
+                    crate::cert::read_credential(p, *format == CertFormat::Pfx, pass.as_deref())
+                        .map_err(|e| setup(tenant, e.to_string()))?;
+                let info = crate::cert::info(&p.display().to_string(), &cert, None);
+                let pkcs12 = match format {
+                    CertFormat::Pfx => bytes,
+                    CertFormat::Pem => pem_to_pkcs12(&bytes, pass.as_deref())
+                        .map_err(|e| setup(tenant, format!("certificate {}: {e}", p.display())))?,
+                };
+                let cred: Arc<dyn TokenCredential> = ClientCertificateCredential::new(
+                    key.entra_tenant_id.clone(),
+                    key.client_id.clone(),
+                    SecretBytes::new(pkcs12),
+                    Some(ClientCertificateCredentialOptions {
+                        client_options: options.clone(),
+                        password: match format {
+                            CertFormat::Pfx => pass.clone().map(Secret::new),
+                            CertFormat::Pem => None,
+                        },
+                    }),
+                )
+                .map_err(|e| setup(tenant, format!("certificate credential: {e}")))?;
+                creds.push((info.not_before_unix, info.sha1, cred));
+            }
+            if creds.len() == 1 {
+                return Ok(creds.remove(0).2);
+            }
+            // Newest first: the credential moves to the next certificate as soon as Entra
+            // accepts it.
+            creds.sort_by_key(|(nb, _, _)| std::cmp::Reverse(*nb));
+            Ok(Arc::new(crate::cert::RotatingCertificateCredential::new(
+                creds.into_iter().map(|(_, label, c)| (label, c)).collect(),
+            )))
         }
     }
 }

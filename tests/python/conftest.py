@@ -30,6 +30,8 @@ socket.getaddrinfo = _resolve_vaults
 
 
 class Emulator:
+    binary = None
+
     def __init__(self, port, ca):
         self.port = port
         self.ca = str(ca)
@@ -65,6 +67,7 @@ def emulator(tmp_path_factory):
     if port is None:
         proc.kill()
         raise RuntimeError("the emulator did not start")
+    Emulator.binary = binary
     yield Emulator(port, ca)
     proc.terminate()
     proc.wait(timeout=10)

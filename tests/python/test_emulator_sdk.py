@@ -1,6 +1,7 @@
 """Microsoft's Python SDKs (azure-identity, azure-keyvault-keys) against `byok vault-emulator`,
 given only the CA file, the seed's tenant, client id and secret or certificate, the authority
 host and the vault URL."""
+import subprocess
 import time
 
 import pytest
@@ -108,3 +109,30 @@ def test_throttled_requests_are_retried_by_the_sdk(emulator):
         assert time.monotonic() - started >= 1.0, "the SDK waited for Retry-After"
     finally:
         emulator.admin("POST", "vaults/acme-vault/settings", json={"budget_per_10s": 4000})
+
+
+def test_certificate_credential_accepts_a_certificate_made_by_byok_cert_generate(emulator, tmp_path):
+    out = subprocess.run(
+        [emulator.binary, "cert", "generate", "--tenant", "acme", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    sha1 = next(l.split()[2] for l in out.splitlines() if l.strip().startswith("thumbprint   SHA-1"))
+    credential = str(tmp_path / "acme-credential.pem")
+    cred = CertificateCredential(
+        ACME_TENANT, ACME_APP, certificate_path=credential, authority=emulator.authority,
+        disable_instance_discovery=True, connection_verify=emulator.ca,
+    )
+    with pytest.raises(Exception) as refused:
+        cred.get_token("https://vault.azure.net/.default")
+    assert "AADSTS700027" in str(refused.value)
+    uploaded = emulator.admin("POST", f"tenants/{ACME_TENANT}/apps/{ACME_APP}/certificates",
+                              data=(tmp_path / "acme.cer").read_bytes())
+    assert uploaded["sha1"] == sha1
+    try:
+        cred = CertificateCredential(
+            ACME_TENANT, ACME_APP, certificate_path=credential, authority=emulator.authority,
+            disable_instance_discovery=True, connection_verify=emulator.ca,
+        )
+        assert key_client(emulator, cred).get_key("byok-key").properties.version == BYOK_VERSION
+    finally:
+        emulator.admin("DELETE", f"tenants/{ACME_TENANT}/apps/{ACME_APP}/certificates/{sha1}")

@@ -23,4 +23,5 @@ pub mod emulator;
 pub mod envelope;
 pub mod inspect;
 pub mod kms;
+pub mod pipeline;
 pub mod registry;

@@ -1,0 +1,129 @@
+//! The worker's DEKs: one active DEK per tenant (and one for the operator's quarantine), made
+//! in this process, wrapped by the tenant's key provider, and published to the registry topic.
+//! A DEK is used only after the broker acknowledged its registry record, so a reader never meets
+//! a record whose DEK is missing (ENVELOPE.md §2).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use time::OffsetDateTime;
+
+use crate::dek::{ActiveDek, DekLimits};
+use crate::kms::{KeyProvider, KmsError};
+use crate::registry::DekRecord;
+
+/// Making a DEK failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DekError {
+    /// The key provider refused or could not be reached.
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// The registry record was not acknowledged.
+    #[error(
+        "registry record of DEK {dek} for tenant {tenant} not acknowledged by topic {topic}: {reason}"
+    )]
+    Registry {
+        /// Tenant.
+        tenant: String,
+        /// DEK id.
+        dek: String,
+        /// Registry topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
+    /// The system CSPRNG failed.
+    #[error("cannot make a DEK: {0}")]
+    Random(#[from] crate::dek::RandomFailed),
+}
+
+/// The active DEK of each tenant.
+#[derive(Debug)]
+pub struct DekSet {
+    limits: DekLimits,
+    worker: String,
+    registry_topic: String,
+    active: HashMap<String, Arc<ActiveDek>>,
+    created: u64,
+}
+
+impl DekSet {
+    /// An empty set.
+    pub fn new(limits: DekLimits, worker: String, registry_topic: String) -> Self {
+        Self {
+            limits,
+            worker,
+            registry_topic,
+            active: HashMap::new(),
+            created: 0,
+        }
+    }
+
+    /// DEKs made by this process so far.
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// The tenant's active DEK, if it can still seal.
+    pub fn current(&self, tenant: &str) -> Option<Arc<ActiveDek>> {
+        self.active
+            .get(tenant)
+            .filter(|d| d.retired().is_none())
+            .cloned()
+    }
+
+    /// Drops a tenant's DEK from memory (revocation).
+    pub fn forget(&mut self, tenant: &str) {
+        self.active.remove(tenant);
+    }
+
+    /// Makes a new DEK for `tenant`: generated here, wrapped by `kms`, its registry record
+    /// acknowledged by the broker, then made the tenant's active DEK.
+    pub async fn rotate<P: KeyProvider>(
+        &mut self,
+        tenant: &str,
+        kms: &P,
+        producer: &FutureProducer,
+    ) -> Result<Arc<ActiveDek>, DekError> {
+        let dek = ActiveDek::generate(self.limits)?;
+        let wrapped = kms.wrap(dek.key()).await?;
+        let record = DekRecord {
+            dek: dek.id(),
+            tenant: tenant.to_owned(),
+            kek: wrapped.kek,
+            wrapped: wrapped.wrapped,
+            created: OffsetDateTime::from(dek.created()),
+            worker: self.worker.clone(),
+            rewrapped: None,
+            wrapped_locally: false,
+        };
+        let key = record.key();
+        let value = record.to_json();
+        producer
+            .send(
+                FutureRecord::to(&self.registry_topic)
+                    .key(&key)
+                    .payload(&value),
+                Timeout::After(Duration::from_secs(60)),
+            )
+            .await
+            .map_err(|(e, _)| DekError::Registry {
+                tenant: tenant.to_owned(),
+                dek: dek.id().to_string(),
+                topic: self.registry_topic.clone(),
+                reason: e.to_string(),
+            })?;
+        self.created += 1;
+        metrics::counter!("byok_deks_created_total", "tenant" => tenant.to_owned()).increment(1);
+        tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, "new DEK wrapped and registered");
+        let dek = Arc::new(dek);
+        if let Some(old) = self.active.insert(tenant.to_owned(), Arc::clone(&dek)) {
+            old.retire(crate::dek::Retired::Manual);
+        }
+        Ok(dek)
+    }
+}

@@ -1,0 +1,11 @@
+//! The pipeline: captured messages in, sealed archive records out.
+//!
+//! - [`tenant`]: which tenant a message belongs to.
+//! - [`keys`]: the worker's DEKs and their registry records.
+//! - [`worker`]: `byok run`, the consumer-group member.
+//! - [`reader`]: `byok cat`, opening archive and quarantine records.
+
+pub mod keys;
+pub mod reader;
+pub mod tenant;
+pub mod worker;

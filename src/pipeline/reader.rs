@@ -1,0 +1,360 @@
+//! `byok cat`: reads an archive or quarantine topic, opens each record through the DEK registry
+//! and the key providers, and yields the plaintext with its provenance. This is how an auditor
+//! with decrypt permission reads the archive, and how tests check it. Duplicates (same
+//! `byok.src`) are dropped unless asked for. A record that cannot be opened is reported with the
+//! reason, never skipped silently.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::dek::DekId;
+use crate::envelope::{
+    self,
+    headers::{ArchiveHeaders, QuarantineHeaders},
+};
+use crate::kms::{KeyProvider, TenantKms};
+use crate::registry::{DekRecord, QUARANTINE_TENANT, RegistryEntry};
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// Topic.
+    pub topic: String,
+    /// Only these partitions (all when empty).
+    pub partitions: Vec<i32>,
+    /// First offset per partition (inclusive).
+    pub from_offset: Option<i64>,
+    /// Last offset per partition (exclusive).
+    pub to_offset: Option<i64>,
+    /// Only records with a timestamp at or after this (ms since the epoch).
+    pub from_time_ms: Option<i64>,
+    /// Only records with a timestamp before this (ms since the epoch).
+    pub to_time_ms: Option<i64>,
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Keep duplicates (same byok.src).
+    pub duplicates: bool,
+}
+
+/// One opened record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Opened {
+    /// Topic, partition and offset of the sealed record.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Provenance of the captured record.
+    pub src: String,
+    /// Tenant (as the header names it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Quarantine reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// DEK id.
+    pub dek: String,
+    /// Record key, base64 (absent when null).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_b64: Option<String>,
+    /// Plaintext, base64.
+    pub value_b64: String,
+    /// Plaintext as text, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// A record that could not be opened, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unopened {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// What reading found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReadStats {
+    /// Records read.
+    pub read: u64,
+    /// Opened and yielded.
+    pub opened: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Could not be opened.
+    pub failed: u64,
+}
+
+/// Reading failed as a whole.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReadError(pub String);
+
+fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadError> {
+    let mut c = ClientConfig::new();
+    for (k, v) in &config.kafka.consumer {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("group.id", format!("byok-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|e| ReadError(format!("Kafka consumer: {e}")))
+}
+
+/// Reads every record of `topic` from the beginning to the current end, as (key, value, headers).
+async fn read_all<F>(
+    consumer: &StreamConsumer,
+    topic: &str,
+    opts: Option<&ReadOptions>,
+    mut f: F,
+) -> Result<(), ReadError>
+where
+    F: FnMut(&rdkafka::message::BorrowedMessage<'_>),
+{
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| ReadError(format!("topic {topic}: {e}")))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .filter(|p| opts.is_none_or(|o| o.partitions.is_empty() || o.partitions.contains(p)))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ReadError(format!(
+            "topic {topic} does not exist or has no partition to read"
+        )));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .map_err(|e| ReadError(format!("{topic}/{p}: {e}")))?;
+        let start = opts.and_then(|o| o.from_offset).map_or(low, |o| o.max(low));
+        let end = opts.and_then(|o| o.to_offset).map_or(high, |o| o.min(high));
+        if start < end {
+            ends.insert(*p, end);
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(start));
+        }
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| ReadError(format!("assign {topic}: {e}")))?;
+    while !ends.is_empty() {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .map_err(|_| {
+                ReadError(format!(
+                    "no record from {topic} for 30 s; partitions left: {:?}",
+                    ends.keys().collect::<Vec<_>>()
+                ))
+            })?
+            .map_err(|e| ReadError(format!("read {topic}: {e}")))?;
+        let p = m.partition();
+        let Some(end) = ends.get(&p).copied() else {
+            continue;
+        };
+        if m.offset() < end {
+            f(&m);
+        }
+        if m.offset() + 1 >= end {
+            ends.remove(&p);
+        }
+    }
+    Ok(())
+}
+
+/// Loads the DEK registry (latest record per DEK; tombstones remove).
+pub async fn load_registry(config: &Config) -> Result<HashMap<DekId, DekRecord>, ReadError> {
+    let consumer = reader_consumer(config)?;
+    let mut map = HashMap::new();
+    read_all(
+        &consumer,
+        &config.kafka.registry_topic,
+        None,
+        |m| match RegistryEntry::decode(m.key(), m.payload()) {
+            Ok(RegistryEntry::Live(r)) => {
+                map.insert(r.dek, r);
+            }
+            Ok(RegistryEntry::Destroyed(id)) => {
+                map.remove(&id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable registry record");
+            }
+        },
+    )
+    .await?;
+    Ok(map)
+}
+
+/// Reads and opens `opts.topic`, calling `out` for each opened record and `failed` for each
+/// record that could not be opened.
+pub async fn read(
+    config: &Config,
+    opts: &ReadOptions,
+    mut out: impl FnMut(Opened),
+    mut failed: impl FnMut(Unopened),
+) -> Result<ReadStats, ReadError> {
+    let registry = load_registry(config).await?;
+    let mut providers: BTreeMap<String, Arc<TenantKms>> = crate::kms::providers(config)
+        .map_err(|e| ReadError(e.to_string()))?
+        .into_iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v))
+        .collect();
+    let mut limiters = HashMap::new();
+    let q = crate::kms::tenant_kms(
+        QUARANTINE_TENANT,
+        &config.quarantine,
+        &config.keys,
+        &mut limiters,
+    )
+    .map_err(|e| ReadError(e.to_string()))?;
+    providers.insert(QUARANTINE_TENANT.to_owned(), Arc::new(q));
+
+    // Collect the sealed records first (the callback of read_all is synchronous).
+    let consumer = reader_consumer(config)?;
+    let mut sealed = Vec::new();
+    read_all(&consumer, &opts.topic, Some(opts), |m| {
+        let ts = m.timestamp().to_millis();
+        if opts.from_time_ms.is_some_and(|f| ts.is_some_and(|t| t < f))
+            || opts.to_time_ms.is_some_and(|e| ts.is_some_and(|t| t >= e))
+        {
+            return;
+        }
+        let headers: Vec<(String, Option<Vec<u8>>)> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        sealed.push((
+            m.partition(),
+            m.offset(),
+            m.key().map(<[u8]>::to_vec),
+            m.payload().map(<[u8]>::to_vec),
+            headers,
+        ));
+    })
+    .await?;
+
+    let mut stats = ReadStats::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for (partition, offset, key, value, headers) in sealed {
+        stats.read += 1;
+        let fail = |reason: String| Unopened {
+            topic: opts.topic.clone(),
+            partition,
+            offset,
+            reason,
+        };
+        let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+        let (tenant, reason, src, dek) = match ArchiveHeaders::from_pairs(pairs.clone()) {
+            Ok(h) if !headers.iter().any(|(k, _)| k == "byok.reason") => {
+                (Some(h.tenant), None, h.src.to_string(), h.dek)
+            }
+            _ => match QuarantineHeaders::from_pairs(pairs) {
+                Ok(q) => (
+                    q.tenant,
+                    Some(q.reason.as_str().to_owned()),
+                    q.src.to_string(),
+                    q.dek,
+                ),
+                Err(e) => {
+                    stats.failed += 1;
+                    failed(fail(format!("not a byok record: {e}")));
+                    continue;
+                }
+            },
+        };
+        if opts
+            .tenant
+            .as_ref()
+            .is_some_and(|t| Some(t) != tenant.as_ref())
+        {
+            continue;
+        }
+        if !opts.duplicates && !seen.insert(src.clone()) {
+            stats.duplicates += 1;
+            continue;
+        }
+        let Some(record) = registry.get(&dek) else {
+            stats.failed += 1;
+            failed(fail(format!(
+                "DEK {dek} is not in the registry topic {}",
+                config.kafka.registry_topic
+            )));
+            continue;
+        };
+        let Some(provider) = providers.get(&record.tenant) else {
+            stats.failed += 1;
+            failed(fail(format!(
+                "no key provider for tenant {} (not configured with BYOK enabled)",
+                record.tenant
+            )));
+            continue;
+        };
+        let key_obj = match provider.unwrap(&record.kek, dek, &record.wrapped).await {
+            Ok(k) => k,
+            Err(e) => {
+                stats.failed += 1;
+                failed(fail(format!("DEK {dek} cannot be unwrapped: {e}")));
+                continue;
+            }
+        };
+        let Some(value) = value else {
+            stats.failed += 1;
+            failed(fail("null value".into()));
+            continue;
+        };
+        match envelope::open(&key_obj, &record.tenant, key.as_deref(), &value) {
+            Ok(plain) => {
+                stats.opened += 1;
+                out(Opened {
+                    topic: opts.topic.clone(),
+                    partition,
+                    offset,
+                    src,
+                    tenant,
+                    reason,
+                    dek: dek.to_string(),
+                    key_b64: key.as_ref().map(|k| STANDARD.encode(k)),
+                    value_b64: STANDARD.encode(&plain),
+                    value: String::from_utf8(plain).ok(),
+                });
+            }
+            Err(e) => {
+                stats.failed += 1;
+                failed(fail(format!("{e} (DEK {dek}, tenant {})", record.tenant)));
+            }
+        }
+    }
+    Ok(stats)
+}

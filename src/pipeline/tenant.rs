@@ -1,0 +1,221 @@
+//! Which tenant a captured message belongs to: the `tenant-id` header, else the top-level JSON
+//! field `tenant_id`, found by a scanner that stops as soon as it has it (it does not parse or
+//! allocate the rest of the message, and never copies the body).
+
+/// The header that names the tenant.
+pub const TENANT_HEADER: &str = "tenant-id";
+
+/// Where the tenant came from, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantOf {
+    /// Found (header or JSON field).
+    Found(String),
+    /// No header, and the value is not a JSON object with a string `tenant_id`.
+    Missing(&'static str),
+}
+
+/// The tenant of a record from its headers and value.
+pub fn tenant_of<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    value: Option<&[u8]>,
+) -> TenantOf {
+    for (name, v) in headers {
+        if name == TENANT_HEADER {
+            return match v.map(std::str::from_utf8) {
+                Some(Ok(t)) if !t.trim().is_empty() => TenantOf::Found(t.trim().to_owned()),
+                _ => TenantOf::Missing("the tenant-id header is empty or not UTF-8"),
+            };
+        }
+    }
+    match value {
+        None | Some([]) => TenantOf::Missing("no tenant-id header and an empty value"),
+        Some(v) => match json_tenant_id(v) {
+            Ok(Some(t)) => TenantOf::Found(t),
+            Ok(None) => {
+                TenantOf::Missing("no tenant-id header and no top-level \"tenant_id\" string")
+            }
+            Err(why) => TenantOf::Missing(why),
+        },
+    }
+}
+
+/// Finds the top-level string field `tenant_id` of a JSON object, stopping at it.
+pub fn json_tenant_id(bytes: &[u8]) -> Result<Option<String>, &'static str> {
+    let mut s = Scanner { b: bytes, i: 0 };
+    s.ws();
+    if s.peek() != Some(b'{') {
+        return Err("the value is not a JSON object and there is no tenant-id header");
+    }
+    s.i += 1;
+    loop {
+        s.ws();
+        match s.peek() {
+            Some(b'}') => return Ok(None),
+            Some(b'"') => {}
+            _ => return Err("the value is not valid JSON"),
+        }
+        let key_is_tenant = s.string_equals(b"tenant_id")?;
+        s.ws();
+        if s.peek() != Some(b':') {
+            return Err("the value is not valid JSON");
+        }
+        s.i += 1;
+        s.ws();
+        if key_is_tenant {
+            if s.peek() != Some(b'"') {
+                return Err("\"tenant_id\" is not a string");
+            }
+            return s.string().map(Some);
+        }
+        s.skip_value(0)?;
+        s.ws();
+        match s.peek() {
+            Some(b',') => s.i += 1,
+            Some(b'}') => return Ok(None),
+            _ => return Err("the value is not valid JSON"),
+        }
+    }
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+const BAD: &str = "the value is not valid JSON";
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+    /// Skips a string starting at `"`, reporting whether its raw content equals `want`.
+    fn string_equals(&mut self, want: &[u8]) -> Result<bool, &'static str> {
+        let start = self.i + 1;
+        self.skip_string()?;
+        Ok(&self.b[start..self.i - 1] == want)
+    }
+    fn skip_string(&mut self) -> Result<(), &'static str> {
+        self.i += 1; // opening quote
+        loop {
+            match self.peek() {
+                None => return Err(BAD),
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => self.i += 2,
+                Some(_) => self.i += 1,
+            }
+        }
+    }
+    /// Reads a string value with its escapes.
+    fn string(&mut self) -> Result<String, &'static str> {
+        let start = self.i;
+        self.skip_string()?;
+        let raw = &self.b[start..self.i];
+        serde_json::from_slice::<String>(raw).map_err(|_| BAD)
+    }
+    fn skip_value(&mut self, depth: usize) -> Result<(), &'static str> {
+        if depth > 128 {
+            return Err("the JSON value nests too deeply");
+        }
+        match self.peek() {
+            Some(b'"') => self.skip_string(),
+            Some(open @ (b'{' | b'[')) => {
+                let close = if open == b'{' { b'}' } else { b']' };
+                self.i += 1;
+                loop {
+                    self.ws();
+                    match self.peek() {
+                        Some(c) if c == close => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        Some(b',') | Some(b':') => self.i += 1,
+                        Some(_) => self.skip_value(depth + 1)?,
+                        None => return Err(BAD),
+                    }
+                }
+            }
+            Some(_) => {
+                // number, true, false, null
+                while matches!(self.peek(), Some(c) if !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                {
+                    self.i += 1;
+                }
+                Ok(())
+            }
+            None => Err(BAD),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_wins_over_json() {
+        let v = br#"{"tenant_id":"json"}"#;
+        assert_eq!(
+            tenant_of([("tenant-id", Some(&b"hdr"[..]))], Some(v)),
+            TenantOf::Found("hdr".into())
+        );
+        assert_eq!(tenant_of([], Some(v)), TenantOf::Found("json".into()));
+    }
+
+    #[test]
+    fn finds_top_level_field_only() {
+        let v = br#"{"meta":{"tenant_id":"nested"},"list":[1,{"a":"}"}],"n":-1.5e3,"ok":true,"tenant_id":"acme","body":"x"}"#;
+        assert_eq!(json_tenant_id(v), Ok(Some("acme".into())));
+        assert_eq!(
+            json_tenant_id(br#"{"meta":{"tenant_id":"nested"}}"#),
+            Ok(None)
+        );
+        assert_eq!(
+            json_tenant_id(br#" { "tenant_id" : "t\u00e9\"q" } "#),
+            Ok(Some("t\u{e9}\"q".into()))
+        );
+        assert_eq!(
+            json_tenant_id(br#"{"body":"has \"tenant_id\": \"fake\"","tenant_id":"real"}"#),
+            Ok(Some("real".into()))
+        );
+    }
+
+    #[test]
+    fn stops_at_the_field_without_reading_the_rest() {
+        // everything after the field is garbage: still found
+        assert_eq!(
+            json_tenant_id(br#"{"tenant_id":"early", <<<not json>>>"#),
+            Ok(Some("early".into()))
+        );
+    }
+
+    #[test]
+    fn explains_what_is_missing() {
+        assert!(
+            matches!(tenant_of([], Some(b"not json")), TenantOf::Missing(w) if w.contains("not a JSON object"))
+        );
+        assert!(
+            matches!(tenant_of([], Some(br#"{"tenant_id":42}"#)), TenantOf::Missing(w) if w.contains("not a string"))
+        );
+        assert!(matches!(
+            tenant_of([], Some(br#"{"a":1}"#)),
+            TenantOf::Missing(_)
+        ));
+        assert!(matches!(tenant_of([], None), TenantOf::Missing(_)));
+        assert!(matches!(
+            tenant_of([("tenant-id", Some(&b" "[..]))], None),
+            TenantOf::Missing(_)
+        ));
+        assert!(matches!(
+            tenant_of([], Some(br#"{"a":"unterminated"#)),
+            TenantOf::Missing(_)
+        ));
+    }
+}

@@ -19,6 +19,7 @@ pub mod cert;
 pub mod check;
 pub mod config;
 pub mod dek;
+pub mod demo;
 pub mod emulator;
 pub mod envelope;
 pub mod inspect;

@@ -24,6 +24,55 @@ enum Command {
         command: ConfigCommand,
     },
     VaultEmulator(Box<EmulatorArgs>),
+    /// The whole pipeline in one process, no set-up: in-process Kafka (librdkafka mock cluster),
+    /// the Key Vault emulator with three tenants' RSA-4096 keys, synthetic chat traffic, the
+    /// worker, and a check that every message decrypts back to the original. Exit 1 on any
+    /// mismatch.
+    Demo {
+        /// Messages of synthetic traffic.
+        #[arg(long, default_value_t = 6000)]
+        messages: usize,
+    },
+    /// Run the worker: a consumer-group member that seals captured messages into the archive.
+    /// SIGTERM or Ctrl-C drains the batch in flight and flushes within worker.drain_deadline.
+    Run {
+        /// The worker configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Read an archive or quarantine topic and print each record's plaintext with its
+    /// provenance as JSON lines (needs decrypt permission on the tenants' keys). Duplicates
+    /// (same byok.src) are dropped unless --duplicates; records that cannot be opened are
+    /// reported on stderr with the reason (exit 1).
+    Cat {
+        /// The worker configuration (Kafka, registry topic, tenants' keys).
+        #[arg(long)]
+        config: PathBuf,
+        /// Topic to read (default: the archive topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only these partitions (repeatable).
+        #[arg(long = "partition")]
+        partitions: Vec<i32>,
+        /// First offset (inclusive) per partition.
+        #[arg(long)]
+        from_offset: Option<i64>,
+        /// Last offset (exclusive) per partition.
+        #[arg(long)]
+        to_offset: Option<i64>,
+        /// Only records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Keep duplicates.
+        #[arg(long)]
+        duplicates: bool,
+    },
     /// Certificate credentials for the customer's app registration: generate, show.
     Cert {
         #[command(subcommand)]
@@ -272,6 +321,50 @@ fn main() -> ExitCode {
         } => config_check(&file),
         Command::Inspect { file, hex, json } => inspect(file, hex, json),
         Command::Cert { command } => cert(command).unwrap_or_else(|e| fail(&e)),
+        Command::Demo { messages } => runtime()
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let s = byok::demo::run(byok::demo::DemoOptions {
+                        messages,
+                        ..Default::default()
+                    })
+                    .await?;
+                    Ok(if s.mismatches == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                })
+            })
+            .unwrap_or_else(|e: String| fail(&e)),
+        Command::Run { config } => runtime()
+            .and_then(|rt| rt.block_on(run_worker(&config)))
+            .unwrap_or_else(|e| fail(&e)),
+        Command::Cat {
+            config,
+            topic,
+            partitions,
+            from_offset,
+            to_offset,
+            since,
+            until,
+            tenant,
+            duplicates,
+        } => runtime()
+            .and_then(|rt| {
+                rt.block_on(cat(
+                    &config,
+                    topic,
+                    partitions,
+                    from_offset,
+                    to_offset,
+                    since,
+                    until,
+                    tenant,
+                    duplicates,
+                ))
+            })
+            .unwrap_or_else(|e| fail(&e)),
         Command::CheckKey {
             config,
             tenant,
@@ -502,6 +595,99 @@ async fn check_key(
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.worker.log_format {
+        byok::config::LogFormat::Json => builder.json().try_init(),
+        byok::config::LogFormat::Text => builder.try_init(),
+    };
+    let metrics = byok::pipeline::http::serve(config.metrics.listen)
+        .await
+        .map_err(|e| format!("metrics endpoint {}: {e}", config.metrics.listen))?;
+    tracing::info!(addr = %metrics, "metrics and health on /metrics and /health");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop requested: draining the batch in flight");
+        let _ = stop.send(true);
+    });
+    let stats = byok::pipeline::worker::run(config, stopped)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("{stats:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn cat(
+    path: &std::path::Path,
+    topic: Option<String>,
+    partitions: Vec<i32>,
+    from_offset: Option<i64>,
+    to_offset: Option<i64>,
+    since: Option<String>,
+    until: Option<String>,
+    tenant: Option<String>,
+    duplicates: bool,
+) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let ms = |v: Option<String>, flag: &str| -> Result<Option<i64>, String> {
+        v.map(|t| {
+            time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                .map(|d| (d.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|_| {
+                    format!("--{flag} {t:?} is not an RFC 3339 time such as 2026-11-29T17:00:00Z")
+                })
+        })
+        .transpose()
+    };
+    let opts = byok::pipeline::reader::ReadOptions {
+        topic: topic.unwrap_or_else(|| config.kafka.archive_topic.as_str().to_owned()),
+        partitions,
+        from_offset,
+        to_offset,
+        from_time_ms: ms(since, "since")?,
+        to_time_ms: ms(until, "until")?,
+        tenant,
+        duplicates,
+    };
+    let stats = byok::pipeline::reader::read(
+        &config,
+        &opts,
+        |o| println!("{}", serde_json::to_string(&o).unwrap_or_default()),
+        |f| {
+            eprintln!(
+                "cannot open {}/{}/{}: {}",
+                f.topic, f.partition, f.offset, f.reason
+            )
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "{}: {} read, {} opened, {} duplicates dropped, {} could not be opened",
+        opts.topic, stats.read, stats.opened, stats.duplicates, stats.failed
+    );
+    Ok(if stats.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

@@ -326,3 +326,12 @@ fn a_secret_file_never_reaches_the_output() {
     assert!(!err.contains("example-client-secret-not-real"), "{err}");
     assert!(err.contains("key_name"), "{err}");
 }
+
+#[test]
+fn the_demo_passes_end_to_end() {
+    let (ok, out, err) = run(byok().args(["demo", "--messages", "600"]));
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("archived, decrypted ok   600"), "{out}");
+    assert!(out.contains("quarantined, decrypted   3"), "{out}");
+    assert!(out.contains("mismatches               0"), "{out}");
+}

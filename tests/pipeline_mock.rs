@@ -175,7 +175,6 @@ async fn every_message_is_archived_or_quarantined_and_decrypts_to_the_original()
         stats.deks_created >= 3,
         "acme, globex and the quarantine each got a DEK: {stats:?}"
     );
-
     // every record opens to the original bytes, with its provenance
     let mut opened = Vec::new();
     let mut failures = Vec::new();
@@ -220,21 +219,33 @@ async fn every_message_is_archived_or_quarantined_and_decrypts_to_the_original()
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", "scan")
-        .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    c.subscribe(&["archive.messages", "byok.quarantine"])
-        .unwrap();
-    let mut scanned = 0;
-    while scanned < total {
-        if let Some(Ok(m)) = c.poll(Duration::from_secs(5)) {
-            let v = rdkafka::Message::payload(&m).unwrap();
-            assert!(
-                !v.windows(7).any(|w| w == b"message"),
-                "plaintext in an output topic"
-            );
-            scanned += 1;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (t, n) in [("archive.messages", 4), ("byok.quarantine", 1)] {
+        for p in 0..n {
+            tpl.add_partition_offset(t, p, rdkafka::Offset::Beginning)
+                .unwrap();
         }
     }
+    c.assign(&tpl).unwrap();
+    let mut scanned = 0;
+    while scanned < total {
+        match c.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                let v = rdkafka::Message::payload(&m).unwrap();
+                assert!(
+                    !v.windows(7).any(|w| w == b"message"),
+                    "plaintext in an output topic"
+                );
+                scanned += 1;
+            }
+            Some(Err(e)) => panic!("{e}"),
+            None => panic!("scan stalled at {scanned}"),
+        }
+    }
+    // Clients go before the mock cluster: a producer outliving it waits out its close timeout.
+    drop(c);
+    drop(producer);
     drop(cluster);
 }

@@ -40,6 +40,60 @@ fn count(bootstrap: &str, topic: &str) -> i64 {
         .sum()
 }
 
+/// The emulator, a mock cluster with the pipeline's topics, and a worker config for them.
+struct Rig {
+    emu: Emu,
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    bootstrap: String,
+    config: Config,
+    path: std::path::PathBuf,
+}
+
+async fn rig(extra: &str) -> Rig {
+    let emu = Emu::start().await;
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    for (t, p) in [
+        ("capture.messages", 4),
+        ("archive.messages", 4),
+        ("byok.deks", 1),
+        ("byok.keks", 1),
+        ("byok.quarantine", 1),
+    ] {
+        cluster.create_topic(t, p, 1).unwrap();
+    }
+    let path = common::emu_config::write(emu.dir.path(), emu.port(), &emu.running.ca_pem, extra);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "bootstrap_servers = \"127.0.0.1:9092\"",
+        &format!("bootstrap_servers = \"{bootstrap}\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    Rig {
+        emu,
+        cluster,
+        bootstrap,
+        config,
+        path,
+    }
+}
+
+/// Waits until archive + quarantine hold at least `n` records.
+async fn wait_out(bootstrap: &str, n: i64, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let done = count(bootstrap, "archive.messages") + count(bootstrap, "byok.quarantine");
+        if done >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {done} of {n} records out after {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn opts(topic: &str) -> ReadOptions {
     ReadOptions {
         topic: topic.into(),
@@ -248,4 +302,214 @@ async fn every_message_is_archived_or_quarantined_and_decrypts_to_the_original()
     drop(c);
     drop(producer);
     drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_quarantined_or_archived_never_lost_and_never_crashes_the_worker() {
+    // large records need larger client limits, set through the passthrough tables
+    let r = rig("").await;
+    let text = std::fs::read_to_string(&r.path).unwrap().replace(
+        "[keys]",
+        "[kafka.producer]\n\"message.max.bytes\" = 33554432\n[kafka.consumer]\n\"fetch.max.bytes\" = 67108864\n\"receive.message.max.bytes\" = 100000000\n[keys]",
+    );
+    std::fs::write(&r.path, text).unwrap();
+    let config = Config::load(&r.path).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .set("message.max.bytes", "33554432")
+        .create()
+        .unwrap();
+    // The mock cluster keeps only 5 MiB per partition, so 2 MiB here; the real-broker test uses 10 MiB.
+    let mut big = vec![0u8; 2 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let big_json = [
+        br#"{"tenant_id":"acme","body":""#.as_slice(),
+        &big.iter()
+            .map(|b| b"abcdefghijklmnop"[(*b & 15) as usize])
+            .collect::<Vec<u8>>(),
+        br#""}"#,
+    ]
+    .concat();
+    let cases: Vec<(Vec<u8>, Option<&str>, &str)> = vec![
+        (b"\x00\x01 binary, not JSON".to_vec(), None, "malformed"),
+        (
+            br#"{"body":"JSON without tenant"}"#.to_vec(),
+            None,
+            "malformed",
+        ),
+        (
+            br#"{"tenant_id":"nobody","body":"unknown tenant"}"#.to_vec(),
+            None,
+            "unknown-tenant",
+        ),
+        (Vec::new(), None, "malformed"), // empty value, no header
+        (Vec::new(), Some("acme"), "archive"), // empty value with a tenant header
+        (big_json.clone(), None, "archive"), // 2 MiB JSON (compresses)
+        (big.clone(), Some("globex"), "archive"), // 2 MiB of noise (does not compress)
+        (br#"{"tenant_id": 7}"#.to_vec(), None, "malformed"),
+        (
+            br#"{"tenant_id":"../etc/passwd"}"#.to_vec(),
+            None,
+            "unknown-tenant",
+        ),
+    ];
+    for (i, (value, header, _)) in cases.iter().enumerate() {
+        let key = format!("bad-{i}");
+        let mut rec = FutureRecord::to("capture.messages")
+            .key(key.as_bytes())
+            .payload(value.as_slice())
+            .partition(i as i32 % 4);
+        if let Some(t) = header {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: "tenant-id",
+                value: Some(t.as_bytes()),
+            }));
+        }
+        producer.send(rec, Timeout::Never).await.unwrap();
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(byok::pipeline::worker::run(config.clone(), stopped));
+    wait_out(&r.bootstrap, cases.len() as i64, 120).await;
+    stop.send(true).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+    assert_eq!(stats.records_in, cases.len() as u64);
+    let mut opened = Vec::new();
+    let mut failures = Vec::new();
+    reader::read(
+        &config,
+        &opts("archive.messages"),
+        |o| opened.push(o),
+        |f| failures.push(f),
+    )
+    .await
+    .unwrap();
+    reader::read(
+        &config,
+        &opts("byok.quarantine"),
+        |o| opened.push(o),
+        |f| failures.push(f),
+    )
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(opened.len(), cases.len());
+    for o in &opened {
+        let key = String::from_utf8(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                o.key_b64.as_ref().unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let i: usize = key.trim_start_matches("bad-").parse().unwrap();
+        let (value, _, route) = &cases[i];
+        let plain =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &o.value_b64)
+                .unwrap();
+        assert_eq!(&plain, value, "case {i}");
+        match *route {
+            "archive" => assert!(
+                o.reason.is_none() && o.topic == "archive.messages",
+                "case {i}: {o:?}"
+            ),
+            reason => assert_eq!(o.reason.as_deref(), Some(reason), "case {i}"),
+        }
+    }
+    drop(producer);
+    drop(r.cluster);
+    drop(r.emu);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_batch_in_flight_loses_nothing() {
+    let r = rig("").await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let total = 3000usize;
+    let producer_ref = &producer;
+    let sends: Vec<_> = (0..total)
+        .map(|i| {
+            let body = format!(
+                r#"{{"tenant_id":"{}","n":{i},"body":"{}"}}"#,
+                if i % 2 == 0 { "acme" } else { "globex" },
+                "y".repeat(200)
+            );
+            async move {
+                producer_ref
+                    .send(
+                        FutureRecord::to("capture.messages")
+                            .key(&format!("k{i}"))
+                            .payload(&body),
+                        Timeout::Never,
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+        .collect();
+    futures::future::join_all(sends).await;
+    // a worker process, stopped with SIGTERM as soon as its first records are out
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_byok"))
+        .args(["run", "--config"])
+        .arg(&r.path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_out(&r.bootstrap, 1, 60).await;
+    let rc = unsafe { libc_kill(child.id() as i32, 15) };
+    assert_eq!(rc, 0);
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let after_term = count(&r.bootstrap, "archive.messages");
+    // a second worker finishes from the committed offsets
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(byok::pipeline::worker::run(r.config.clone(), stopped));
+    wait_out(&r.bootstrap, total as i64, 120).await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let mut srcs = std::collections::HashSet::new();
+    let mut failures = Vec::new();
+    let stats = reader::read(
+        &r.config,
+        &opts("archive.messages"),
+        |o| {
+            srcs.insert(o.src);
+        },
+        |f| failures.push(f),
+    )
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(
+        srcs.len(),
+        total,
+        "every source offset is in the archive (first worker wrote {after_term})"
+    );
+    assert_eq!(stats.opened as usize, total);
+    drop(producer);
+    drop(r.cluster);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

@@ -112,11 +112,26 @@ fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadError> {
     for (k, v) in &config.kafka.consumer {
         c.set(k, v);
     }
+    // A reader starts on a backlog: ask for moderate fetches (some brokers, Tansu 0.6 among
+    // them, return nothing for very large fetch responses).
+    if !config.kafka.consumer.contains_key("fetch.max.bytes") {
+        c.set("fetch.max.bytes", "4194304");
+    }
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
         .set("group.id", format!("byok-reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .set("isolation.level", "read_committed")
+        // Outputs are transactional only with delivery = "exactly-once"; otherwise read
+        // everything acknowledged (brokers without transactions may never advance the last
+        // stable offset past an idempotent producer's batches).
+        .set(
+            "isolation.level",
+            if config.kafka.delivery == crate::config::Delivery::ExactlyOnce {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
         .create()
         .map_err(|e| ReadError(format!("Kafka consumer: {e}")))
 }
@@ -166,11 +181,11 @@ where
         .assign(&tpl)
         .map_err(|e| ReadError(format!("assign {topic}: {e}")))?;
     while !ends.is_empty() {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        let m = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
             .await
             .map_err(|_| {
                 ReadError(format!(
-                    "no record from {topic} for 30 s; partitions left: {:?}",
+                    "no record from {topic} for 120 s; partitions left: {:?}",
                     ends.keys().collect::<Vec<_>>()
                 ))
             })?

@@ -254,7 +254,16 @@ pub async fn run(
                 }
             }
         };
-        produce_all(&producer, &outs).await?;
+        // After a stop request the batch gets worker.drain_deadline to be acknowledged; past it
+        // the worker exits without committing (the records are redelivered, nothing is lost).
+        let produced = tokio::select! {
+            r = produce_all(&producer, &outs) => r,
+            _ = drain_deadline(shutdown.clone(), config.worker.drain_deadline) => {
+                tracing::warn!("drain deadline passed with records unacknowledged; exiting without committing them");
+                return Err(WorkerError::Produce { topic: "(drain)".into(), reason: "drain deadline passed before the broker acknowledged the batch".into() });
+            }
+        };
+        produced?;
         let mut tpl = TopicPartitionList::new();
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in &batch {
@@ -285,6 +294,16 @@ pub async fn run(
     let _ = producer.flush(Timeout::After(config.worker.drain_deadline));
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// Resolves `deadline` after a stop is requested (never if none is).
+async fn drain_deadline(mut shutdown: watch::Receiver<bool>, deadline: Duration) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    tokio::time::sleep(deadline).await;
 }
 
 /// Collects one batch: waits for a first record (or shutdown), then takes more until the count,

@@ -1,5 +1,5 @@
 //! Helpers shared by the black-box tests.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
@@ -33,6 +33,8 @@ pub(crate) fn case_key(case: &serde_json::Value) -> DataKey {
 pub(crate) fn byok() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_byok"))
 }
+
+pub mod tansu;
 
 /// A Key Vault emulator started in-process from the example seed, and Azure SDK clients for it.
 pub(crate) mod emu {

@@ -1,0 +1,97 @@
+//! A Tansu broker (Kafka protocol, sqlite storage) on 127.0.0.1 for integration tests, started
+//! from a scratch folder and stopped on drop. `.ci/run` installs it (`cargo install tansu`).
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+/// The tansu binary: $TANSU_BIN, else ~/.cargo/bin/tansu, else `tansu` on the PATH.
+pub fn binary() -> PathBuf {
+    if let Ok(b) = std::env::var("TANSU_BIN") {
+        return b.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cargo = PathBuf::from(home).join(".cargo/bin/tansu");
+    if cargo.exists() {
+        cargo
+    } else {
+        "tansu".into()
+    }
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let bin = binary();
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .current_dir(dir.path())
+            .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url, "--advertised-listener-url", &url])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the Tansu broker {}: {e}; install it with `cargo install tansu --locked --version 0.6.0 --features libsql` (scripts/setup does)", bin.display()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Tansu did not listen on {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Tansu {
+            child,
+            port,
+            dir,
+            bin,
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(&self.bin)
+            .current_dir(self.dir.path())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,58 @@
+//! Evidence for a Tansu 0.6.0 limit, not a test of ours: records of 8 and 10 MiB are accepted by
+//! the broker but never returned to a consumer (1, 2 and 4 MiB are). Run with
+//! `cargo test --test tansu_probe -- --ignored --nocapture`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use std::time::Duration;
+
+#[tokio::test]
+#[ignore = "documents a broker limit; prints what Tansu returns"]
+async fn probe_big_values() {
+    let t = common::tansu::Tansu::start();
+    t.create_topic("big", 1);
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", t.bootstrap())
+        .set("message.max.bytes", "33554432")
+        .create()
+        .unwrap();
+    for mib in [1usize, 2, 4, 8, 10] {
+        let v = vec![7u8; mib << 20];
+        let r = p
+            .send(
+                FutureRecord::<(), _>::to("big").payload(&v),
+                Timeout::After(Duration::from_secs(30)),
+            )
+            .await;
+        eprintln!(
+            "produce {mib} MiB: {:?}",
+            r.map(|d| (d.partition, d.offset))
+                .map_err(|e| e.0.to_string())
+        );
+    }
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", t.bootstrap())
+        .set("group.id", "probe")
+        .set("fetch.max.bytes", "67108864")
+        .set("max.partition.fetch.bytes", "33554432")
+        .set("receive.message.max.bytes", "100000000")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("big", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    for _ in 0..10 {
+        match c.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => eprintln!("consumed offset {} len {}", m.offset(), m.payload_len()),
+            Some(Err(e)) => eprintln!("consume error {e}"),
+            None => eprintln!("nothing"),
+        }
+    }
+}

@@ -56,3 +56,54 @@ async fn probe_big_values() {
         }
     }
 }
+
+#[tokio::test]
+#[ignore = "documents a broker behaviour; prints what Tansu returns"]
+async fn probe_backlog_read() {
+    let t = common::tansu::Tansu::start();
+    t.create_topic("backlog", 6);
+    for idempotent in ["false", "true"] {
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", t.bootstrap())
+            .set("enable.idempotence", idempotent)
+            .set("linger.ms", "10")
+            .create()
+            .unwrap();
+        let body = vec![b'x'; 300];
+        let keys: Vec<String> = (0..6000).map(|i| format!("k{i}")).collect();
+        let sends: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                p.send(
+                    FutureRecord::to("backlog").key(k).payload(&body),
+                    Timeout::Never,
+                )
+            })
+            .collect();
+        for r in futures::future::join_all(sends).await {
+            r.unwrap();
+        }
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", t.bootstrap())
+            .set("group.id", format!("probe-{idempotent}"))
+            .set("fetch.max.bytes", "4194304")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for part in 0..6 {
+            tpl.add_partition_offset("backlog", part, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let mut n = 0;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            match c.poll(Duration::from_secs(2)) {
+                Some(Ok(_)) => n += 1,
+                Some(Err(e)) => eprintln!("error {e}"),
+                None => {}
+            }
+        }
+        eprintln!("idempotent={idempotent}: read {n} records in 30 s");
+    }
+}

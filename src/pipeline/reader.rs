@@ -120,6 +120,7 @@ fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadError> {
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
         .set("group.id", format!("byok-reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         // Outputs are transactional only with delivery = "exactly-once"; otherwise read
         // everything acknowledged (brokers without transactions may never advance the last
@@ -167,11 +168,18 @@ where
         let (low, high) = consumer
             .fetch_watermarks(topic, *p, Duration::from_secs(10))
             .map_err(|e| ReadError(format!("{topic}/{p}: {e}")))?;
-        let start = opts.and_then(|o| o.from_offset).map_or(low, |o| o.max(low));
+        let from = opts.and_then(|o| o.from_offset);
+        let start = from.map_or(low, |o| o.max(low));
         let end = opts.and_then(|o| o.to_offset).map_or(high, |o| o.min(high));
         if start < end {
             ends.insert(*p, end);
-            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(start));
+            // From the beginning unless an offset was asked for: a broker's low watermark may
+            // not be a fetchable offset (then the consumer would reset to the end).
+            let offset = match from {
+                Some(_) => Offset::Offset(start),
+                None => Offset::Beginning,
+            };
+            let _ = tpl.add_partition_offset(topic, *p, offset);
         }
     }
     if ends.is_empty() {

@@ -360,16 +360,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     };
     let mut seen = std::collections::HashSet::new();
     for topic in ["archive.messages", "byok.quarantine"] {
-        let o = ReadOptions {
-            topic: topic.into(),
-            partitions: vec![],
-            from_offset: None,
-            to_offset: None,
-            from_time_ms: None,
-            to_time_ms: None,
-            tenant: None,
-            duplicates: false,
-        };
+        let o = ReadOptions::topic(topic);
         let mut failures = Vec::new();
         let mut opened = Vec::new();
         reader::read(&config, &o, |r| opened.push(r), |f| failures.push(f))

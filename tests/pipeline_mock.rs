@@ -95,44 +95,13 @@ async fn wait_out(bootstrap: &str, n: i64, secs: u64) {
 }
 
 fn opts(topic: &str) -> ReadOptions {
-    ReadOptions {
-        topic: topic.into(),
-        partitions: vec![],
-        from_offset: None,
-        to_offset: None,
-        from_time_ms: None,
-        to_time_ms: None,
-        tenant: None,
-        duplicates: false,
-    }
+    ReadOptions::topic(topic)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_archived_or_quarantined_and_decrypts_to_the_original() {
-    let emu = Emu::start().await;
-    let cluster = MockCluster::new(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    for (t, p) in [
-        ("capture.messages", 4),
-        ("archive.messages", 4),
-        ("byok.deks", 1),
-        ("byok.keks", 1),
-        ("byok.quarantine", 1),
-    ] {
-        cluster.create_topic(t, p, 1).unwrap();
-    }
-    let path = common::emu_config::write(
-        emu.dir.path(),
-        emu.port(),
-        &emu.running.ca_pem,
-        "\n[[tenants]]\nid = \"initech\"\nbyok_enabled = false\n",
-    );
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "bootstrap_servers = \"127.0.0.1:9092\"",
-        &format!("bootstrap_servers = \"{bootstrap}\""),
-    );
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).unwrap();
+    let r = rig("\n[[tenants]]\nid = \"initech\"\nbyok_enabled = false\n").await;
+    let (bootstrap, config, cluster) = (r.bootstrap.clone(), r.config.clone(), r.cluster);
 
     // captured traffic: two tenants by JSON field and by header, plus records the worker cannot archive
     let producer: FutureProducer = ClientConfig::new()
@@ -319,7 +288,7 @@ async fn bad_input_is_quarantined_or_archived_never_lost_and_never_crashes_the_w
         .set("message.max.bytes", "33554432")
         .create()
         .unwrap();
-    // The mock cluster keeps only 5 MiB per partition, so 2 MiB here; the real-broker test uses 10 MiB.
+    // The mock cluster keeps only 5 MiB per partition, so 2 MiB here (4 MiB on Tansu).
     let mut big = vec![0u8; 2 << 20];
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for b in big.iter_mut() {

@@ -163,16 +163,7 @@ async fn three_workers_one_killed_lose_nothing_on_a_real_broker() {
     workers.0[0] = worker(&path);
     // done when the archive holds at least every message and has stopped growing (the group is
     // idle); then the workers are stopped and the archive read back
-    let opts = ReadOptions {
-        topic: "archive.messages".into(),
-        partitions: vec![],
-        from_offset: None,
-        to_offset: None,
-        from_time_ms: None,
-        to_time_ms: None,
-        tenant: None,
-        duplicates: false,
-    };
+    let opts = ReadOptions::topic("archive.messages");
     let mut last = (0i64, Instant::now());
     loop {
         let out: i64 = watermarks(&tansu.bootstrap(), "archive.messages", PARTITIONS)
@@ -334,16 +325,7 @@ async fn a_4_mib_value_and_bad_input_on_a_real_broker() {
     let mut opened = Vec::new();
     let mut failures = Vec::new();
     for topic in ["archive.messages", "byok.quarantine"] {
-        let opts = ReadOptions {
-            topic: topic.into(),
-            partitions: vec![],
-            from_offset: None,
-            to_offset: None,
-            from_time_ms: None,
-            to_time_ms: None,
-            tenant: None,
-            duplicates: false,
-        };
+        let opts = ReadOptions::topic(topic);
         reader::read(&config, &opts, |o| opened.push(o), |f| failures.push(f))
             .await
             .unwrap();

@@ -47,6 +47,22 @@ pub struct ReadOptions {
     pub duplicates: bool,
 }
 
+impl ReadOptions {
+    /// The whole of `topic`: every partition, every offset, every tenant, duplicates dropped.
+    pub fn topic(topic: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            partitions: Vec::new(),
+            from_offset: None,
+            to_offset: None,
+            from_time_ms: None,
+            to_time_ms: None,
+            tenant: None,
+            duplicates: false,
+        }
+    }
+}
+
 /// One opened record.
 #[derive(Debug, Clone, Serialize)]
 pub struct Opened {

@@ -83,6 +83,24 @@ impl RetryPolicy {
     }
 }
 
+/// Runs `$call` under the vault's rate limit, retrying while its result matches `$outage`
+/// (which binds the service's Retry-After as `$ra`), up to the policy's attempts.
+macro_rules! limited_retry {
+    ($self:ident, $call:expr, $outage:pat => $ra:ident) => {{
+        let mut attempt = 0;
+        loop {
+            $self.limiter.acquire().await;
+            match $call {
+                $outage if attempt + 1 < $self.policy.attempts => {
+                    tokio::time::sleep($self.policy.delay(attempt, $ra)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }};
+}
+
 /// Rate-limits and retries the provider it wraps.
 #[derive(Debug)]
 pub struct Resilient<P> {
@@ -113,19 +131,7 @@ impl<P: KeyProvider> KeyProvider for Resilient<P> {
     }
 
     async fn wrap(&self, dek: &DataKey) -> Result<Wrapped, KmsError> {
-        let mut attempt = 0;
-        loop {
-            self.limiter.acquire().await;
-            match self.inner.wrap(dek).await {
-                Err(KmsError::Unavailable { retry_after, .. })
-                    if attempt + 1 < self.policy.attempts =>
-                {
-                    tokio::time::sleep(self.policy.delay(attempt, retry_after)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        limited_retry!(self, self.inner.wrap(dek).await, Err(KmsError::Unavailable { retry_after, .. }) => retry_after)
     }
 
     async fn unwrap(
@@ -134,33 +140,11 @@ impl<P: KeyProvider> KeyProvider for Resilient<P> {
         dek: DekId,
         wrapped: &[u8],
     ) -> Result<Arc<DataKey>, KmsError> {
-        let mut attempt = 0;
-        loop {
-            self.limiter.acquire().await;
-            match self.inner.unwrap(kek, dek, wrapped).await {
-                Err(KmsError::Unavailable { retry_after, .. })
-                    if attempt + 1 < self.policy.attempts =>
-                {
-                    tokio::time::sleep(self.policy.delay(attempt, retry_after)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        limited_retry!(self, self.inner.unwrap(kek, dek, wrapped).await, Err(KmsError::Unavailable { retry_after, .. }) => retry_after)
     }
 
     async fn key_state(&self) -> KeyState {
-        let mut attempt = 0;
-        loop {
-            self.limiter.acquire().await;
-            match self.inner.key_state().await {
-                KeyState::Unavailable { retry_after, .. } if attempt + 1 < self.policy.attempts => {
-                    tokio::time::sleep(self.policy.delay(attempt, retry_after)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        limited_retry!(self, self.inner.key_state().await, KeyState::Unavailable { retry_after, .. } => retry_after)
     }
 }
 

@@ -73,7 +73,6 @@ unsafe extern "C" {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: the three workers archive all 30k messages (one SIGKILLed and restarted), but reading the 6-partition archive back from Tansu 0.6 stalls after the first partition; run with --ignored"]
 async fn three_workers_one_killed_lose_nothing_on_a_real_broker() {
     let total: usize = std::env::var("BYOK_TANSU_MESSAGES")
         .ok()

@@ -107,3 +107,75 @@ async fn probe_backlog_read() {
         eprintln!("idempotent={idempotent}: read {n} records in 30 s");
     }
 }
+
+/// Like the archive after the 3-worker test: 30k records of ~600 bytes with byok headers from
+/// three idempotent producers, read back from the beginning of 6 partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "documents a broker behaviour; prints what Tansu returns"]
+async fn probe_archive_like_read() {
+    let t = common::tansu::Tansu::start();
+    t.create_topic("arch", 6);
+    let producers: Vec<FutureProducer> = (0..3)
+        .map(|_| {
+            ClientConfig::new()
+                .set("bootstrap.servers", t.bootstrap())
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .create()
+                .unwrap()
+        })
+        .collect();
+    let body = vec![b'x'; 600];
+    let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
+    for round in 0..30 {
+        let sends: Vec<_> = (0..1000)
+            .map(|i| {
+                let p = &producers[(round + i) % 3];
+                let h = rdkafka::message::OwnedHeaders::new()
+                    .insert(rdkafka::message::Header { key: "byok.tenant", value: Some("tenant-01") })
+                    .insert(rdkafka::message::Header { key: "byok.dek", value: Some("0190aaaa-bbbb-7ccc-8ddd-eeeeffff0000") })
+                    .insert(rdkafka::message::Header { key: "byok.src", value: Some(format!("capture.messages/{}/{}", i % 6, round * 1000 + i).as_str()) });
+                let mut r = FutureRecord::to("arch").key(&keys[i]).payload(&body);
+                if std::env::var("PROBE_NO_HEADERS").is_err() {
+                    r = r.headers(h);
+                }
+                p.send(r, Timeout::Never)
+            })
+            .collect();
+        for r in futures::future::join_all(sends).await {
+            r.unwrap();
+        }
+    }
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", t.bootstrap())
+        .set("group.id", "probe-arch")
+        .set("auto.offset.reset", "earliest");
+    // PROBE_CONSUMER="k=v,k=v" sets consumer properties
+    for kv in std::env::var("PROBE_CONSUMER").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap();
+        cc.set(k, v);
+    }
+    let c: BaseConsumer = cc.create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for part in 0..6 {
+        let w = c.fetch_watermarks("arch", part, Duration::from_secs(10)).unwrap();
+        eprintln!("partition {part} watermarks {w:?}");
+        tpl.add_partition_offset("arch", part, rdkafka::Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut per = [0u64; 6];
+    let start = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(60) && per.iter().sum::<u64>() < 30_000 {
+        match c.poll(Duration::from_secs(1)) {
+            Some(Ok(m)) => per[m.partition() as usize] += 1,
+            Some(Err(e)) => eprintln!("error {e}"),
+            None => {}
+        }
+        if last.elapsed() > Duration::from_secs(5) {
+            eprintln!("{:?} read per partition", per);
+            last = std::time::Instant::now();
+        }
+    }
+    eprintln!("final {:?} after {:?}", per, start.elapsed());
+}

@@ -609,11 +609,14 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
         byok::config::LogFormat::Json => builder.json().try_init(),
         byok::config::LogFormat::Text => builder.try_init(),
     };
-    let metrics = byok::pipeline::http::serve(config.metrics.listen)
-        .await
-        .map_err(|e| format!("metrics endpoint {}: {e}", config.metrics.listen))?;
-    tracing::info!(addr = %metrics, "metrics and health on /metrics and /health");
+    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
+    let metrics =
+        byok::pipeline::http::serve(config.metrics.listen, std::sync::Arc::clone(&health))
+            .await
+            .map_err(|e| format!("metrics endpoint {}: {e}", config.metrics.listen))?;
+    tracing::info!(addr = %metrics, "metrics and health on /metrics, /health (ready) and /live");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopping = std::sync::Arc::clone(&health);
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -625,11 +628,17 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
             _ = term.recv() => {}
         }
         tracing::info!("stop requested: draining the batch in flight");
+        stopping.set_stopping();
         let _ = stop.send(true);
     });
-    let stats = byok::pipeline::worker::run(config, stopped)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stats = byok::pipeline::worker::run_with(
+        config,
+        stopped,
+        byok::pipeline::worker::Stage::Seal,
+        health,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     eprintln!("{stats:?}");
     Ok(ExitCode::SUCCESS)
 }

@@ -132,9 +132,20 @@ async fn probe_archive_like_read() {
             .map(|i| {
                 let p = &producers[(round + i) % 3];
                 let h = rdkafka::message::OwnedHeaders::new()
-                    .insert(rdkafka::message::Header { key: "byok.tenant", value: Some("tenant-01") })
-                    .insert(rdkafka::message::Header { key: "byok.dek", value: Some("0190aaaa-bbbb-7ccc-8ddd-eeeeffff0000") })
-                    .insert(rdkafka::message::Header { key: "byok.src", value: Some(format!("capture.messages/{}/{}", i % 6, round * 1000 + i).as_str()) });
+                    .insert(rdkafka::message::Header {
+                        key: "byok.tenant",
+                        value: Some("tenant-01"),
+                    })
+                    .insert(rdkafka::message::Header {
+                        key: "byok.dek",
+                        value: Some("0190aaaa-bbbb-7ccc-8ddd-eeeeffff0000"),
+                    })
+                    .insert(rdkafka::message::Header {
+                        key: "byok.src",
+                        value: Some(
+                            format!("capture.messages/{}/{}", i % 6, round * 1000 + i).as_str(),
+                        ),
+                    });
                 let mut r = FutureRecord::to("arch").key(&keys[i]).payload(&body);
                 if std::env::var("PROBE_NO_HEADERS").is_err() {
                     r = r.headers(h);
@@ -151,16 +162,23 @@ async fn probe_archive_like_read() {
         .set("group.id", "probe-arch")
         .set("auto.offset.reset", "earliest");
     // PROBE_CONSUMER="k=v,k=v" sets consumer properties
-    for kv in std::env::var("PROBE_CONSUMER").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+    for kv in std::env::var("PROBE_CONSUMER")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
         let (k, v) = kv.split_once('=').unwrap();
         cc.set(k, v);
     }
     let c: BaseConsumer = cc.create().unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     for part in 0..6 {
-        let w = c.fetch_watermarks("arch", part, Duration::from_secs(10)).unwrap();
+        let w = c
+            .fetch_watermarks("arch", part, Duration::from_secs(10))
+            .unwrap();
         eprintln!("partition {part} watermarks {w:?}");
-        tpl.add_partition_offset("arch", part, rdkafka::Offset::Beginning).unwrap();
+        tpl.add_partition_offset("arch", part, rdkafka::Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut per = [0u64; 6];

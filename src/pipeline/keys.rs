@@ -39,6 +39,9 @@ pub enum DekError {
     /// The system CSPRNG failed.
     #[error("cannot make a DEK: {0}")]
     Random(#[from] crate::dek::RandomFailed),
+    /// Sealing could not finish.
+    #[error("sealing failed: {0}")]
+    Sealing(String),
 }
 
 /// The active DEK of each tenant.
@@ -49,6 +52,8 @@ pub struct DekSet {
     registry_topic: String,
     active: HashMap<String, Arc<ActiveDek>>,
     created: u64,
+    /// DEKs whose registry records are in the open transaction (exactly-once).
+    in_transaction: Vec<(String, crate::dek::DekId)>,
 }
 
 impl DekSet {
@@ -60,7 +65,32 @@ impl DekSet {
             registry_topic,
             active: HashMap::new(),
             created: 0,
+            in_transaction: Vec::new(),
         }
+    }
+
+    /// A transaction begins: DEKs made from now on have their registry records in it.
+    pub fn begin_transaction(&mut self) {
+        self.in_transaction.clear();
+    }
+
+    /// The transaction was aborted: the DEKs made in it have no registry record, so they must
+    /// never seal (a record under them could not be opened).
+    pub fn abort_transaction(&mut self) {
+        for (tenant, id) in self.in_transaction.drain(..) {
+            if self.active.get(&tenant).is_some_and(|d| d.id() == id) {
+                self.active.remove(&tenant);
+            }
+        }
+    }
+
+    /// Age of the oldest DEK still sealing.
+    pub fn oldest_age(&self) -> Option<Duration> {
+        self.active
+            .values()
+            .filter(|d| d.retired().is_none())
+            .map(|d| d.created().elapsed().unwrap_or_default())
+            .max()
     }
 
     /// DEKs made by this process so far.
@@ -120,6 +150,7 @@ impl DekSet {
         self.created += 1;
         metrics::counter!("byok_deks_created_total", "tenant" => tenant.to_owned()).increment(1);
         tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, "new DEK wrapped and registered");
+        self.in_transaction.push((tenant.to_owned(), dek.id()));
         let dek = Arc::new(dek);
         if let Some(old) = self.active.insert(tenant.to_owned(), Arc::clone(&dek)) {
             old.retire(crate::dek::Retired::Manual);

@@ -5,6 +5,7 @@
 //! - [`worker`]: `byok run`, the consumer-group member.
 //! - [`reader`]: `byok cat`, opening archive and quarantine records.
 
+pub mod health;
 pub mod http;
 pub mod keys;
 pub mod reader;

@@ -11,7 +11,7 @@
 //! dropped, never quarantined for an outage).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -24,9 +24,11 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
+use super::health::Health;
 use super::keys::{DekError, DekSet};
 use super::tenant::{TenantOf, tenant_of};
-use crate::config::{Config, TenantId};
+use crate::config::{Config, Delivery, TenantId};
+use crate::dek::ActiveDek;
 use crate::envelope::headers::{ArchiveHeaders, QuarantineHeaders, QuarantineReason, SourceRef};
 use crate::envelope::{self, SealError};
 use crate::kms::{KmsError, TenantKms};
@@ -72,8 +74,17 @@ pub struct RunStats {
     pub deks_created: u64,
 }
 
-/// Logs assignments and revocations (cooperative-sticky rebalances move only what must move).
-struct Ctx;
+/// The consumer's context: logs through tracing, marks the worker joined, exports consumer lag
+/// from librdkafka's statistics, and on a revocation commits what was acknowledged for the
+/// revoked partitions before they move (batches are processed between polls, so nothing of a
+/// revoked partition is in flight then).
+struct Ctx {
+    health: Arc<Health>,
+    /// Acknowledged, not yet known to be committed: (topic, partition) -> next offset.
+    acked: Mutex<HashMap<(String, i32), i64>>,
+    /// Offsets are committed in transactions (exactly-once), not by the consumer.
+    transactional: bool,
+}
 
 impl rdkafka::ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -88,20 +99,84 @@ impl rdkafka::ClientContext for Ctx {
             _ => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
         }
     }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut total = 0i64;
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                // librdkafka reports -1 for partitions it does not consume, and "-1" is the
+                // internal unassigned partition
+                if *id < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                total += p.consumer_lag;
+                metrics::gauge!("byok_consumer_lag_records", "topic" => topic.clone(), "partition" => id.to_string())
+                    .set(p.consumer_lag as f64);
+            }
+        }
+        metrics::gauge!("byok_consumer_lag_records_total").set(total as f64);
+    }
 }
 
 impl ConsumerContext for Ctx {
-    fn pre_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = r {
-            tracing::info!(
-                partitions = tpl.count(),
-                "partitions revoked (their batches were committed before polling)"
-            );
+    fn pre_rebalance(&self, c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = r {
+            let mut tpl = TopicPartitionList::new();
+            if let Ok(mut acked) = self.acked.lock() {
+                for e in revoked.elements() {
+                    if let Some(o) = acked.remove(&(e.topic().to_owned(), e.partition())) {
+                        let _ =
+                            tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+                    }
+                }
+            }
+            if tpl.count() > 0 && !self.transactional {
+                match c.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => tracing::info!(
+                        partitions = revoked.count(),
+                        committed = tpl.count(),
+                        "partitions revoked; their acknowledged offsets committed"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "partitions revoked; committing their offsets failed (the new owner may redo a batch: same byok.src)")
+                    }
+                }
+            } else {
+                tracing::info!(partitions = revoked.count(), "partitions revoked");
+            }
+            metrics::counter!("byok_rebalances_total", "kind" => "revoke").increment(1);
         }
     }
     fn post_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = r {
+            self.health.set_joined();
+            metrics::counter!("byok_rebalances_total", "kind" => "assign").increment(1);
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        match result {
+            Ok(()) => {
+                if let Ok(mut acked) = self.acked.lock() {
+                    for e in offsets.elements() {
+                        let key = (e.topic().to_owned(), e.partition());
+                        if let (Some(&o), Offset::Offset(c)) = (acked.get(&key), e.offset())
+                            && o <= c
+                        {
+                            acked.remove(&key);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!("byok_commit_failures_total").increment(1);
+                tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (same byok.src)");
+            }
         }
     }
 }
@@ -122,6 +197,28 @@ enum Route {
         tenant: Option<String>,
         detail: String,
     },
+}
+
+impl Route {
+    /// Whose DEK seals the record: the tenant's, or the operator's quarantine DEK.
+    fn owner(&self) -> &str {
+        match self {
+            Route::Archive(t) => t.as_str(),
+            Route::Quarantine { .. } => QUARANTINE_TENANT,
+        }
+    }
+}
+
+/// What the worker does between consuming and producing. `byok run` seals; the load harness
+/// measures the same consume, batch and produce path with a plaintext pass-through as its
+/// baseline (`Stage::PassThrough` is not reachable from the command line).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Seal every record (the product).
+    Seal,
+    /// Copy every record to the archive topic unchanged (benchmark baseline only).
+    PassThrough,
 }
 
 /// The worker's id for registry records: configured, else `<hostname>-<pid>`.
@@ -153,6 +250,10 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
     if !config.kafka.consumer.contains_key("auto.offset.reset") {
         c.set("auto.offset.reset", "earliest");
     }
+    // consumer lag comes from librdkafka's statistics
+    if !config.kafka.consumer.contains_key("statistics.interval.ms") {
+        c.set("statistics.interval.ms", "5000");
+    }
     c
 }
 
@@ -166,14 +267,30 @@ pub fn producer_config(config: &Config) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5");
+    if config.kafka.delivery == Delivery::ExactlyOnce {
+        // one id per process: consumer-group metadata fences zombies (KIP-447)
+        c.set(
+            "transactional.id",
+            format!("{}-{}", config.kafka.group_id, worker_id(config)),
+        );
+    }
     c
 }
 
 /// Runs the worker until `shutdown` turns true, then drains: the batch in flight is produced
 /// and committed, the producer flushed, within the configured drain deadline.
-pub async fn run(
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<RunStats, WorkerError> {
+    run_with(config, shutdown, Stage::Seal, Arc::new(Health::default())).await
+}
+
+/// [`run`] with the stage chosen (the load harness's baseline) and the health state shared
+/// with `/health`.
+#[doc(hidden)]
+pub async fn run_with(
     config: Config,
     mut shutdown: watch::Receiver<bool>,
+    stage: Stage,
+    health: Arc<Health>,
 ) -> Result<RunStats, WorkerError> {
     let tenants = crate::kms::providers(&config)?;
     let mut limiters = HashMap::new();
@@ -183,65 +300,113 @@ pub async fn run(
         &config.keys,
         &mut limiters,
     )?;
-    let producer: FutureProducer =
-        producer_config(&config)
-            .create()
-            .map_err(|source| WorkerError::Client {
-                client: "producer",
-                source,
-            })?;
-    let consumer: StreamConsumer<Ctx> =
+    let client = |client: &'static str| move |source| WorkerError::Client { client, source };
+    let producer: FutureProducer = producer_config(&config)
+        .create()
+        .map_err(client("producer"))?;
+    let transactional = config.kafka.delivery == Delivery::ExactlyOnce;
+    if transactional {
+        producer
+            .init_transactions(Timeout::After(Duration::from_secs(60)))
+            .map_err(client("producer (init transactions)"))?;
+    }
+    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
         consumer_config(&config)
-            .create_with_context(Ctx)
-            .map_err(|source| WorkerError::Client {
-                client: "consumer",
-                source,
-            })?;
+            .create_with_context(Ctx {
+                health: Arc::clone(&health),
+                acked: Mutex::new(HashMap::new()),
+                transactional,
+            })
+            .map_err(client("consumer"))?,
+    );
     let topics: Vec<&str> = config
         .kafka
         .input_topics
         .iter()
         .map(String::as_str)
         .collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|source| WorkerError::Client {
-            client: "consumer",
-            source,
+    consumer.subscribe(&topics).map_err(client("consumer"))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.worker.seal_threads.get())
+        .thread_name(|i| format!("byok-seal-{i}"))
+        .build()
+        .map_err(|e| WorkerError::Produce {
+            topic: "(sealing pool)".into(),
+            reason: e.to_string(),
         })?;
     let mut deks = DekSet::new(
         config.dek.limits,
         worker_id(&config),
         config.kafka.registry_topic.clone(),
     );
+    // one tenant per distinct vault and key is enough to know the vaults answer
+    let mut per_vault: BTreeMap<(String, String), Arc<TenantKms>> = BTreeMap::new();
+    for (id, kms) in &tenants {
+        if let Some(k) = config.tenants.get(id).and_then(|t| t.key.as_ref()) {
+            per_vault
+                .entry((k.vault_url.to_string(), k.key_name.clone()))
+                .or_insert_with(|| Arc::clone(kms));
+        }
+    }
+    tokio::spawn(check_vaults(
+        per_vault.into_values().collect(),
+        Arc::clone(&health),
+    ));
     let mut stats = RunStats::default();
-    tracing::info!(group = %config.kafka.group_id, topics = ?topics, tenants = tenants.len(), "worker started");
+    tracing::info!(group = %config.kafka.group_id, topics = ?topics, tenants = tenants.len(), delivery = ?config.kafka.delivery, seal_threads = config.worker.seal_threads.get(), "worker started");
 
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let batch = collect(&consumer, &config, &mut shutdown).await;
+        let batch = Arc::new(collect(&consumer, &config, &mut shutdown).await);
         if batch.is_empty() {
             continue;
         }
         let started = Instant::now();
-        // Retry the batch while a key provider is unavailable: Kafka keeps the data.
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in batch.iter() {
+            let e = next
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &next {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+        }
+        // Retry the batch while a key provider is unavailable or a transaction aborted: Kafka
+        // keeps the data, nothing was committed.
         let mut backoff = Duration::from_millis(200);
-        let outs = loop {
-            match seal_batch(
-                &batch,
-                &config,
-                &tenants,
-                &quarantine,
-                &mut deks,
-                &producer,
-                &mut stats,
-            )
-            .await
-            {
-                Ok(outs) => break outs,
+        loop {
+            if transactional {
+                producer
+                    .begin_transaction()
+                    .map_err(client("producer (begin transaction)"))?;
+                deks.begin_transaction();
+            }
+            let sealed = match stage {
+                Stage::Seal => {
+                    seal_batch(
+                        &batch,
+                        &config,
+                        &tenants,
+                        &quarantine,
+                        &mut deks,
+                        &producer,
+                        &pool,
+                        &mut stats,
+                    )
+                    .await
+                }
+                Stage::PassThrough => Ok(pass_through(&batch, &config)),
+            };
+            let outs = match sealed {
+                Ok(outs) => outs,
                 Err(e) => {
+                    if transactional {
+                        abort(&producer, &mut deks);
+                    }
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not sealed; retrying (nothing is committed)");
                     if *shutdown.borrow() && started.elapsed() > config.worker.drain_deadline {
                         return Err(WorkerError::Produce {
@@ -251,49 +416,119 @@ pub async fn run(
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            // After a stop request the batch gets worker.drain_deadline to be acknowledged;
+            // past it the worker exits without committing (the records are redelivered).
+            let produced = tokio::select! {
+                r = produce_all(&producer, &outs) => r,
+                _ = drain_deadline(shutdown.clone(), config.worker.drain_deadline) => {
+                    tracing::warn!("drain deadline passed with records unacknowledged; exiting without committing them");
+                    return Err(WorkerError::Produce { topic: "(drain)".into(), reason: "drain deadline passed before the broker acknowledged the batch".into() });
+                }
+            };
+            if !transactional {
+                produced?;
+                break;
+            }
+            let committed = produced.and_then(|()| {
+                let meta = consumer
+                    .group_metadata()
+                    .ok_or_else(|| WorkerError::Produce {
+                        topic: "(transaction)".into(),
+                        reason: "no consumer group metadata".into(),
+                    })?;
+                let t = Timeout::After(Duration::from_secs(60));
+                producer
+                    .send_offsets_to_transaction(&tpl, &meta, t)
+                    .and_then(|()| producer.commit_transaction(t))
+                    .map_err(|e| WorkerError::Produce {
+                        topic: "(transaction)".into(),
+                        reason: e.to_string(),
+                    })
+            });
+            match committed {
+                Ok(()) => break,
+                Err(e) => {
+                    abort(&producer, &mut deks);
+                    tracing::warn!(error = %e, "transaction aborted; the batch is sealed again under new nonces");
+                    metrics::counter!("byok_transactions_aborted_total").increment(1);
+                    if *shutdown.borrow() && started.elapsed() > config.worker.drain_deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
-        };
-        // After a stop request the batch gets worker.drain_deadline to be acknowledged; past it
-        // the worker exits without committing (the records are redelivered, nothing is lost).
-        let produced = tokio::select! {
-            r = produce_all(&producer, &outs) => r,
-            _ = drain_deadline(shutdown.clone(), config.worker.drain_deadline) => {
-                tracing::warn!("drain deadline passed with records unacknowledged; exiting without committing them");
-                return Err(WorkerError::Produce { topic: "(drain)".into(), reason: "drain deadline passed before the broker acknowledged the batch".into() });
+        }
+        if !transactional {
+            if let Ok(mut acked) = consumer.context().acked.lock() {
+                acked.extend(next);
             }
-        };
-        produced?;
-        let mut tpl = TopicPartitionList::new();
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for m in &batch {
-            let e = next
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert(0);
-            *e = (*e).max(m.offset() + 1);
-        }
-        for ((t, p), o) in &next {
-            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-        }
-        let mode = if *shutdown.borrow() {
-            CommitMode::Sync
-        } else {
-            CommitMode::Async
-        };
-        if let Err(e) = consumer.commit(&tpl, mode) {
-            // Not fatal: the records are archived; another member may own the partition now.
-            tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (same byok.src)");
+            let mode = if *shutdown.borrow() {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                // Not fatal: the records are archived; another member may own the partition.
+                tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (same byok.src)");
+            }
         }
         stats.records_in += batch.len() as u64;
         stats.batches += 1;
         stats.deks_created = deks.created();
+        health.batch_done(batch.len() as u64);
         metrics::counter!("byok_records_in_total").increment(batch.len() as u64);
         metrics::histogram!("byok_batch_records").record(batch.len() as f64);
         metrics::histogram!("byok_batch_seconds").record(started.elapsed().as_secs_f64());
+        if let Some(age) = deks.oldest_age() {
+            metrics::gauge!("byok_dek_oldest_age_seconds").set(age.as_secs_f64());
+        }
     }
+    health.set_stopping();
     let _ = producer.flush(Timeout::After(config.worker.drain_deadline));
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// Aborts the open transaction; the DEKs made in it lose their registry records, so they are
+/// dropped.
+fn abort(producer: &FutureProducer, deks: &mut DekSet) {
+    if let Err(e) = producer.abort_transaction(Timeout::After(Duration::from_secs(60))) {
+        tracing::warn!(error = %e, "aborting the transaction failed");
+    }
+    deks.abort_transaction();
+}
+
+/// Asks each distinct vault for its key's state once; marks the worker's vaults checked when all
+/// answered (any answer, a revoked key included: the vault is reachable). Retries the ones that
+/// did not.
+async fn check_vaults(tenants: Vec<Arc<TenantKms>>, health: Arc<Health>) {
+    use crate::kms::{KeyProvider, KeyState};
+    let mut pending = tenants;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let states = futures::future::join_all(pending.iter().map(|t| t.key_state())).await;
+        pending = pending
+            .into_iter()
+            .zip(states)
+            .filter_map(|(t, s)| match s {
+                KeyState::Unavailable { why, detail, .. } => {
+                    tracing::warn!(tenant = t.tenant(), outage = ?why, detail, "key vault not reachable yet");
+                    Some(t)
+                }
+                _ => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            health.set_vaults_checked();
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// Resolves `deadline` after a stop is requested (never if none is).
@@ -377,134 +612,253 @@ fn route(m: &OwnedMessage, config: &Config) -> Route {
     }
 }
 
-async fn seal_batch(
+/// Records sealed per pool task: big enough to amortise the hand-over, small enough to spread a
+/// batch over the pool's threads.
+const CHUNK_BYTES: u64 = 256 << 10;
+/// Batches with fewer value bytes are sealed on the worker's task (a thread hop costs more).
+const POOL_MIN_BYTES: u64 = 512 << 10;
+
+/// Records of one owner to seal under one DEK.
+struct Job {
+    owner: String,
+    dek: Arc<ActiveDek>,
+    idx: Vec<usize>,
+}
+
+/// What sealing a job gave: sealed values by record index, and the records left unsealed
+/// because the DEK reached a limit.
+struct Done {
+    owner: String,
+    dek: Arc<ActiveDek>,
+    sealed: Vec<(usize, Vec<u8>)>,
+    left: Vec<usize>,
+}
+
+fn seal_job(job: Job, batch: &[OwnedMessage], compression: crate::envelope::Compression) -> Done {
+    let bytes: u64 = job
+        .idx
+        .iter()
+        .map(|&i| batch[i].payload().map_or(0, <[u8]>::len) as u64)
+        .sum();
+    let mut sealed = Vec::with_capacity(job.idx.len());
+    let mut left = Vec::new();
+    match job.dek.reserve(job.idx.len() as u64, bytes) {
+        Err(_) => left = job.idx,
+        Ok(mut block) => {
+            let take = (block.remaining() as usize).min(job.idx.len());
+            for &i in &job.idx[..take] {
+                let m = &batch[i];
+                let plain = m.payload().unwrap_or_default();
+                let mut value = Vec::with_capacity(plain.len() + envelope::OVERHEAD);
+                match envelope::seal_next(
+                    &mut block,
+                    &job.owner,
+                    m.key(),
+                    plain,
+                    compression,
+                    &mut value,
+                ) {
+                    Ok(_) => sealed.push((i, value)),
+                    Err(SealError::BlockUsedUp) => left.push(i),
+                    Err(e) => {
+                        // A tenant id or key too long for the AAD: reported, and the batch is
+                        // not committed past it (see seal_batch).
+                        tracing::error!(error = %e, src = %SourceRef::new(m.topic(), m.partition(), m.offset()), "record cannot be sealed");
+                    }
+                }
+            }
+            left.extend_from_slice(&job.idx[take..]);
+        }
+    }
+    Done {
+        owner: job.owner,
+        dek: job.dek,
+        sealed,
+        left,
+    }
+}
+
+/// Splits an owner's records into jobs of about [`CHUNK_BYTES`].
+fn jobs_for(
+    owner: &str,
+    dek: &Arc<ActiveDek>,
+    idx: &[usize],
     batch: &[OwnedMessage],
+    out: &mut Vec<Job>,
+) {
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (n, &i) in idx.iter().enumerate() {
+        bytes += batch[i].payload().map_or(0, <[u8]>::len) as u64 + 64;
+        if bytes >= CHUNK_BYTES || n + 1 == idx.len() {
+            out.push(Job {
+                owner: owner.to_owned(),
+                dek: Arc::clone(dek),
+                idx: idx[start..=n].to_vec(),
+            });
+            start = n + 1;
+            bytes = 0;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn seal_batch(
+    batch: &Arc<Vec<OwnedMessage>>,
     config: &Config,
     tenants: &BTreeMap<TenantId, Arc<TenantKms>>,
     quarantine: &TenantKms,
     deks: &mut DekSet,
     producer: &FutureProducer,
+    pool: &rayon::ThreadPool,
     stats: &mut RunStats,
 ) -> Result<Vec<Out>, DekError> {
     let routes: Vec<Route> = batch.iter().map(|m| route(m, config)).collect();
     // Group record indices by the DEK owner: the tenant, or the operator's quarantine.
-    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut todo: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in routes.iter().enumerate() {
-        let owner = match r {
-            Route::Archive(t) => t.as_str().to_owned(),
-            Route::Quarantine { .. } => QUARANTINE_TENANT.to_owned(),
-        };
-        groups.entry(owner).or_default().push(i);
+        todo.entry(r.owner().to_owned()).or_default().push(i);
     }
-    let mut outs: Vec<Option<Out>> = (0..batch.len()).map(|_| None).collect();
-    let mut quarantined: Vec<QuarantineReason> = Vec::new();
-    for (owner, idx) in groups {
-        let mut pending: &[usize] = &idx;
-        while !pending.is_empty() {
-            let dek = match deks.current(&owner) {
+    let total_bytes: u64 = batch
+        .iter()
+        .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
+        .sum();
+    let mut values: Vec<Option<(Vec<u8>, crate::dek::DekId)>> =
+        (0..batch.len()).map(|_| None).collect();
+    while !todo.is_empty() {
+        let mut jobs = Vec::new();
+        for (owner, idx) in &todo {
+            let dek = match deks.current(owner) {
                 Some(d) => d,
                 None if owner == QUARANTINE_TENANT => {
-                    deks.rotate(&owner, quarantine, producer).await?
+                    deks.rotate(owner, quarantine, producer).await?
                 }
                 None => {
-                    let id = TenantId::parse(&owner).map_err(|detail| {
-                        DekError::Kms(KmsError::Setup {
-                            tenant: owner.clone(),
-                            detail,
-                        })
-                    })?;
-                    let kms = tenants.get(&id).ok_or_else(|| {
-                        DekError::Kms(KmsError::Setup {
-                            tenant: owner.clone(),
-                            detail: "no key provider".into(),
-                        })
-                    })?;
-                    deks.rotate(&owner, kms.as_ref(), producer).await?
+                    let kms = TenantId::parse(owner)
+                        .ok()
+                        .and_then(|id| tenants.get(&id))
+                        .ok_or_else(|| {
+                            DekError::Kms(KmsError::Setup {
+                                tenant: owner.clone(),
+                                detail: "no key provider".into(),
+                            })
+                        })?;
+                    deks.rotate(owner, kms.as_ref(), producer).await?
                 }
             };
-            let bytes: u64 = pending
-                .iter()
-                .map(|&i| batch[i].payload().map_or(0, <[u8]>::len) as u64)
-                .sum();
-            let mut block = match dek.reserve(pending.len() as u64, bytes) {
-                Ok(b) => b,
-                Err(_) => {
-                    deks.forget(&owner);
-                    continue;
-                }
-            };
-            let take = (block.remaining() as usize).min(pending.len());
-            for &i in &pending[..take] {
-                let m = &batch[i];
-                let src = SourceRef::new(m.topic(), m.partition(), m.offset());
-                let mut value =
-                    Vec::with_capacity(m.payload().map_or(0, <[u8]>::len) + envelope::OVERHEAD);
-                let r = envelope::seal_next(
-                    &mut block,
-                    &owner,
-                    m.key(),
-                    m.payload().unwrap_or_default(),
-                    config.dek.compression,
-                    &mut value,
-                );
-                match r {
-                    Ok(_) => {}
-                    Err(SealError::BlockUsedUp) => {
-                        unreachable!("the block was reserved for these records")
-                    }
-                    Err(e) => {
-                        // Only a tenant id or key too long for the AAD: nothing to do but report.
-                        tracing::error!(error = %e, src = %src, "record cannot be sealed");
-                        continue;
-                    }
-                }
-                let (topic, headers) = match &routes[i] {
-                    Route::Archive(t) => {
-                        stats.archived += 1;
-                        (
-                            config.kafka.archive_topic.topic_for(t),
-                            ArchiveHeaders {
-                                tenant: t.as_str().to_owned(),
-                                dek: dek.id(),
-                                src,
-                            }
-                            .to_pairs()
-                            .to_vec(),
-                        )
-                    }
-                    Route::Quarantine {
-                        reason,
-                        tenant,
-                        detail,
-                    } => {
-                        quarantined.push(*reason);
-                        (
-                            config.kafka.quarantine_topic.clone(),
-                            QuarantineHeaders::new(*reason, tenant.clone(), src, detail, dek.id())
-                                .to_pairs(),
-                        )
-                    }
-                };
-                outs[i] = Some(Out {
-                    topic,
-                    key: m.key().map(<[u8]>::to_vec),
-                    value,
-                    headers,
-                });
+            jobs_for(owner, &dek, idx, batch, &mut jobs);
+        }
+        let compression = config.dek.compression;
+        let done: Vec<Done> = if total_bytes >= POOL_MIN_BYTES && jobs.len() > 1 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let batch = Arc::clone(batch);
+            pool.spawn(move || {
+                use rayon::prelude::*;
+                let done = jobs
+                    .into_par_iter()
+                    .map(|j| seal_job(j, &batch, compression))
+                    .collect();
+                let _ = tx.send(done);
+            });
+            rx.await
+                .map_err(|_| DekError::Sealing("the sealing pool stopped".into()))?
+        } else {
+            jobs.into_iter()
+                .map(|j| seal_job(j, batch, compression))
+                .collect()
+        };
+        todo.clear();
+        for d in done {
+            let id = d.dek.id();
+            for (i, v) in d.sealed {
+                values[i] = Some((v, id));
             }
-            pending = &pending[take..];
-            if !pending.is_empty() {
-                deks.forget(&owner);
+            if !d.left.is_empty() {
+                // the DEK reached a limit: the rest goes under a new one
+                if deks
+                    .current(&d.owner)
+                    .is_some_and(|c| Arc::ptr_eq(&c, &d.dek))
+                {
+                    deks.forget(&d.owner);
+                }
+                todo.entry(d.owner).or_default().extend(d.left);
             }
         }
+        for idx in todo.values_mut() {
+            idx.sort_unstable();
+        }
     }
-    for r in quarantined {
-        *stats.quarantined.entry(r.as_str().to_owned()).or_default() += 1;
-        metrics::counter!("byok_records_quarantined_total", "reason" => r.as_str()).increment(1);
+    let mut outs = Vec::with_capacity(batch.len());
+    let mut quarantined: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for ((m, route), value) in batch.iter().zip(&routes).zip(values) {
+        let src = SourceRef::new(m.topic(), m.partition(), m.offset());
+        let Some((value, dek)) = value else {
+            return Err(DekError::Sealing(format!(
+                "record {src} cannot be sealed (see the log); the batch is not committed"
+            )));
+        };
+        let (topic, headers) = match route {
+            Route::Archive(t) => {
+                stats.archived += 1;
+                (
+                    config.kafka.archive_topic.topic_for(t),
+                    ArchiveHeaders {
+                        tenant: t.as_str().to_owned(),
+                        dek,
+                        src,
+                    }
+                    .to_pairs()
+                    .to_vec(),
+                )
+            }
+            Route::Quarantine {
+                reason,
+                tenant,
+                detail,
+            } => {
+                *quarantined.entry(reason.as_str()).or_default() += 1;
+                (
+                    config.kafka.quarantine_topic.clone(),
+                    QuarantineHeaders::new(*reason, tenant.clone(), src, detail, dek).to_pairs(),
+                )
+            }
+        };
+        outs.push(Out {
+            topic,
+            key: m.key().map(<[u8]>::to_vec),
+            value,
+            headers,
+        });
     }
-    let outs: Vec<Out> = outs.into_iter().flatten().collect();
+    for (r, n) in quarantined {
+        *stats.quarantined.entry(r.to_owned()).or_default() += n;
+        metrics::counter!("byok_records_quarantined_total", "reason" => r).increment(n);
+    }
     metrics::counter!("byok_records_sealed_total").increment(outs.len() as u64);
     Ok(outs)
+}
+
+/// The load harness's baseline: the same routing, batching and producing, no sealing.
+fn pass_through(batch: &[OwnedMessage], config: &Config) -> Vec<Out> {
+    batch
+        .iter()
+        .map(|m| {
+            let route = route(m, config);
+            let src = SourceRef::new(m.topic(), m.partition(), m.offset());
+            Out {
+                topic: match &route {
+                    Route::Archive(t) => config.kafka.archive_topic.topic_for(t),
+                    Route::Quarantine { .. } => config.kafka.quarantine_topic.clone(),
+                },
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers: vec![
+                    ("byok.tenant", route.owner().as_bytes().to_vec()),
+                    ("byok.src", src.to_string().into_bytes()),
+                ],
+            }
+        })
+        .collect()
 }
 
 async fn produce_all(producer: &FutureProducer, outs: &[Out]) -> Result<(), WorkerError> {

@@ -295,8 +295,6 @@ pub struct WorkerConfig {
     pub drain_deadline: Duration,
     /// Log format.
     pub log_format: LogFormat,
-    /// Threads that seal large batches (default: the machine's cores).
-    pub seal_threads: NonZeroUsize,
 }
 
 /// Log line format.
@@ -687,8 +685,6 @@ struct WorkerRaw {
     drain_deadline: Duration,
     #[serde(default = "default_log_format")]
     log_format: LogFormat,
-    #[serde(default)]
-    seal_threads: Option<usize>,
 }
 
 /// The Key Vault fields shared by a tenant and the quarantine key.
@@ -1243,24 +1239,10 @@ impl Loader {
                 "use \"30s\" (the default)",
             );
         }
-        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        let seal_threads = match raw.seal_threads {
-            None => NonZeroUsize::new(cores),
-            Some(n @ 1..=256) => NonZeroUsize::new(n),
-            Some(n) => {
-                self.error(
-                    "worker.seal_threads",
-                    format!("is {n}: must be 1 to 256"),
-                    format!("leave it out to use this machine's {cores} cores"),
-                );
-                None
-            }
-        };
         (!self.has_errors_since(before)).then_some(WorkerConfig {
             id: raw.id,
             drain_deadline: raw.drain_deadline,
             log_format: raw.log_format,
-            seal_threads: seal_threads?,
         })
     }
 

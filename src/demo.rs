@@ -153,40 +153,6 @@ authority_host = "https://127.0.0.1:{port}"
     )
 }
 
-/// A deterministic pseudo-random chat message of a tenant.
-fn chat(i: usize, tenant: &str) -> (String, String) {
-    const CHANNELS: [&str; 5] = ["whatsapp", "wechat", "sms", "imessage", "teams"];
-    const WORDS: [&str; 16] = [
-        "please", "confirm", "the", "trade", "at", "101.25", "call", "me", "before", "close",
-        "client", "wants", "to", "sell", "bonds", "today",
-    ];
-    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    // sizes from tens of bytes to a few KiB (a few long ones)
-    let words = match next() % 20 {
-        0 => 400 + (next() % 300) as usize,
-        1..=4 => 40 + (next() % 60) as usize,
-        _ => 2 + (next() % 20) as usize,
-    };
-    let body: Vec<&str> = (0..words).map(|_| WORDS[(next() % 16) as usize]).collect();
-    let conversation = format!("{tenant}-conv-{}", next() % 40);
-    let json = serde_json::json!({
-        "tenant_id": tenant,
-        "message_id": format!("m-{i}"),
-        "channel": CHANNELS[(next() % 5) as usize],
-        "conversation": conversation,
-        "sender": format!("+44 20 7946 {:04}", next() % 10_000),
-        "body": body.join(" "),
-        "sent_at": format!("2026-11-29T{:02}:{:02}:{:02}Z", 9 + (i / 3600) % 8, (i / 60) % 60, i % 60),
-    });
-    (conversation, json.to_string())
-}
-
 fn count(bootstrap: &str, topic: &str) -> i64 {
     let Ok(c) = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -292,7 +258,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let mut bytes = 0usize;
     let mut msgs: Vec<(Option<String>, String)> = (0..opts.messages)
         .map(|i| {
-            let (conv, body) = chat(i, tenants[i % 3]);
+            let (conv, body) =
+                crate::loadgen::message(i as u64, tenants[i % 3], crate::loadgen::Size::Chat);
             (Some(conv), body)
         })
         .collect();

@@ -24,5 +24,6 @@ pub mod emulator;
 pub mod envelope;
 pub mod inspect;
 pub mod kms;
+pub mod loadgen;
 pub mod pipeline;
 pub mod registry;

@@ -16,6 +16,48 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, clap::Args)]
+struct LoadgenArgs {
+    /// Take the bootstrap servers, the first input topic and the BYOK tenants from this worker
+    /// configuration.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the configuration's).
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Topic to produce to (default: the configuration's first input topic).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Messages to produce (default: until Ctrl-C).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Messages per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Synthetic tenants tenant-0000, tenant-0001, … (instead of the configuration's).
+    #[arg(long)]
+    tenants: Option<usize>,
+    /// A tenant id (repeatable; instead of the configuration's).
+    #[arg(long = "tenant")]
+    tenant: Vec<String>,
+    /// Message size: "chat" (realistic: tens of bytes to a few KiB) or a fixed size such as
+    /// 256, "1KiB", "16KiB".
+    #[arg(long, default_value = "chat")]
+    size: String,
+    /// Name the tenant in a `tenant-id` header too (default: only the JSON field).
+    #[arg(long)]
+    tenant_header: bool,
+    /// Stay at most --max-lag records ahead of this consumer group's committed offsets.
+    #[arg(long)]
+    follow_group: Option<String>,
+    /// With --follow-group: records the group may lag behind.
+    #[arg(long, default_value_t = 100_000)]
+    max_lag: u64,
+    /// First message number (message ids derive from it).
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Work with the worker's configuration file.
@@ -33,6 +75,9 @@ enum Command {
         #[arg(long, default_value_t = 6000)]
         messages: usize,
     },
+    /// Produce synthetic capture traffic (chat-like JSON) for load tests: at a rate, as fast as
+    /// possible, or as fast as a consumer group keeps up (--follow-group). Ctrl-C stops.
+    Loadgen(LoadgenArgs),
     /// Run the worker: a consumer-group member that seals captured messages into the archive.
     /// SIGTERM or Ctrl-C drains the batch in flight and flushes within worker.drain_deadline.
     Run {
@@ -337,6 +382,9 @@ fn main() -> ExitCode {
                 })
             })
             .unwrap_or_else(|e: String| fail(&e)),
+        Command::Loadgen(args) => runtime()
+            .and_then(|rt| rt.block_on(loadgen(args)))
+            .unwrap_or_else(|e| fail(&e)),
         Command::Run { config } => runtime()
             .and_then(|rt| rt.block_on(run_worker(&config)))
             .unwrap_or_else(|e| fail(&e)),
@@ -640,6 +688,115 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
     .await
     .map_err(|e| e.to_string())?;
     eprintln!("{stats:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn loadgen(a: LoadgenArgs) -> Result<ExitCode, String> {
+    use byok::loadgen::{LoadOptions, Size, TenantIn};
+    let config = a
+        .config
+        .as_ref()
+        .map(|p| Config::load(p).map_err(|e| e.to_string()))
+        .transpose()?;
+    let bootstrap = a
+        .bootstrap
+        .or_else(|| config.as_ref().map(|c| c.kafka.bootstrap_servers.clone()))
+        .ok_or("give --bootstrap HOST:PORT or --config FILE")?;
+    let topic = a
+        .topic
+        .or_else(|| {
+            config
+                .as_ref()
+                .and_then(|c| c.kafka.input_topics.first().cloned())
+        })
+        .unwrap_or_else(|| "capture.messages".to_owned());
+    let tenants: Vec<String> = if let Some(n) = a.tenants {
+        (0..n).map(|i| format!("tenant-{i:04}")).collect()
+    } else if !a.tenant.is_empty() {
+        a.tenant
+    } else if let Some(c) = &config {
+        c.tenants
+            .values()
+            .filter(|t| t.byok_enabled)
+            .map(|t| t.id.to_string())
+            .collect()
+    } else {
+        return Err("name the tenants: --tenants N, --tenant NAME, or --config FILE".into());
+    };
+    let size = if a.size == "chat" {
+        Size::Chat
+    } else {
+        let n: bytesize::ByteSize = a.size.parse().map_err(|e| {
+            format!(
+                "--size {:?}: {e}; use \"chat\" or a size such as 1KiB",
+                a.size
+            )
+        })?;
+        Size::Fixed(n.as_u64() as usize)
+    };
+    let opts = LoadOptions {
+        bootstrap,
+        topic: topic.clone(),
+        messages: a.messages,
+        rate: a.rate,
+        tenants,
+        size,
+        tenant_in: if a.tenant_header {
+            TenantIn::Header
+        } else {
+            TenantIn::Json
+        },
+        follow: a.follow_group.map(|g| (g, a.max_lag)),
+        producer: Vec::new(),
+        start: a.start,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop.send(true);
+    });
+    let bar = match a.messages {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} messages, {per_sec}, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    eprintln!(
+        "loadgen: {} tenants to {topic}, size {}, {}",
+        opts.tenants.len(),
+        a.size,
+        opts.rate
+            .map_or("as fast as possible".to_owned(), |r| format!("{r} msg/s"))
+    );
+    let stats = byok::loadgen::run(&opts, stopped, |s| {
+        bar.set_position(s.sent);
+        bar.set_message(format!(
+            "{:.1} MB/s",
+            s.bytes as f64 / 1e6 / s.elapsed.as_secs_f64().max(1e-9)
+        ));
+    })
+    .await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "loadgen: {} messages, {:.1} MB in {:.1} s ({:.0} msg/s, {:.1} MB/s){}",
+        stats.sent,
+        stats.bytes as f64 / 1e6,
+        stats.elapsed.as_secs_f64(),
+        stats.sent as f64 / stats.elapsed.as_secs_f64().max(1e-9),
+        stats.bytes as f64 / 1e6 / stats.elapsed.as_secs_f64().max(1e-9),
+        if stats.waited.is_zero() {
+            String::new()
+        } else {
+            format!(
+                ", {:.1} s waiting for the group",
+                stats.waited.as_secs_f64()
+            )
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -119,6 +119,18 @@ impl DekSet {
         kms: &P,
         producer: &FutureProducer,
     ) -> Result<Arc<ActiveDek>, DekError> {
+        let dek = self.make(tenant, kms, producer).await?;
+        Ok(self.install(tenant, dek))
+    }
+
+    /// A new DEK for `tenant`, wrapped by `kms`, its registry record acknowledged; not yet in
+    /// use ([`DekSet::install`]). Takes `&self` so that many tenants' DEKs can be made at once.
+    pub async fn make<P: KeyProvider>(
+        &self,
+        tenant: &str,
+        kms: &P,
+        producer: &FutureProducer,
+    ) -> Result<ActiveDek, DekError> {
         let dek = ActiveDek::generate(self.limits)?;
         let wrapped = kms.wrap(dek.key()).await?;
         let record = DekRecord {
@@ -147,14 +159,19 @@ impl DekSet {
                 topic: self.registry_topic.clone(),
                 reason: e.to_string(),
             })?;
+        tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, "new DEK wrapped and registered");
+        Ok(dek)
+    }
+
+    /// Makes `dek` (from [`DekSet::make`]) the tenant's active DEK; the previous one retires.
+    pub fn install(&mut self, tenant: &str, dek: ActiveDek) -> Arc<ActiveDek> {
         self.created += 1;
         metrics::counter!("byok_deks_created_total", "tenant" => tenant.to_owned()).increment(1);
-        tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, "new DEK wrapped and registered");
         self.in_transaction.push((tenant.to_owned(), dek.id()));
         let dek = Arc::new(dek);
         if let Some(old) = self.active.insert(tenant.to_owned(), Arc::clone(&dek)) {
             old.retire(crate::dek::Retired::Manual);
         }
-        Ok(dek)
+        dek
     }
 }

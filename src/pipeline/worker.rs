@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::config::RDKafkaLogLevel;
@@ -327,7 +328,7 @@ pub async fn run_with(
         .collect();
     consumer.subscribe(&topics).map_err(client("consumer"))?;
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(config.worker.seal_threads.get())
+        .num_threads(config.batch.seal_threads.get())
         .thread_name(|i| format!("byok-seal-{i}"))
         .build()
         .map_err(|e| WorkerError::Produce {
@@ -353,7 +354,7 @@ pub async fn run_with(
         Arc::clone(&health),
     ));
     let mut stats = RunStats::default();
-    tracing::info!(group = %config.kafka.group_id, topics = ?topics, tenants = tenants.len(), delivery = ?config.kafka.delivery, seal_threads = config.worker.seal_threads.get(), "worker started");
+    tracing::info!(group = %config.kafka.group_id, topics = ?topics, tenants = tenants.len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
 
     loop {
         if *shutdown.borrow() {
@@ -615,8 +616,8 @@ fn route(m: &OwnedMessage, config: &Config) -> Route {
 /// Records sealed per pool task: big enough to amortise the hand-over, small enough to spread a
 /// batch over the pool's threads.
 const CHUNK_BYTES: u64 = 256 << 10;
-/// Batches with fewer value bytes are sealed on the worker's task (a thread hop costs more).
-const POOL_MIN_BYTES: u64 = 512 << 10;
+/// New DEKs made concurrently (vault round trips and registry acknowledgements overlap).
+const NEW_DEKS_AT_ONCE: usize = 32;
 
 /// Records of one owner to seal under one DEK.
 struct Job {
@@ -719,37 +720,66 @@ async fn seal_batch(
     for (i, r) in routes.iter().enumerate() {
         todo.entry(r.owner().to_owned()).or_default().push(i);
     }
-    let total_bytes: u64 = batch
-        .iter()
-        .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
-        .sum();
     let mut values: Vec<Option<(Vec<u8>, crate::dek::DekId)>> =
         (0..batch.len()).map(|_| None).collect();
     while !todo.is_empty() {
+        // new DEKs for the owners without one, many at a time (a cold start with many tenants
+        // would otherwise wait for one vault round trip and one registry ack per tenant)
+        let missing: Vec<String> = todo
+            .keys()
+            .filter(|o| deks.current(o).is_none())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let set = &*deks;
+            let made: Vec<(String, Result<ActiveDek, DekError>)> =
+                futures::stream::iter(missing.into_iter().map(|owner| async move {
+                    let kms = if owner == QUARANTINE_TENANT {
+                        Some(quarantine)
+                    } else {
+                        TenantId::parse(&owner)
+                            .ok()
+                            .and_then(|id| tenants.get(&id))
+                            .map(Arc::as_ref)
+                    };
+                    let r = match kms {
+                        Some(kms) => set.make(&owner, kms, producer).await,
+                        None => Err(DekError::Kms(KmsError::Setup {
+                            tenant: owner.clone(),
+                            detail: "no key provider".into(),
+                        })),
+                    };
+                    (owner, r)
+                }))
+                .buffer_unordered(NEW_DEKS_AT_ONCE)
+                .collect()
+                .await;
+            let mut failed = None;
+            for (owner, r) in made {
+                match r {
+                    Ok(dek) => {
+                        deks.install(&owner, dek);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
         let mut jobs = Vec::new();
         for (owner, idx) in &todo {
-            let dek = match deks.current(owner) {
-                Some(d) => d,
-                None if owner == QUARANTINE_TENANT => {
-                    deks.rotate(owner, quarantine, producer).await?
-                }
-                None => {
-                    let kms = TenantId::parse(owner)
-                        .ok()
-                        .and_then(|id| tenants.get(&id))
-                        .ok_or_else(|| {
-                            DekError::Kms(KmsError::Setup {
-                                tenant: owner.clone(),
-                                detail: "no key provider".into(),
-                            })
-                        })?;
-                    deks.rotate(owner, kms.as_ref(), producer).await?
-                }
-            };
+            let dek = deks
+                .current(owner)
+                .ok_or_else(|| DekError::Sealing(format!("the new DEK of {owner} cannot seal")))?;
             jobs_for(owner, &dek, idx, batch, &mut jobs);
         }
         let compression = config.dek.compression;
-        let done: Vec<Done> = if total_bytes >= POOL_MIN_BYTES && jobs.len() > 1 {
+        // small batches are sealed on the worker's task (a thread hop would cost more)
+        let done: Vec<Done> = if batch.len() >= config.batch.parallel_min_records && jobs.len() > 1
+        {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let batch = Arc::clone(batch);
             pool.spawn(move || {

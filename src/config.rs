@@ -250,6 +250,9 @@ pub struct BatchConfig {
     pub parallel_min_records: usize,
     /// Threads of the sealing pool.
     pub seal_threads: NonZeroUsize,
+    /// Batches produced and not yet acknowledged at once (offsets are committed in order as
+    /// each is acknowledged); 1 with exactly-once delivery.
+    pub in_flight: NonZeroUsize,
 }
 
 /// DEK limits and compression.
@@ -505,6 +508,9 @@ fn default_batch_max_bytes() -> Size {
 const fn default_batch_max_wait() -> Duration {
     Duration::from_millis(50)
 }
+const fn default_batch_in_flight() -> usize {
+    4
+}
 const fn default_parallel_min_records() -> usize {
     256
 }
@@ -633,6 +639,8 @@ struct BatchRaw {
     parallel_min_records: usize,
     #[serde(default)]
     seal_threads: Option<usize>,
+    #[serde(default = "default_batch_in_flight")]
+    in_flight: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1105,7 +1113,16 @@ impl Loader {
             }
             Some(n) => NonZeroUsize::new(n),
         };
+        let in_flight = NonZeroUsize::new(raw.in_flight).filter(|n| n.get() <= 64);
+        if in_flight.is_none() {
+            self.error(
+                "batch.in_flight",
+                format!("is {}: must be 1 to 64", raw.in_flight),
+                "leave it out for 4 batches in flight",
+            );
+        }
         (!self.has_errors_since(before)).then(|| BatchConfig {
+            in_flight: in_flight.unwrap_or(NonZeroUsize::MIN),
             max_records: max_records.unwrap_or(NonZeroUsize::MIN),
             max_bytes: raw.max_bytes.0,
             max_wait: raw.max_wait,

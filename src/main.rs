@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 
 use byok::config::{Config, Severity};
 
+// mimalloc: the worker allocates and frees a batch's worth of records per batch; with glibc's
+// malloc that memory goes back to the kernel and is faulted in again every batch (measured with
+// `cargo bench --bench batch`: 16 KiB records 3 to 6 times slower).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Seals captured chat messages under keys each customer owns in Azure Key Vault (BYOK).
 #[derive(Debug, Parser)]
 #[command(name = "byok", version, about, long_about = None, propagate_version = true)]

@@ -80,6 +80,16 @@ impl SourceRef {
     }
 }
 
+impl SourceRef {
+    /// The `byok.src` value for a record, without building a `SourceRef`.
+    pub fn format(topic: &str, partition: i32, offset: i64) -> String {
+        use fmt::Write;
+        let mut s = String::with_capacity(topic.len() + 24);
+        let _ = write!(s, "{topic}/{partition}/{offset}");
+        s
+    }
+}
+
 impl fmt::Display for SourceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
@@ -132,6 +142,22 @@ impl ArchiveHeaders {
             (names::TENANT, self.tenant.as_bytes().to_vec()),
             (names::DEK, self.dek.to_string().into_bytes()),
             (names::SRC, self.src.to_string().into_bytes()),
+        ]
+    }
+
+    /// The same pairs as [`ArchiveHeaders::to_pairs`] from the parts a batch shares: the
+    /// tenant and the DEK id (`DekId::to_string`) as bytes reused for every record under them,
+    /// and the record's `byok.src` (`SourceRef::format`).
+    pub fn shared_pairs(
+        tenant: &bytes::Bytes,
+        dek: &bytes::Bytes,
+        src: String,
+    ) -> [(&'static str, bytes::Bytes); 4] {
+        [
+            (names::VERSION, bytes::Bytes::from_static(VERSION_VALUE)),
+            (names::TENANT, tenant.clone()),
+            (names::DEK, dek.clone()),
+            (names::SRC, bytes::Bytes::from(src)),
         ]
     }
 
@@ -407,6 +433,29 @@ impl<'a> Collected<'a> {
                 name: names::SRC,
                 reason,
             })
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn shared_pairs_equal_to_pairs() {
+        let h = ArchiveHeaders {
+            tenant: "acme".into(),
+            dek: crate::dek::DekId::new_v7(),
+            src: SourceRef::new("capture.messages", 3, 1234),
+        };
+        let shared = ArchiveHeaders::shared_pairs(
+            &bytes::Bytes::from("acme"),
+            &bytes::Bytes::from(h.dek.to_string()),
+            SourceRef::format("capture.messages", 3, 1234),
+        );
+        let a: Vec<(&str, Vec<u8>)> = h.to_pairs().to_vec();
+        let b: Vec<(&str, Vec<u8>)> = shared.iter().map(|(k, v)| (*k, v.to_vec())).collect();
+        assert_eq!(a, b);
     }
 }
 

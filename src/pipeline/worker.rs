@@ -10,10 +10,11 @@
 //! quarantine key, with the reason. If a key provider is unavailable the batch is retried (never
 //! dropped, never quarantined for an outage).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
@@ -29,7 +30,7 @@ use super::health::Health;
 use super::keys::{DekError, DekSet};
 use super::tenant::{TenantOf, tenant_of};
 use crate::config::{Config, Delivery, TenantId};
-use crate::dek::ActiveDek;
+use crate::dek::{ActiveDek, DekId};
 use crate::envelope::headers::{ArchiveHeaders, QuarantineHeaders, QuarantineReason, SourceRef};
 use crate::envelope::{self, SealError};
 use crate::kms::{KmsError, TenantKms};
@@ -182,12 +183,42 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// One output record.
+/// One output record. Topic names and the tenant and DEK header values are shared by every
+/// record of a tenant in a batch.
 struct Out {
-    topic: String,
+    topic: Arc<str>,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
-    headers: Vec<(&'static str, Vec<u8>)>,
+    headers: Vec<(&'static str, Bytes)>,
+}
+
+/// Per batch: each owner's output topic and tenant header value, each DEK's id header value.
+#[derive(Default)]
+struct Shared<'a> {
+    owners: HashMap<&'a str, (Arc<str>, Bytes)>,
+    deks: HashMap<DekId, Bytes>,
+}
+
+impl<'a> Shared<'a> {
+    fn owner(&mut self, route: &'a Route, config: &Config) -> (Arc<str>, Bytes) {
+        let (topic, tenant) = self.owners.entry(route.owner()).or_insert_with(|| {
+            let topic = match route {
+                Route::Archive(t) => config.kafka.archive_topic.topic_for(t),
+                Route::Quarantine { .. } => config.kafka.quarantine_topic.clone(),
+            };
+            (
+                Arc::from(topic),
+                Bytes::copy_from_slice(route.owner().as_bytes()),
+            )
+        });
+        (Arc::clone(topic), tenant.clone())
+    }
+    fn dek(&mut self, id: DekId) -> Bytes {
+        self.deks
+            .entry(id)
+            .or_insert_with(|| Bytes::from(id.to_string()))
+            .clone()
+    }
 }
 
 /// Where a record goes.
@@ -356,11 +387,85 @@ pub async fn run_with(
     let mut stats = RunStats::default();
     tracing::info!(group = %config.kafka.group_id, topics = ?topics, tenants = tenants.len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
 
+    // Batches produced and not yet acknowledged, oldest first; their offsets are committed in
+    // this order once acknowledged. Exactly-once runs one batch (one transaction) at a time.
+    let max_in_flight = if transactional {
+        1
+    } else {
+        config.batch.in_flight.get()
+    };
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let settle = |f: InFlight,
+                  produced: Result<Result<(), WorkerError>, tokio::task::JoinError>,
+                  stopping: bool,
+                  stats: &mut RunStats|
+     -> Result<(), WorkerError> {
+        produced.map_err(|e| WorkerError::Produce {
+            topic: "(producer task)".into(),
+            reason: e.to_string(),
+        })??;
+        if let Ok(mut acked) = consumer.context().acked.lock() {
+            acked.extend(f.next);
+        }
+        let mode = if stopping {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        if let Err(e) = consumer.commit(&f.tpl, mode) {
+            // Not fatal: the records are archived; another member may own the partition.
+            tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (same byok.src)");
+        }
+        account(stats, &health, f.records, f.started);
+        Ok(())
+    };
+
     loop {
+        // commit what the broker acknowledged, oldest batch first
+        while in_flight.front().is_some_and(|f| f.done.is_finished()) {
+            if let Some(mut f) = in_flight.pop_front() {
+                let r = (&mut f.done).await;
+                settle(f, r, false, &mut stats)?;
+            }
+        }
         if *shutdown.borrow() {
             break;
         }
-        let batch = Arc::new(collect(&consumer, &config, &mut shutdown).await);
+        if in_flight.len() >= max_in_flight {
+            if let Some(mut f) = in_flight.pop_front() {
+                let r = tokio::select! {
+                    r = &mut f.done => r,
+                    _ = shutdown.changed() => { in_flight.push_front(f); continue; }
+                };
+                settle(f, r, false, &mut stats)?;
+            }
+            continue;
+        }
+        // wait for a first record, a stop, or the oldest batch's acknowledgement
+        let mut oldest = in_flight.pop_front();
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.changed() => None,
+            r = async {
+                match oldest.as_mut() {
+                    Some(f) => (&mut f.done).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(f) = oldest.take() {
+                    settle(f, r, false, &mut stats)?;
+                }
+                None
+            }
+            m = consumer.recv() => Some(m),
+        };
+        if let Some(f) = oldest {
+            in_flight.push_front(f);
+        }
+        let Some(first) = first else { continue };
+        // from here the batch is collected to its end (never cancelled: its records are
+        // consumed)
+        let batch = Arc::new(collect(first, &consumer, &config).await);
         if batch.is_empty() {
             continue;
         }
@@ -420,19 +525,23 @@ pub async fn run_with(
                     continue;
                 }
             };
+            if !transactional {
+                let p = producer.clone();
+                in_flight.push_back(InFlight {
+                    done: tokio::spawn(async move { produce_all(&p, &outs).await }),
+                    tpl,
+                    next,
+                    records: batch.len(),
+                    started,
+                });
+                break;
+            }
             // After a stop request the batch gets worker.drain_deadline to be acknowledged;
             // past it the worker exits without committing (the records are redelivered).
             let produced = tokio::select! {
                 r = produce_all(&producer, &outs) => r,
-                _ = drain_deadline(shutdown.clone(), config.worker.drain_deadline) => {
-                    tracing::warn!("drain deadline passed with records unacknowledged; exiting without committing them");
-                    return Err(WorkerError::Produce { topic: "(drain)".into(), reason: "drain deadline passed before the broker acknowledged the batch".into() });
-                }
+                _ = drain_deadline(shutdown.clone(), config.worker.drain_deadline) => Err(drain_passed()),
             };
-            if !transactional {
-                produced?;
-                break;
-            }
             let committed = produced.and_then(|()| {
                 let meta = consumer
                     .group_metadata()
@@ -450,7 +559,10 @@ pub async fn run_with(
                     })
             });
             match committed {
-                Ok(()) => break,
+                Ok(()) => {
+                    account(&mut stats, &health, batch.len(), started);
+                    break;
+                }
                 Err(e) => {
                     abort(&producer, &mut deks);
                     tracing::warn!(error = %e, "transaction aborted; the batch is sealed again under new nonces");
@@ -463,35 +575,55 @@ pub async fn run_with(
                 }
             }
         }
-        if !transactional {
-            if let Ok(mut acked) = consumer.context().acked.lock() {
-                acked.extend(next);
-            }
-            let mode = if *shutdown.borrow() {
-                CommitMode::Sync
-            } else {
-                CommitMode::Async
-            };
-            if let Err(e) = consumer.commit(&tpl, mode) {
-                // Not fatal: the records are archived; another member may own the partition.
-                tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (same byok.src)");
-            }
-        }
-        stats.records_in += batch.len() as u64;
-        stats.batches += 1;
         stats.deks_created = deks.created();
-        health.batch_done(batch.len() as u64);
-        metrics::counter!("byok_records_in_total").increment(batch.len() as u64);
-        metrics::histogram!("byok_batch_records").record(batch.len() as f64);
-        metrics::histogram!("byok_batch_seconds").record(started.elapsed().as_secs_f64());
         if let Some(age) = deks.oldest_age() {
             metrics::gauge!("byok_dek_oldest_age_seconds").set(age.as_secs_f64());
         }
     }
+    // Drain: every batch in flight gets worker.drain_deadline to be acknowledged; past it the
+    // worker exits without committing it (its records are redelivered, nothing is lost).
     health.set_stopping();
+    let deadline = tokio::time::sleep(config.worker.drain_deadline);
+    tokio::pin!(deadline);
+    while let Some(mut f) = in_flight.pop_front() {
+        let r = tokio::select! {
+            r = &mut f.done => r,
+            _ = &mut deadline => {
+                tracing::warn!(batches = in_flight.len() + 1, "drain deadline passed with records unacknowledged; exiting without committing them");
+                return Err(drain_passed());
+            }
+        };
+        settle(f, r, true, &mut stats)?;
+    }
     let _ = producer.flush(Timeout::After(config.worker.drain_deadline));
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// A batch produced and not yet acknowledged.
+struct InFlight {
+    done: tokio::task::JoinHandle<Result<(), WorkerError>>,
+    tpl: TopicPartitionList,
+    next: BTreeMap<(String, i32), i64>,
+    records: usize,
+    started: Instant,
+}
+
+fn drain_passed() -> WorkerError {
+    WorkerError::Produce {
+        topic: "(drain)".into(),
+        reason: "drain deadline passed before the broker acknowledged the batch".into(),
+    }
+}
+
+/// Counts a batch that was produced, acknowledged and committed.
+fn account(stats: &mut RunStats, health: &Health, records: usize, started: Instant) {
+    stats.records_in += records as u64;
+    stats.batches += 1;
+    health.batch_done(records as u64);
+    metrics::counter!("byok_records_in_total").increment(records as u64);
+    metrics::histogram!("byok_batch_records").record(records as f64);
+    metrics::histogram!("byok_batch_seconds").record(started.elapsed().as_secs_f64());
 }
 
 /// Aborts the open transaction; the DEKs made in it lose their registry records, so they are
@@ -542,19 +674,13 @@ async fn drain_deadline(mut shutdown: watch::Receiver<bool>, deadline: Duration)
     tokio::time::sleep(deadline).await;
 }
 
-/// Collects one batch: waits for a first record (or shutdown), then takes more until the count,
-/// byte or time limit.
+/// Collects one batch from its first record: takes more until the count, byte or time limit.
 async fn collect(
+    first: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
     consumer: &StreamConsumer<Ctx>,
     config: &Config,
-    shutdown: &mut watch::Receiver<bool>,
 ) -> Vec<OwnedMessage> {
     let mut batch = Vec::new();
-    let first = tokio::select! {
-        biased;
-        _ = shutdown.changed() => return batch,
-        m = consumer.recv() => m,
-    };
     let mut bytes = 0u64;
     match first {
         Ok(m) => {
@@ -714,14 +840,8 @@ async fn seal_batch(
     pool: &rayon::ThreadPool,
     stats: &mut RunStats,
 ) -> Result<Vec<Out>, DekError> {
-    let routes: Vec<Route> = batch.iter().map(|m| route(m, config)).collect();
-    // Group record indices by the DEK owner: the tenant, or the operator's quarantine.
-    let mut todo: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, r) in routes.iter().enumerate() {
-        todo.entry(r.owner().to_owned()).or_default().push(i);
-    }
-    let mut values: Vec<Option<(Vec<u8>, crate::dek::DekId)>> =
-        (0..batch.len()).map(|_| None).collect();
+    let (routes, mut todo) = route_all(batch, config);
+    let mut values: Vec<Option<(Vec<u8>, DekId)>> = (0..batch.len()).map(|_| None).collect();
     while !todo.is_empty() {
         // new DEKs for the owners without one, many at a time (a cold start with many tenants
         // would otherwise wait for one vault round trip and one registry ack per tenant)
@@ -818,28 +938,48 @@ async fn seal_batch(
             idx.sort_unstable();
         }
     }
+    let outs = build_outs(batch, &routes, values, config, stats)?;
+    metrics::counter!("byok_records_sealed_total").increment(outs.len() as u64);
+    Ok(outs)
+}
+
+/// Routes every record and groups the record indices by DEK owner (tenant or quarantine).
+fn route_all(
+    batch: &[OwnedMessage],
+    config: &Config,
+) -> (Vec<Route>, BTreeMap<String, Vec<usize>>) {
+    let routes: Vec<Route> = batch.iter().map(|m| route(m, config)).collect();
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        groups.entry(r.owner().to_owned()).or_default().push(i);
+    }
+    (routes, groups)
+}
+
+/// The output records of a sealed batch, with their v1 headers.
+fn build_outs(
+    batch: &[OwnedMessage],
+    routes: &[Route],
+    values: Vec<Option<(Vec<u8>, DekId)>>,
+    config: &Config,
+    stats: &mut RunStats,
+) -> Result<Vec<Out>, DekError> {
     let mut outs = Vec::with_capacity(batch.len());
     let mut quarantined: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for ((m, route), value) in batch.iter().zip(&routes).zip(values) {
-        let src = SourceRef::new(m.topic(), m.partition(), m.offset());
+    let mut shared = Shared::default();
+    for ((m, route), value) in batch.iter().zip(routes).zip(values) {
         let Some((value, dek)) = value else {
             return Err(DekError::Sealing(format!(
-                "record {src} cannot be sealed (see the log); the batch is not committed"
+                "record {} cannot be sealed (see the log); the batch is not committed",
+                SourceRef::format(m.topic(), m.partition(), m.offset())
             )));
         };
-        let (topic, headers) = match route {
-            Route::Archive(t) => {
+        let (topic, tenant) = shared.owner(route, config);
+        let headers = match route {
+            Route::Archive(_) => {
                 stats.archived += 1;
-                (
-                    config.kafka.archive_topic.topic_for(t),
-                    ArchiveHeaders {
-                        tenant: t.as_str().to_owned(),
-                        dek,
-                        src,
-                    }
-                    .to_pairs()
-                    .to_vec(),
-                )
+                let src = SourceRef::format(m.topic(), m.partition(), m.offset());
+                ArchiveHeaders::shared_pairs(&tenant, &shared.dek(dek), src).to_vec()
             }
             Route::Quarantine {
                 reason,
@@ -847,10 +987,12 @@ async fn seal_batch(
                 detail,
             } => {
                 *quarantined.entry(reason.as_str()).or_default() += 1;
-                (
-                    config.kafka.quarantine_topic.clone(),
-                    QuarantineHeaders::new(*reason, tenant.clone(), src, detail, dek).to_pairs(),
-                )
+                let src = SourceRef::new(m.topic(), m.partition(), m.offset());
+                QuarantineHeaders::new(*reason, tenant.clone(), src, detail, dek)
+                    .to_pairs()
+                    .into_iter()
+                    .map(|(k, v)| (k, Bytes::from(v)))
+                    .collect()
             }
         };
         outs.push(Out {
@@ -864,28 +1006,73 @@ async fn seal_batch(
         *stats.quarantined.entry(r.to_owned()).or_default() += n;
         metrics::counter!("byok_records_quarantined_total", "reason" => r).increment(n);
     }
-    metrics::counter!("byok_records_sealed_total").increment(outs.len() as u64);
     Ok(outs)
+}
+
+/// One batch through tenant lookup, sealing and record building, with every owner's DEK given:
+/// what the worker does to a batch between consuming and producing, for the criterion bench.
+/// Returns the output bytes (values and headers). `pool`: seal on it, as large batches are.
+#[doc(hidden)]
+pub fn bench_batch(
+    batch: &[OwnedMessage],
+    config: &Config,
+    deks: &HashMap<String, Arc<ActiveDek>>,
+    pool: Option<&rayon::ThreadPool>,
+    pass_through_only: bool,
+) -> usize {
+    let outs = if pass_through_only {
+        pass_through(batch, config)
+    } else {
+        let (routes, groups) = route_all(batch, config);
+        let mut jobs = Vec::new();
+        for (owner, idx) in &groups {
+            if let Some(dek) = deks.get(owner) {
+                jobs_for(owner, dek, idx, batch, &mut jobs);
+            }
+        }
+        let seal = |j| seal_job(j, batch, config.dek.compression);
+        let done: Vec<Done> = match pool {
+            Some(pool) => pool.install(|| {
+                use rayon::prelude::*;
+                jobs.into_par_iter().map(seal).collect()
+            }),
+            None => jobs.into_iter().map(seal).collect(),
+        };
+        let mut values: Vec<Option<(Vec<u8>, DekId)>> = (0..batch.len()).map(|_| None).collect();
+        for d in done {
+            let id = d.dek.id();
+            for (i, v) in d.sealed {
+                values[i] = Some((v, id));
+            }
+        }
+        build_outs(batch, &routes, values, config, &mut RunStats::default()).unwrap_or_default()
+    };
+    outs.iter()
+        .map(|o| {
+            o.value.len()
+                + o.headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        })
+        .sum()
 }
 
 /// The load harness's baseline: the same routing, batching and producing, no sealing.
 fn pass_through(batch: &[OwnedMessage], config: &Config) -> Vec<Out> {
+    let routes: Vec<Route> = batch.iter().map(|m| route(m, config)).collect();
+    let mut shared = Shared::default();
     batch
         .iter()
-        .map(|m| {
-            let route = route(m, config);
-            let src = SourceRef::new(m.topic(), m.partition(), m.offset());
+        .zip(&routes)
+        .map(|(m, route)| {
+            let (topic, tenant) = shared.owner(route, config);
+            let src = SourceRef::format(m.topic(), m.partition(), m.offset());
             Out {
-                topic: match &route {
-                    Route::Archive(t) => config.kafka.archive_topic.topic_for(t),
-                    Route::Quarantine { .. } => config.kafka.quarantine_topic.clone(),
-                },
+                topic,
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().unwrap_or_default().to_vec(),
-                headers: vec![
-                    ("byok.tenant", route.owner().as_bytes().to_vec()),
-                    ("byok.src", src.to_string().into_bytes()),
-                ],
+                headers: vec![("byok.tenant", tenant), ("byok.src", Bytes::from(src))],
             }
         })
         .collect()
@@ -897,7 +1084,7 @@ async fn produce_all(producer: &FutureProducer, outs: &[Out]) -> Result<(), Work
         for (k, v) in &o.headers {
             headers = headers.insert(Header {
                 key: k,
-                value: Some(v),
+                value: Some(v.as_ref()),
             });
         }
         let mut rec = FutureRecord::to(&o.topic)
@@ -911,7 +1098,7 @@ async fn produce_all(producer: &FutureProducer, outs: &[Out]) -> Result<(), Work
     for (r, o) in futures::future::join_all(sends).await.into_iter().zip(outs) {
         if let Err((e, _)) = r {
             return Err(WorkerError::Produce {
-                topic: o.topic.clone(),
+                topic: o.topic.to_string(),
                 reason: e.to_string(),
             });
         }

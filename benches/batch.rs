@@ -8,7 +8,7 @@
 //!   value copied instead of sealed (what the load harness's pass-through does);
 //! - `batch/seal/<size>`: sealing on the worker's task;
 //! - `batch/seal-pool/<size>`: sealing on the bounded pool (`batch.seal_threads` threads), as
-//!   batches of at least `batch.parallel_min_records` records are;
+//!   batches of at least `batch.parallel_min_bytes` are;
 //! - `batch/seal-zstd/<size>`: sealing on the worker's task with the example configuration's
 //!   compression (zstd from 2 KiB): what compression adds, a storage-for-CPU choice.
 //!

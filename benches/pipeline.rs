@@ -8,7 +8,7 @@
 //! Under `cargo test --benches` it runs one small cell as a smoke test.
 //!
 //! Method, per cell: a fresh mock cluster (64 partitions, so the backlog stays below its 5 MiB
-//! per partition retention), the backlog produced first by `byok loadgen`'s generator (not
+//! per partition retention), one unmeasured warm-up run per size, the backlog produced first by `byok loadgen`'s generator (not
 //! measured), then the worker started; the window measured runs from 10% of the backlog
 //! processed (tenant DEKs made, group joined) to the last record acknowledged and committed.
 //! CPU time is the whole process's (worker, broker threads, librdkafka), from /proc/self/stat.
@@ -72,6 +72,8 @@ fn config_text(dir: &Path, port: u16, bootstrap: &str, tenants: usize) -> String
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let d = dir.display();
     let acme = root.join("config/example/acme.pem");
+    // BYOK_BENCH_BATCH: extra [batch] settings, e.g. "parallel_min_bytes = 0"
+    let batch = std::env::var("BYOK_BENCH_BATCH").unwrap_or_default();
     let mut t = format!(
         r#"
 [kafka]
@@ -80,6 +82,9 @@ group_id = "byok-bench"
 
 [dek]
 compress = false
+
+[batch]
+{batch}
 
 [keys]
 ca_file = "{d}/emulator-ca.pem"
@@ -208,12 +213,23 @@ async fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(if bench { 3 } else { 1 });
-    let sizes: Vec<usize> = if bench {
-        vec![256, 1024, 16 * 1024]
-    } else {
-        vec![1024]
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<usize>().ok())
     };
-    let tenant_counts: Vec<usize> = if bench { vec![1, 20, 1000] } else { vec![20] };
+    // --size N and --tenants N pick one cell
+    let sizes: Vec<usize> = match arg("--size") {
+        Some(n) => vec![n],
+        None if bench => vec![256, 1024, 16 * 1024],
+        None => vec![1024],
+    };
+    let tenant_counts: Vec<usize> = match arg("--tenants") {
+        Some(n) => vec![n],
+        None if bench => vec![1, 20, 1000],
+        None => vec![20],
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let seed = std::fs::read_to_string(concat!(
@@ -263,12 +279,11 @@ async fn main() {
     );
     let mut worst: f64 = 0.0;
     for &size in &sizes {
-        // about 48 MiB of backlog per run (under 1 MiB per partition), at most 200k records
-        let records: u64 = if quick {
-            20_000
-        } else {
-            ((48u64 << 20) / size as u64).min(200_000)
-        };
+        // about 160 MiB of backlog per run (2.5 MiB per partition, under the mock cluster's 5),
+        // at most 400k records
+        let records: u64 = ((160u64 << 20) / size as u64).min(if quick { 50_000 } else { 400_000 });
+        // one unmeasured run first: the process's allocator and the broker's memory warm up
+        let _ = run_cell(dir.path(), port, Stage::PassThrough, size, 1, records / 4).await;
         for &tenants in &tenant_counts {
             let (mut pass, mut seal) = (Vec::new(), Vec::new());
             for _ in 0..rounds {

@@ -246,8 +246,8 @@ pub struct BatchConfig {
     pub max_bytes: u64,
     /// Longest a batch waits to fill.
     pub max_wait: Duration,
-    /// Batches with at least this many records are sealed on the sealing pool.
-    pub parallel_min_records: usize,
+    /// Batches with at least this many value bytes are sealed on the sealing pool.
+    pub parallel_min_bytes: u64,
     /// Threads of the sealing pool.
     pub seal_threads: NonZeroUsize,
     /// Batches produced and not yet acknowledged at once (offsets are committed in order as
@@ -511,8 +511,8 @@ const fn default_batch_max_wait() -> Duration {
 const fn default_batch_in_flight() -> usize {
     4
 }
-const fn default_parallel_min_records() -> usize {
-    256
+fn default_parallel_min_bytes() -> Size {
+    Size(4 << 20)
 }
 const fn default_dek_max_messages() -> u64 {
     DekLimits::DEFAULT_MAX_MESSAGES
@@ -635,8 +635,8 @@ struct BatchRaw {
     max_bytes: Size,
     #[serde(default = "default_batch_max_wait", with = "humantime_serde")]
     max_wait: Duration,
-    #[serde(default = "default_parallel_min_records")]
-    parallel_min_records: usize,
+    #[serde(default = "default_parallel_min_bytes")]
+    parallel_min_bytes: Size,
     #[serde(default)]
     seal_threads: Option<usize>,
     #[serde(default = "default_batch_in_flight")]
@@ -1126,7 +1126,7 @@ impl Loader {
             max_records: max_records.unwrap_or(NonZeroUsize::MIN),
             max_bytes: raw.max_bytes.0,
             max_wait: raw.max_wait,
-            parallel_min_records: raw.parallel_min_records,
+            parallel_min_bytes: raw.parallel_min_bytes.0,
             seal_threads: seal_threads.unwrap_or(NonZeroUsize::MIN),
         })
     }

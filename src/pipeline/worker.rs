@@ -841,6 +841,10 @@ async fn seal_batch(
     stats: &mut RunStats,
 ) -> Result<Vec<Out>, DekError> {
     let (routes, mut todo) = route_all(batch, config);
+    let batch_bytes: u64 = batch
+        .iter()
+        .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
+        .sum();
     let mut values: Vec<Option<(Vec<u8>, DekId)>> = (0..batch.len()).map(|_| None).collect();
     while !todo.is_empty() {
         // new DEKs for the owners without one, many at a time (a cold start with many tenants
@@ -898,8 +902,7 @@ async fn seal_batch(
         }
         let compression = config.dek.compression;
         // small batches are sealed on the worker's task (a thread hop would cost more)
-        let done: Vec<Done> = if batch.len() >= config.batch.parallel_min_records && jobs.len() > 1
-        {
+        let done: Vec<Done> = if batch_bytes >= config.batch.parallel_min_bytes && jobs.len() > 1 {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let batch = Arc::clone(batch);
             pool.spawn(move || {

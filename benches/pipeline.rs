@@ -281,7 +281,11 @@ async fn main() {
     for &size in &sizes {
         // about 160 MiB of backlog per run (2.5 MiB per partition, under the mock cluster's 5),
         // at most 400k records
-        let records: u64 = ((160u64 << 20) / size as u64).min(if quick { 50_000 } else { 400_000 });
+        let records: u64 = ((160u64 << 20) / size as u64).min(match (bench, quick) {
+            (false, _) => 20_000, // cargo test: a smoke run
+            (true, true) => 50_000,
+            (true, false) => 400_000,
+        });
         // one unmeasured run first: the process's allocator and the broker's memory warm up
         let _ = run_cell(dir.path(), port, Stage::PassThrough, size, 1, records / 4).await;
         for &tenants in &tenant_counts {

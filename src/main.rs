@@ -81,6 +81,13 @@ enum Command {
         #[arg(long, default_value_t = 6000)]
         messages: usize,
     },
+    /// Ask a worker's health endpoint; exit 0 when it answers 200 (for container health checks,
+    /// where no curl is installed).
+    Healthcheck {
+        /// The URL to GET (plain HTTP).
+        #[arg(long, default_value = "http://127.0.0.1:9464/health")]
+        url: String,
+    },
     /// Produce synthetic capture traffic (chat-like JSON) for load tests: at a rate, as fast as
     /// possible, or as fast as a consumer group keeps up (--follow-group). Ctrl-C stops.
     Loadgen(LoadgenArgs),
@@ -388,6 +395,7 @@ fn main() -> ExitCode {
                 })
             })
             .unwrap_or_else(|e: String| fail(&e)),
+        Command::Healthcheck { url } => healthcheck(&url).unwrap_or_else(|e| fail(&e)),
         Command::Loadgen(args) => runtime()
             .and_then(|rt| rt.block_on(loadgen(args)))
             .unwrap_or_else(|e| fail(&e)),
@@ -695,6 +703,40 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
     .map_err(|e| e.to_string())?;
     eprintln!("{stats:?}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn healthcheck(url: &str) -> Result<ExitCode, String> {
+    use std::io::Write;
+    let u = url::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
+    if u.scheme() != "http" {
+        return Err(format!(
+            "--url {url:?}: only plain http (the worker's metrics endpoint)"
+        ));
+    }
+    let host = u.host_str().ok_or("--url has no host")?;
+    let port = u.port().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("{host}:{port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}:{port}: no address"))?;
+    let timeout = std::time::Duration::from_secs(3);
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {} HTTP/1.0\r\nHost: {host}\r\n\r\n", u.path())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = body.split_whitespace().nth(1).unwrap_or("?");
+    let text = body.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    println!("{status} {text}");
+    Ok(if status == "200" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn loadgen(a: LoadgenArgs) -> Result<ExitCode, String> {

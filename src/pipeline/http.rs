@@ -17,9 +17,20 @@ use super::health::Health;
 /// Installs the Prometheus recorder and serves it and `health` on `addr`; returns the bound
 /// address.
 pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
+    // Histograms with buckets (not summaries) so that a dashboard can aggregate workers.
+    let err = |e: metrics_exporter_prometheus::BuildError| std::io::Error::other(e.to_string());
     let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .map_err(err)?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("byok_batch_records".into()),
+            &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
+        )
+        .map_err(err)?
         .install_recorder()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        .map_err(err)?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {

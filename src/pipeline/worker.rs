@@ -324,6 +324,7 @@ pub async fn run_with(
     stage: Stage,
     health: Arc<Health>,
 ) -> Result<RunStats, WorkerError> {
+    describe_metrics();
     let tenants = crate::kms::providers(&config)?;
     let mut limiters = HashMap::new();
     let quarantine = crate::kms::tenant_kms(
@@ -624,6 +625,92 @@ fn account(stats: &mut RunStats, health: &Health, records: usize, started: Insta
     metrics::counter!("byok_records_in_total").increment(records as u64);
     metrics::histogram!("byok_batch_records").record(records as f64);
     metrics::histogram!("byok_batch_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// Describes the worker's metrics and makes every counter visible from the start (at 0), so
+/// dashboards and alerts see a series before the first event.
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "byok_records_in_total",
+        Unit::Count,
+        "captured records consumed, produced and committed"
+    );
+    describe_counter!(
+        "byok_records_sealed_total",
+        Unit::Count,
+        "records sealed (archive and quarantine)"
+    );
+    describe_counter!(
+        "byok_records_quarantined_total",
+        Unit::Count,
+        "records sealed into the quarantine, by reason"
+    );
+    describe_counter!(
+        "byok_deks_created_total",
+        Unit::Count,
+        "DEKs made, by tenant"
+    );
+    describe_counter!(
+        "byok_rebalances_total",
+        Unit::Count,
+        "consumer-group rebalances, by kind"
+    );
+    describe_counter!(
+        "byok_commit_failures_total",
+        Unit::Count,
+        "offset commits that failed (records may be redelivered)"
+    );
+    describe_counter!(
+        "byok_transactions_aborted_total",
+        Unit::Count,
+        "exactly-once transactions aborted and retried"
+    );
+    describe_counter!(
+        "byok_vault_calls_total",
+        Unit::Count,
+        "Key Vault and Entra ID calls, by tenant, operation and outcome"
+    );
+    describe_histogram!(
+        "byok_vault_call_seconds",
+        Unit::Seconds,
+        "Key Vault call latency"
+    );
+    describe_histogram!("byok_batch_records", Unit::Count, "records per batch");
+    describe_histogram!(
+        "byok_batch_seconds",
+        Unit::Seconds,
+        "batch latency from collected to acknowledged"
+    );
+    describe_gauge!(
+        "byok_dek_oldest_age_seconds",
+        Unit::Seconds,
+        "age of the oldest DEK still sealing"
+    );
+    describe_gauge!(
+        "byok_consumer_lag_records",
+        Unit::Count,
+        "records behind the end of each input partition"
+    );
+    describe_gauge!(
+        "byok_consumer_lag_records_total",
+        Unit::Count,
+        "records behind, all assigned partitions"
+    );
+    for c in [
+        "byok_records_in_total",
+        "byok_records_sealed_total",
+        "byok_commit_failures_total",
+        "byok_transactions_aborted_total",
+    ] {
+        metrics::counter!(c).increment(0);
+    }
+    for kind in ["assign", "revoke"] {
+        metrics::counter!("byok_rebalances_total", "kind" => kind).increment(0);
+    }
+    for r in QuarantineReason::ALL {
+        metrics::counter!("byok_records_quarantined_total", "reason" => r.as_str()).increment(0);
+    }
 }
 
 /// Aborts the open transaction; the DEKs made in it lose their registry records, so they are

@@ -81,6 +81,25 @@ enum Command {
         #[arg(long, default_value_t = 6000)]
         messages: usize,
     },
+    /// Drain the quarantine into the archive for tenants whose keys are usable again
+    /// (--quarantine): each tenant DEK is first proven through Key Vault decrypt, the records
+    /// then move unchanged; records under the operator's key whose tenant now has BYOK are
+    /// re-sealed under the tenant's key; records of still-revoked tenants stay. Records whose
+    /// byok.src is already archived are not written again. Prints a JSON summary.
+    Replay {
+        /// The worker configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Drain the quarantine topic into the archive.
+        #[arg(long)]
+        quarantine: bool,
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Count what would move; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Ask a worker's health endpoint; exit 0 when it answers 200 (for container health checks,
     /// where no curl is installed).
     Healthcheck {
@@ -395,6 +414,14 @@ fn main() -> ExitCode {
                 })
             })
             .unwrap_or_else(|e: String| fail(&e)),
+        Command::Replay {
+            config,
+            quarantine,
+            tenant,
+            dry_run,
+        } => runtime()
+            .and_then(|rt| rt.block_on(replay(&config, quarantine, tenant, dry_run)))
+            .unwrap_or_else(|e| fail(&e)),
         Command::Healthcheck { url } => healthcheck(&url).unwrap_or_else(|e| fail(&e)),
         Command::Loadgen(args) => runtime()
             .and_then(|rt| rt.block_on(loadgen(args)))
@@ -703,6 +730,46 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
     .map_err(|e| e.to_string())?;
     eprintln!("{stats:?}");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(
+    path: &std::path::Path,
+    quarantine: bool,
+    tenant: Option<String>,
+    dry_run: bool,
+) -> Result<ExitCode, String> {
+    if !quarantine {
+        return Err("only `byok replay --quarantine` (draining the quarantine into the archive) is built so far; re-sealing between topics (--from/--to) is not".into());
+    }
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    init_logs();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} quarantine records, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let opts = byok::pipeline::drain::DrainOptions { tenant, dry_run };
+    let stats = byok::pipeline::drain::drain_quarantine(&config, &opts, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    for f in &stats.failed {
+        eprintln!("could not drain: {f}");
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?
+    );
+    Ok(if stats.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn healthcheck(url: &str) -> Result<ExitCode, String> {

@@ -13,6 +13,7 @@
 pub mod azure;
 pub mod cache;
 mod classify;
+pub mod local;
 pub mod metered;
 pub mod resilience;
 

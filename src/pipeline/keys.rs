@@ -12,7 +12,7 @@ use rdkafka::util::Timeout;
 use time::OffsetDateTime;
 
 use crate::dek::{ActiveDek, DekLimits};
-use crate::kms::{KeyProvider, KmsError};
+use crate::kms::{KeyProvider, KmsError, VersionInfo};
 use crate::registry::DekRecord;
 
 /// Making a DEK failed.
@@ -133,6 +133,33 @@ impl DekSet {
     ) -> Result<ActiveDek, DekError> {
         let dek = ActiveDek::generate(self.limits)?;
         let wrapped = kms.wrap(dek.key()).await?;
+        self.publish(tenant, &dek, wrapped, false, producer).await?;
+        Ok(dek)
+    }
+
+    /// A new DEK for `tenant` wrapped locally with `version`'s public key (the key is revoked,
+    /// or the vault unavailable): its registry record says `"wrapped_locally": true`, and only
+    /// Key Vault `decrypt` on that version can open it (ENVELOPE.md §3).
+    pub async fn make_local(
+        &self,
+        tenant: &str,
+        version: &VersionInfo,
+        producer: &FutureProducer,
+    ) -> Result<(ActiveDek, DekRecord), DekError> {
+        let dek = ActiveDek::generate(self.limits)?;
+        let wrapped = crate::kms::local::wrap_locally(tenant, version, dek.key())?;
+        let record = self.publish(tenant, &dek, wrapped, true, producer).await?;
+        Ok((dek, record))
+    }
+
+    async fn publish(
+        &self,
+        tenant: &str,
+        dek: &ActiveDek,
+        wrapped: crate::kms::Wrapped,
+        wrapped_locally: bool,
+        producer: &FutureProducer,
+    ) -> Result<DekRecord, DekError> {
         let record = DekRecord {
             dek: dek.id(),
             tenant: tenant.to_owned(),
@@ -141,7 +168,7 @@ impl DekSet {
             created: OffsetDateTime::from(dek.created()),
             worker: self.worker.clone(),
             rewrapped: None,
-            wrapped_locally: false,
+            wrapped_locally,
         };
         let key = record.key();
         let value = record.to_json();
@@ -159,8 +186,8 @@ impl DekSet {
                 topic: self.registry_topic.clone(),
                 reason: e.to_string(),
             })?;
-        tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, "new DEK wrapped and registered");
-        Ok(dek)
+        tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, wrapped_locally, "new DEK wrapped and registered");
+        Ok(record)
     }
 
     /// Makes `dek` (from [`DekSet::make`]) the tenant's active DEK; the previous one retires.

@@ -5,9 +5,11 @@
 //! - [`worker`]: `byok run`, the consumer-group member.
 //! - [`reader`]: `byok cat`, opening archive and quarantine records.
 
+pub mod drain;
 pub mod health;
 pub mod http;
 pub mod keys;
+pub mod monitor;
 pub mod reader;
 pub mod tenant;
 pub mod worker;

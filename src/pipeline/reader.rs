@@ -123,7 +123,7 @@ pub struct ReadStats {
 #[error("{0}")]
 pub struct ReadError(pub String);
 
-fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadError> {
+pub(crate) fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadError> {
     let mut c = ClientConfig::new();
     for (k, v) in &config.kafka.consumer {
         c.set(k, v);
@@ -154,7 +154,7 @@ fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadError> {
 }
 
 /// Reads every record of `topic` from the beginning to the current end, as (key, value, headers).
-async fn read_all<F>(
+pub(crate) async fn read_all<F>(
     consumer: &StreamConsumer,
     topic: &str,
     opts: Option<&ReadOptions>,
@@ -248,6 +248,25 @@ pub async fn load_registry(config: &Config) -> Result<HashMap<DekId, DekRecord>,
             }
         },
     )
+    .await?;
+    Ok(map)
+}
+
+/// Loads each tenant's last known public key from the `byok.keks` topic (latest per tenant).
+pub async fn load_keks(
+    config: &Config,
+) -> Result<HashMap<String, crate::kms::VersionInfo>, ReadError> {
+    let consumer = reader_consumer(config)?;
+    let mut map = HashMap::new();
+    read_all(&consumer, &config.kafka.keks_topic, None, |m| {
+        match m.payload().map(crate::kms::local::KekRecord::from_json) {
+            Some(Ok(r)) => {
+                map.insert(r.tenant, r.version);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "unreadable byok.keks record"),
+            None => {}
+        }
+    })
     .await?;
     Ok(map)
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use super::health::Health;
 use super::keys::{DekError, DekSet};
+use super::monitor::{KeyView, KeyViews, Revoked};
 use super::tenant::{TenantOf, tenant_of};
 use crate::config::{Config, Delivery, TenantId};
 use crate::dek::{ActiveDek, DekId};
@@ -204,7 +205,9 @@ impl<'a> Shared<'a> {
         let (topic, tenant) = self.owners.entry(route.owner()).or_insert_with(|| {
             let topic = match route {
                 Route::Archive(t) => config.kafka.archive_topic.topic_for(t),
-                Route::Quarantine { .. } => config.kafka.quarantine_topic.clone(),
+                Route::Quarantine { .. } | Route::Revoked { .. } => {
+                    config.kafka.quarantine_topic.clone()
+                }
             };
             (
                 Arc::from(topic),
@@ -224,6 +227,13 @@ impl<'a> Shared<'a> {
 /// Where a record goes.
 enum Route {
     Archive(TenantId),
+    /// The tenant's key is revoked: quarantine, sealed under a DEK of the tenant wrapped
+    /// locally with its last known public key.
+    Revoked {
+        tenant: TenantId,
+        reason: QuarantineReason,
+        detail: String,
+    },
     Quarantine {
         reason: QuarantineReason,
         tenant: Option<String>,
@@ -235,7 +245,7 @@ impl Route {
     /// Whose DEK seals the record: the tenant's, or the operator's quarantine DEK.
     fn owner(&self) -> &str {
         match self {
-            Route::Archive(t) => t.as_str(),
+            Route::Archive(t) | Route::Revoked { tenant: t, .. } => t.as_str(),
             Route::Quarantine { .. } => QUARANTINE_TENANT,
         }
     }
@@ -385,6 +395,33 @@ pub async fn run_with(
         per_vault.into_values().collect(),
         Arc::clone(&health),
     ));
+    // the tenants' key states, kept by the monitor; last known public keys from byok.keks
+    let views = Arc::new(KeyViews::default());
+    match super::reader::load_keks(&config).await {
+        Ok(keys) => views.seed_public(keys),
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %config.kafka.keks_topic, "last known public keys not loaded (they are read again from Key Vault)")
+        }
+    }
+    let mut seen: HashMap<String, KeyView> = HashMap::new();
+    let monitor = {
+        let views = Arc::clone(&views);
+        let producer = producer.clone();
+        let tenants: Vec<(String, Arc<TenantKms>)> = tenants
+            .iter()
+            .map(|(id, k)| (id.to_string(), Arc::clone(k)))
+            .collect();
+        let (interval, topic) = (config.keys.check_interval, config.kafka.keks_topic.clone());
+        tokio::spawn(async move {
+            loop {
+                super::monitor::check_all(&tenants, &views, &producer, &topic).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = views.wake.notified() => {}
+                }
+            }
+        })
+    };
     let mut stats = RunStats::default();
     tracing::info!(group = %config.kafka.group_id, topics = ?topics, tenants = tenants.len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
 
@@ -503,6 +540,8 @@ pub async fn run_with(
                         &producer,
                         &pool,
                         &mut stats,
+                        &views,
+                        &mut seen,
                     )
                     .await
                 }
@@ -596,6 +635,7 @@ pub async fn run_with(
         };
         settle(f, r, true, &mut stats)?;
     }
+    monitor.abort();
     let _ = producer.flush(Timeout::After(config.worker.drain_deadline));
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
@@ -796,7 +836,7 @@ async fn collect(
     batch
 }
 
-fn route(m: &OwnedMessage, config: &Config) -> Route {
+fn route(m: &OwnedMessage, config: &Config, revoked: &Revoked) -> Route {
     let headers: Vec<(&str, Option<&[u8]>)> = m
         .headers()
         .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
@@ -821,7 +861,22 @@ fn route(m: &OwnedMessage, config: &Config) -> Route {
                 detail: "BYOK is not enabled for this tenant".to_owned(),
                 tenant: Some(t),
             },
-            Some(tenant) => Route::Archive(tenant.id.clone()),
+            Some(tenant) => match revoked.get(tenant.id.as_str()) {
+                None => Route::Archive(tenant.id.clone()),
+                Some((reason, detail, Some(_))) => Route::Revoked {
+                    tenant: tenant.id.clone(),
+                    reason: *reason,
+                    detail: detail.clone(),
+                },
+                // no public key ever seen for it: only the operator's key can take it
+                Some((reason, detail, None)) => Route::Quarantine {
+                    reason: *reason,
+                    detail: format!(
+                        "{detail}; no public key of the tenant known, sealed under the operator's quarantine key"
+                    ),
+                    tenant: Some(t),
+                },
+            },
         },
     }
 }
@@ -926,8 +981,24 @@ async fn seal_batch(
     producer: &FutureProducer,
     pool: &rayon::ThreadPool,
     stats: &mut RunStats,
+    views: &KeyViews,
+    seen: &mut HashMap<String, KeyView>,
 ) -> Result<Vec<Out>, DekError> {
-    let (routes, mut todo) = route_all(batch, config);
+    // The key views for this batch: a tenant whose key changed (rotated, revoked, restored)
+    // gets a new DEK; a revoked tenant's DEKs leave memory.
+    let snapshot = views.snapshot();
+    for (tenant, view) in &snapshot {
+        let changed = match (seen.get(tenant), view) {
+            (_, KeyView::Unavailable) | (Some(KeyView::Unavailable), KeyView::Usable(_)) => false,
+            (old, new) => old != Some(new),
+        };
+        if changed {
+            deks.forget(tenant);
+            seen.insert(tenant.clone(), view.clone());
+        }
+    }
+    let revoked = views.revoked(&snapshot);
+    let (routes, mut todo) = route_all(batch, config, &revoked);
     let batch_bytes: u64 = batch
         .iter()
         .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
@@ -944,23 +1015,13 @@ async fn seal_batch(
         if !missing.is_empty() {
             let set = &*deks;
             let made: Vec<(String, Result<ActiveDek, DekError>)> =
-                futures::stream::iter(missing.into_iter().map(|owner| async move {
-                    let kms = if owner == QUARANTINE_TENANT {
-                        Some(quarantine)
-                    } else {
-                        TenantId::parse(&owner)
-                            .ok()
-                            .and_then(|id| tenants.get(&id))
-                            .map(Arc::as_ref)
-                    };
-                    let r = match kms {
-                        Some(kms) => set.make(&owner, kms, producer).await,
-                        None => Err(DekError::Kms(KmsError::Setup {
-                            tenant: owner.clone(),
-                            detail: "no key provider".into(),
-                        })),
-                    };
-                    (owner, r)
+                futures::stream::iter(missing.into_iter().map(|owner| {
+                    let revoked = &revoked;
+                    async move {
+                        let r = new_dek(&owner, revoked, tenants, quarantine, set, producer, views)
+                            .await;
+                        (owner, r)
+                    }
                 }))
                 .buffer_unordered(NEW_DEKS_AT_ONCE)
                 .collect()
@@ -1033,12 +1094,71 @@ async fn seal_batch(
     Ok(outs)
 }
 
+/// A new DEK for `owner`: wrapped by its key in Key Vault; wrapped locally with its last known
+/// public key when its key is revoked (the records go to the quarantine) or its vault does not
+/// answer (the DEK is proven through Key Vault later); wrapped by the operator's key for the
+/// quarantine. A revocation found here is marked for the next attempt of the batch.
+async fn new_dek(
+    owner: &str,
+    revoked: &Revoked,
+    tenants: &BTreeMap<TenantId, Arc<TenantKms>>,
+    quarantine: &TenantKms,
+    set: &DekSet,
+    producer: &FutureProducer,
+    views: &KeyViews,
+) -> Result<ActiveDek, DekError> {
+    if owner == QUARANTINE_TENANT {
+        return set.make(owner, quarantine, producer).await;
+    }
+    if let Some((_, _, Some(public))) = revoked.get(owner) {
+        metrics::counter!("byok_local_wraps_total", "why" => "key-revoked").increment(1);
+        return Ok(set.make_local(owner, public, producer).await?.0);
+    }
+    let kms = TenantId::parse(owner)
+        .ok()
+        .and_then(|id| tenants.get(&id))
+        .ok_or_else(|| {
+            DekError::Kms(KmsError::Setup {
+                tenant: owner.to_owned(),
+                detail: "no key provider".into(),
+            })
+        })?;
+    match set.make(owner, kms.as_ref(), producer).await {
+        Err(DekError::Kms(KmsError::Unavailable { why, detail, .. })) => {
+            let Some(public) = views.public_key(owner) else {
+                // nothing to wrap with: the batch waits for the vault (Kafka keeps the data)
+                return Err(DekError::Kms(KmsError::Unavailable {
+                    tenant: owner.to_owned(),
+                    why,
+                    detail: format!("{detail}; no public key of the tenant known to wrap locally"),
+                    retry_after: None,
+                }));
+            };
+            tracing::warn!(tenant = owner, outage = %why, kek = %public.kid, "vault unavailable: new DEK wrapped locally, to be proven through Key Vault");
+            let (dek, record) = set.make_local(owner, &public, producer).await?;
+            views.to_verify(record);
+            Ok(dek)
+        }
+        Err(DekError::Kms(KmsError::Revoked { why, detail, .. })) => {
+            views.mark_revoked(owner, why, detail.clone());
+            Err(DekError::Kms(KmsError::Revoked {
+                tenant: owner.to_owned(),
+                key: String::new(),
+                why,
+                detail,
+            }))
+        }
+        other => other,
+    }
+}
+
 /// Routes every record and groups the record indices by DEK owner (tenant or quarantine).
 fn route_all(
     batch: &[OwnedMessage],
     config: &Config,
+    revoked: &Revoked,
 ) -> (Vec<Route>, BTreeMap<String, Vec<usize>>) {
-    let routes: Vec<Route> = batch.iter().map(|m| route(m, config)).collect();
+    let routes: Vec<Route> = batch.iter().map(|m| route(m, config, revoked)).collect();
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in routes.iter().enumerate() {
         groups.entry(r.owner().to_owned()).or_default().push(i);
@@ -1070,6 +1190,19 @@ fn build_outs(
                 stats.archived += 1;
                 let src = SourceRef::format(m.topic(), m.partition(), m.offset());
                 ArchiveHeaders::shared_pairs(&tenant, &shared.dek(dek), src).to_vec()
+            }
+            Route::Revoked {
+                tenant,
+                reason,
+                detail,
+            } => {
+                *quarantined.entry(reason.as_str()).or_default() += 1;
+                let src = SourceRef::new(m.topic(), m.partition(), m.offset());
+                QuarantineHeaders::new(*reason, Some(tenant.to_string()), src, detail, dek)
+                    .to_pairs()
+                    .into_iter()
+                    .map(|(k, v)| (k, Bytes::from(v)))
+                    .collect()
             }
             Route::Quarantine {
                 reason,
@@ -1113,7 +1246,7 @@ pub fn bench_batch(
     let outs = if pass_through_only {
         pass_through(batch, config)
     } else {
-        let (routes, groups) = route_all(batch, config);
+        let (routes, groups) = route_all(batch, config, &Revoked::new());
         let mut jobs = Vec::new();
         for (owner, idx) in &groups {
             if let Some(dek) = deks.get(owner) {
@@ -1150,7 +1283,10 @@ pub fn bench_batch(
 
 /// The load harness's baseline: the same routing, batching and producing, no sealing.
 fn pass_through(batch: &[OwnedMessage], config: &Config) -> Vec<Out> {
-    let routes: Vec<Route> = batch.iter().map(|m| route(m, config)).collect();
+    let routes: Vec<Route> = batch
+        .iter()
+        .map(|m| route(m, config, &Revoked::new()))
+        .collect();
     let mut shared = Shared::default();
     batch
         .iter()

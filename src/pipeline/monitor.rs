@@ -1,0 +1,233 @@
+//! The worker's view of each tenant's key, kept by a monitor task: `GET key` per tenant every
+//! `keys.check_interval` and right after a vault error (ARCHITECTURE.md "Key states").
+//!
+//! - usable: seal under the version in use; a new version (rotation) makes new DEKs under it.
+//! - revoked (disabled, expired, deleted, not found, access denied): the tenant's DEKs are
+//!   dropped; its records go to the quarantine sealed under DEKs wrapped locally with its last
+//!   known public key (kept in `byok.keks`), so only its key can open them.
+//! - unavailable: keep sealing; a new DEK is wrapped locally and proven through Key Vault
+//!   `decrypt` once the vault answers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::Notify;
+
+use crate::envelope::headers::QuarantineReason;
+use crate::kms::local::KekRecord;
+use crate::kms::{KekId, KeyProvider, KeyState, Revocation, TenantKms, VersionInfo};
+use crate::registry::DekRecord;
+
+/// What the worker does with a tenant's records now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyView {
+    /// Seal into the archive; new DEKs under this version.
+    Usable(KekId),
+    /// The tenant said no: quarantine.
+    Revoked {
+        /// How.
+        why: Revocation,
+        /// Key Vault's or Entra's words.
+        detail: String,
+    },
+    /// The vault did not answer: keep sealing with what is known.
+    Unavailable,
+}
+
+/// Shared between the monitor task and the batch loop.
+#[derive(Debug, Default)]
+pub struct KeyViews {
+    views: Mutex<HashMap<String, KeyView>>,
+    public: Mutex<HashMap<String, VersionInfo>>,
+    unverified: Mutex<Vec<DekRecord>>,
+    /// Wakes the monitor early (after a vault error).
+    pub wake: Notify,
+}
+
+/// A batch's snapshot of the revoked tenants: reason, detail, and the public key to wrap with.
+pub type Revoked = HashMap<String, (QuarantineReason, String, Option<VersionInfo>)>;
+
+impl KeyViews {
+    /// Every tenant's view now.
+    pub fn snapshot(&self) -> HashMap<String, KeyView> {
+        self.views.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The revoked tenants of a snapshot, with their last known public keys.
+    pub fn revoked(&self, snapshot: &HashMap<String, KeyView>) -> Revoked {
+        let public = self.public.lock().map(|p| p.clone()).unwrap_or_default();
+        snapshot
+            .iter()
+            .filter_map(|(t, v)| match v {
+                KeyView::Revoked { why, detail } => Some((
+                    t.clone(),
+                    (
+                        why.quarantine_reason(),
+                        detail.clone(),
+                        public.get(t).cloned(),
+                    ),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The tenant's last known public key.
+    pub fn public_key(&self, tenant: &str) -> Option<VersionInfo> {
+        self.public.lock().ok()?.get(tenant).cloned()
+    }
+
+    /// Seeds last known public keys (from `byok.keks` at start-up).
+    pub fn seed_public(&self, keys: HashMap<String, VersionInfo>) {
+        if let Ok(mut p) = self.public.lock() {
+            for (t, v) in keys {
+                p.entry(t).or_insert(v);
+            }
+        }
+    }
+
+    /// A vault error said the tenant's key is revoked: quarantine from the next batch on.
+    pub fn mark_revoked(&self, tenant: &str, why: Revocation, detail: String) {
+        if let Ok(mut v) = self.views.lock() {
+            v.insert(tenant.to_owned(), KeyView::Revoked { why, detail });
+        }
+        self.wake.notify_one();
+    }
+
+    /// A DEK wrapped locally while the vault was unavailable, to prove through Key Vault.
+    pub fn to_verify(&self, record: DekRecord) {
+        self.requeue(record);
+        metrics::counter!("byok_local_wraps_total", "why" => "vault-unavailable").increment(1);
+    }
+
+    fn requeue(&self, record: DekRecord) {
+        if let Ok(mut u) = self.unverified.lock() {
+            u.push(record);
+        }
+    }
+
+    /// Locally wrapped DEKs not yet proven.
+    pub fn unverified(&self) -> usize {
+        self.unverified.lock().map_or(0, |u| u.len())
+    }
+
+    fn set(&self, tenant: &str, view: KeyView) -> Option<KeyView> {
+        self.views.lock().ok()?.insert(tenant.to_owned(), view)
+    }
+
+    /// Remembers `v` as the tenant's public key; true when it is new.
+    fn remember(&self, tenant: &str, v: &VersionInfo) -> bool {
+        let Ok(mut p) = self.public.lock() else {
+            return false;
+        };
+        if p.get(tenant)
+            .is_some_and(|old| old.kid == v.kid && old.n == v.n)
+        {
+            return false;
+        }
+        p.insert(tenant.to_owned(), v.clone());
+        true
+    }
+}
+
+/// Reads every tenant's key state once: updates the views, publishes new public keys to
+/// `keks_topic`, and proves locally wrapped DEKs of tenants whose vault answers again.
+pub async fn check_all(
+    tenants: &[(String, Arc<TenantKms>)],
+    views: &KeyViews,
+    producer: &FutureProducer,
+    keks_topic: &str,
+) {
+    let states = futures::future::join_all(tenants.iter().map(|(_, k)| k.key_state())).await;
+    for ((tenant, kms), state) in tenants.iter().zip(states) {
+        let (view, public) = match state {
+            KeyState::Usable(v) => (KeyView::Usable(v.kid.clone()), Some(v)),
+            KeyState::VersionUnusable {
+                usable,
+                why,
+                unusable,
+            } => {
+                tracing::warn!(tenant, %unusable, %why, now = %usable.kid, "the key version in use cannot be used; new DEKs under the newest usable version");
+                (KeyView::Usable(usable.kid.clone()), Some(usable))
+            }
+            KeyState::Revoked {
+                why,
+                detail,
+                last_seen,
+            } => (KeyView::Revoked { why, detail }, last_seen),
+            KeyState::Unavailable { .. } => (KeyView::Unavailable, None),
+        };
+        if let Some(v) = &public
+            && views.remember(tenant, v)
+        {
+            let record = KekRecord {
+                tenant: tenant.clone(),
+                version: v.clone(),
+                seen: crate::registry::format_time(time::OffsetDateTime::now_utc()),
+            };
+            let value = record.to_json();
+            let sent = producer
+                .send(
+                    FutureRecord::to(keks_topic).key(tenant).payload(&value),
+                    Timeout::After(Duration::from_secs(30)),
+                )
+                .await;
+            if let Err((e, _)) = sent {
+                tracing::warn!(tenant, error = %e, topic = keks_topic, "could not publish the tenant's public key");
+            }
+        }
+        let previous = views.set(tenant, view.clone());
+        if previous.as_ref() != Some(&view) {
+            match &view {
+                KeyView::Revoked { why, detail } => {
+                    // nothing of the tenant's plaintext keys stays in memory
+                    kms.clear();
+                    tracing::warn!(tenant, %why, detail, "tenant key revoked: its records go to the quarantine, sealed for its key only");
+                }
+                KeyView::Usable(kid) => {
+                    tracing::info!(tenant, kek = %kid, previous = ?previous, "tenant key usable")
+                }
+                KeyView::Unavailable => {
+                    tracing::warn!(tenant, "tenant key vault unavailable: sealing continues")
+                }
+            }
+            let state = match &view {
+                KeyView::Usable(_) => 0.0,
+                KeyView::Unavailable => 1.0,
+                KeyView::Revoked { .. } => 2.0,
+            };
+            metrics::gauge!("byok_tenant_key_state", "tenant" => tenant.clone()).set(state);
+        }
+        if matches!(view, KeyView::Usable(_)) {
+            verify(tenant, kms, views).await;
+        }
+    }
+}
+
+/// Proves the tenant's locally wrapped DEKs through Key Vault `decrypt`.
+async fn verify(tenant: &str, kms: &TenantKms, views: &KeyViews) {
+    let mine: Vec<DekRecord> = match views.unverified.lock() {
+        Ok(mut u) => {
+            let (mine, rest) = u.drain(..).partition(|r| r.tenant == tenant);
+            *u = rest;
+            mine
+        }
+        Err(_) => return,
+    };
+    for r in mine {
+        match kms.unwrap(&r.kek, r.dek, &r.wrapped).await {
+            Ok(_) => {
+                metrics::counter!("byok_local_wraps_verified_total").increment(1);
+                tracing::info!(tenant, dek = %r.dek, kek = %r.kek, "locally wrapped DEK opened by Key Vault");
+            }
+            Err(e) if e.is_transient() => views.requeue(r),
+            Err(e) => {
+                metrics::counter!("byok_local_wraps_failed_total").increment(1);
+                tracing::error!(tenant, dek = %r.dek, error = %e, "a locally wrapped DEK does not open through Key Vault");
+            }
+        }
+    }
+}

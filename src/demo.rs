@@ -49,8 +49,12 @@ pub struct DemoSummary {
     pub deks: u64,
     /// Key Vault requests per operation.
     pub vault_calls: HashMap<String, u64>,
-    /// Worker throughput.
+    /// Worker throughput (includes the two waits for the key check).
     pub records_per_second: f64,
+    /// Quarantined while acme's key was disabled, then drained into the archive.
+    pub drained: u64,
+    /// Records read in the quarantine from acme's revoked period, each found in the archive.
+    pub quarantined_then_drained: u64,
 }
 
 const SEED: &str = include_str!("../config/emulator.example.toml");
@@ -104,6 +108,8 @@ max_wait = "20ms"
 
 [keys]
 ca_file = "{d}/emulator-ca.pem"
+# the shortest key check: the demo revokes and restores a key and should not wait long
+check_interval = "5s"
 
 [keys.resolve]
 "acme-vault.vault.azure.net" = "127.0.0.1"
@@ -175,6 +181,24 @@ fn count(bootstrap: &str, topic: &str) -> i64 {
         .sum()
 }
 
+/// Produces captured messages and waits for every acknowledgement.
+async fn capture(
+    producer: &FutureProducer,
+    part: &[(Option<String>, String)],
+) -> Result<(), String> {
+    let sends = part.iter().map(|(k, b)| {
+        let mut rec = FutureRecord::to("capture.messages").payload(b.as_bytes());
+        if let Some(k) = k {
+            rec = rec.key(k.as_bytes());
+        }
+        producer.send(rec, Timeout::Never)
+    });
+    for r in futures::future::join_all(sends).await {
+        r.map_err(|(e, _)| format!("capturing a message failed: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Runs the demo, printing its story. Returns the summary; `mismatches > 0` is a failure.
 pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let started = Instant::now();
@@ -230,15 +254,19 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         "3. Tenants: acme (certificate credential), globex (client secret, Private Link host), initech (client secret)"
     );
 
-    println!("4. Capturing {} chat messages", opts.messages);
+    println!(
+        "4. Capturing {} chat messages in three parts; the worker runs (consumer group byok-demo)",
+        opts.messages
+    );
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("linger.ms", "5")
         .create()
         .map_err(|e| e.to_string())?;
     let tenants = ["acme", "globex", "initech"];
+    // value -> (record key, quarantine reason if it must stay there)
     let mut originals: HashMap<String, (Option<String>, Option<&'static str>)> = HashMap::new();
-    let mut bad = vec![
+    let bad = [
         (
             None,
             r#"{"tenant_id":"umbrella","body":"a tenant nobody configured"}"#.to_owned(),
@@ -255,7 +283,6 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
             "malformed",
         ),
     ];
-    let mut bytes = 0usize;
     let mut msgs: Vec<(Option<String>, String)> = (0..opts.messages)
         .map(|i| {
             let (conv, body) =
@@ -263,69 +290,124 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
             (Some(conv), body)
         })
         .collect();
-    for (k, b, reason) in bad.drain(..) {
+    for (k, b, reason) in bad {
         originals.insert(b.clone(), (k.clone(), Some(reason)));
         msgs.push((k, b));
     }
+    let mut bytes = 0usize;
     for (k, b) in &msgs {
         originals.entry(b.clone()).or_insert((k.clone(), None));
         bytes += b.len();
     }
-    let mut sends = Vec::new();
-    for (k, b) in &msgs {
-        let mut rec = FutureRecord::to("capture.messages").payload(b.as_bytes());
-        if let Some(k) = k {
-            rec = rec.key(k.as_bytes());
-        }
-        sends.push(producer.send(rec, Timeout::Never));
-    }
-    for r in futures::future::join_all(sends).await {
-        r.map_err(|(e, _)| format!("capturing a message failed: {e}"))?;
-    }
-    let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
     let total = msgs.len() as i64;
+    let third = msgs.len() / 3;
+    let parts: Vec<&[(Option<String>, String)]> =
+        vec![&msgs[..third], &msgs[third..2 * third], &msgs[2 * third..]];
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let health = std::sync::Arc::new(crate::pipeline::health::Health::default());
+    let worker_started = Instant::now();
+    let worker = tokio::spawn(crate::pipeline::worker::run_with(
+        config.clone(),
+        stopped,
+        crate::pipeline::worker::Stage::Seal,
+        std::sync::Arc::clone(&health),
+    ));
+    let wait_done = |n: u64| {
+        let health = std::sync::Arc::clone(&health);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while health.records_done() < n {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the worker stalled with {} of {n} records done",
+                        health.records_done()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        }
+    };
+    let admin = crate::emulator::client::AdminClient::new(&emu.authority(), &emu.ca_pem, None)
+        .map_err(|e| e.to_string())?;
+    let key_check = Duration::from_secs(6);
+
+    capture(&producer, parts[0]).await?;
+    wait_done(parts[0].len() as u64).await?;
     println!(
-        "   {} messages ({} KiB), 3 without a usable tenant",
-        total,
+        "   part 1: {} messages archived ({} KiB in all three parts, 3 without a usable tenant)",
+        parts[0].len(),
         bytes / 1024
     );
-
-    println!("5. Running the worker (consumer group byok-demo)");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker_started = Instant::now();
-    let worker = tokio::spawn(crate::pipeline::worker::run(config.clone(), stopped));
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let out = count(&bootstrap, "archive.messages") + count(&bootstrap, "byok.quarantine");
-        if out >= total {
-            break;
-        }
-        if worker.is_finished() || Instant::now() > deadline {
-            return Err(format!(
-                "the worker stopped or stalled with {out} of {total} records out"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    admin
+        .set_key_enabled("acme-vault", "byok-key", None, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("   acme disables its key in its vault; the worker's key check (every 5 s) notices");
+    tokio::time::sleep(key_check).await;
+    capture(&producer, parts[1]).await?;
+    wait_done((parts[0].len() + parts[1].len()) as u64).await?;
+    let quarantined_acme = count(&bootstrap, "byok.quarantine");
+    println!(
+        "   part 2: {} messages; acme's go to the quarantine sealed for acme's key only ({} records there now)",
+        parts[1].len(),
+        quarantined_acme
+    );
+    admin
+        .set_key_enabled("acme-vault", "byok-key", None, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("   acme enables its key again");
+    tokio::time::sleep(key_check).await;
+    capture(&producer, parts[2]).await?;
+    wait_done(total as u64).await?;
     let elapsed = worker_started.elapsed();
     let _ = stop.send(true);
     let stats = worker
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
     println!(
-        "   {} records in {} batches: {} archived, quarantined {:?}; {} DEKs made",
-        stats.records_in, stats.batches, stats.archived, stats.quarantined, stats.deks_created
+        "   part 3: {} messages archived. In all: {} records in {} batches: {} archived, quarantined {:?}; {} DEKs made",
+        parts[2].len(),
+        stats.records_in,
+        stats.batches,
+        stats.archived,
+        stats.quarantined,
+        stats.deks_created
     );
+
+    println!("5. Draining the quarantine into the archive (byok replay --quarantine)");
+    let drained = crate::pipeline::drain::drain_quarantine(
+        &config,
+        &crate::pipeline::drain::DrainOptions::default(),
+        |_, _| {},
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "   {} records moved unchanged after acme's DEKs opened through Key Vault; {} stay ({:?})",
+        drained.moved,
+        drained.stayed.values().sum::<u64>(),
+        drained.stayed
+    );
+    for f in &drained.failed {
+        println!("   MISMATCH: could not drain: {f}");
+    }
 
     println!("6. Reading the archive and the quarantine back (byok cat), checking every message");
     let mut summary = DemoSummary {
         messages: msgs.len(),
         deks: stats.deks_created,
         records_per_second: total as f64 / elapsed.as_secs_f64(),
+        drained: drained.moved,
+        mismatches: drained.failed.len() as u64,
         ..DemoSummary::default()
     };
     let mut seen = std::collections::HashSet::new();
+    let mut archived_values = std::collections::HashSet::new();
+    let mut revoked_period = Vec::new();
     for topic in ["archive.messages", "byok.quarantine"] {
         let o = ReadOptions::topic(topic);
         let mut failures = Vec::new();
@@ -339,7 +421,18 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         }
         for r in opened {
             let value = r.value.clone().unwrap_or_default();
+            if r.reason.is_none() {
+                archived_values.insert(value.clone());
+            }
             match originals.get(&value) {
+                // quarantined while acme's key was disabled: must also be in the archive now
+                Some((key, None))
+                    if r.reason.as_deref() == Some("key-disabled")
+                        && r.tenant.as_deref() == Some("acme")
+                        && r.key_b64.is_some() == key.is_some() =>
+                {
+                    revoked_period.push(value);
+                }
                 Some((key, reason))
                     if reason.map(str::to_owned) == r.reason
                         && r.key_b64.is_some() == key.is_some() =>
@@ -361,6 +454,15 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
             }
         }
     }
+    for v in &revoked_period {
+        if !archived_values.contains(v) {
+            println!(
+                "   MISMATCH: a record quarantined while acme's key was disabled is not in the archive"
+            );
+            summary.mismatches += 1;
+        }
+    }
+    summary.quarantined_then_drained = revoked_period.len() as u64;
     let missing = originals.len() - seen.len();
     if missing > 0 {
         println!("   MISMATCH: {missing} captured messages not found");
@@ -385,7 +487,14 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     println!("  messages captured        {}", summary.messages);
     println!("  tenants                  3 (acme, globex, initech) + quarantine");
     println!("  archived, decrypted ok   {}", summary.archived_ok);
-    println!("  quarantined, decrypted   {}", summary.quarantined_ok);
+    println!(
+        "  quarantined, decrypted   {} (no usable tenant: they stay)",
+        summary.quarantined_ok
+    );
+    println!(
+        "  acme key disabled        {} records quarantined for acme's key only, {} drained into the archive after it came back",
+        summary.quarantined_then_drained, summary.drained
+    );
     println!("  mismatches               {}", summary.mismatches);
     println!("  DEKs made                {}", summary.deks);
     let mut calls: Vec<_> = summary.vault_calls.iter().collect();
@@ -399,7 +508,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
             .join(", ")
     );
     println!(
-        "  worker throughput        {:.0} records/s (from worker start, group join included, to the last record out)",
+        "  worker throughput        {:.0} records/s (from worker start to the last record out, two 6 s waits for the key check included)",
         summary.records_per_second
     );
     println!(

@@ -215,8 +215,81 @@ async fn open_all(config: &Config, topic: &str) -> (HashMap<String, String>, Vec
     (opened, failed, stats.read)
 }
 
+/// How the tenant takes its key away, and gives it back.
+#[derive(Debug, Clone, Copy)]
+enum Revoke {
+    /// Disable the key (the pinned version), then enable it.
+    Disable,
+    /// Soft-delete the key, then recover it.
+    SoftDelete,
+    /// Remove the app's role on the vault, then assign it again.
+    RemoveRole,
+}
+
+impl Revoke {
+    fn reason(self) -> &'static str {
+        match self {
+            Revoke::Disable => "key-disabled",
+            Revoke::SoftDelete => "key-deleted",
+            Revoke::RemoveRole => "access-denied",
+        }
+    }
+    async fn revoke(self, emu: &Emu) {
+        match self {
+            Revoke::Disable => emu
+                .admin
+                .set_key_enabled("acme-vault", "byok-key", None, false)
+                .await
+                .unwrap(),
+            Revoke::SoftDelete => emu
+                .admin
+                .key_action("acme-vault", "byok-key", "delete", None)
+                .await
+                .unwrap(),
+            Revoke::RemoveRole => emu
+                .admin
+                .remove_role("acme-vault", ACME_APP, None)
+                .await
+                .unwrap(),
+        };
+    }
+    async fn restore(self, emu: &Emu) {
+        match self {
+            Revoke::Disable => emu
+                .admin
+                .set_key_enabled("acme-vault", "byok-key", None, true)
+                .await
+                .unwrap(),
+            Revoke::SoftDelete => emu
+                .admin
+                .key_action("acme-vault", "byok-key", "recover", None)
+                .await
+                .unwrap(),
+            Revoke::RemoveRole => emu
+                .admin
+                .add_role("acme-vault", ACME_APP, "byok")
+                .await
+                .unwrap(),
+        };
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_the_key_then_recover_and_drain() {
+    revoke_recover_drain(Revoke::Disable).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_delete_the_key_then_recover_it_and_drain() {
+    revoke_recover_drain(Revoke::SoftDelete).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_the_role_then_assign_it_again_and_drain() {
+    revoke_recover_drain(Revoke::RemoveRole).await;
+}
+
+async fn revoke_recover_drain(how: Revoke) {
     let mut s = Scenario::start("").await;
     let (stop, health, worker) = start_worker(&s.config);
 
@@ -226,12 +299,8 @@ async fn disable_the_key_then_recover_and_drain() {
     let archived_before = s.count("archive.messages");
     assert_eq!(archived_before, 200);
 
-    // 2. the tenant disables its key; traffic continues until the worker quarantines acme
-    s.emu
-        .admin
-        .set_key_enabled("acme-vault", "byok-key", None, false)
-        .await
-        .unwrap();
+    // 2. the tenant takes its key away; traffic continues until the worker quarantines acme
+    how.revoke(&s.emu).await;
     let disabled_at = s.next;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -304,16 +373,12 @@ async fn disable_the_key_then_recover_and_drain() {
         }
         assert_eq!(
             reasons,
-            HashSet::from([(Some("acme".to_owned()), Some("key-disabled".to_owned()))])
+            HashSet::from([(Some("acme".to_owned()), Some(how.reason().to_owned()))])
         );
     }
 
-    // 3. the tenant re-enables its key; traffic continues into the archive
-    s.emu
-        .admin
-        .set_key_enabled("acme-vault", "byok-key", None, true)
-        .await
-        .unwrap();
+    // 3. the tenant gives its key back; traffic continues into the archive
+    how.restore(&s.emu).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let before = s.count("byok.quarantine");
@@ -363,13 +428,14 @@ async fn disable_the_key_then_recover_and_drain() {
     }
     s.assert_no_plaintext().await;
     eprintln!(
-        "disable/recover/drain: {} messages captured ({} before the key was disabled, {} while disabled or after); \
-         quarantined while disabled: {quarantined} (acme, key-disabled, {} DEKs wrapped locally); archived during the \
-         revoked period: {archived_during} (globex, and acme within the check interval); drained: {} moved; archive \
-         records read back: {read}, all {} decrypt to the original; no plaintext in any topic",
+        "{how:?} then restore and drain: {} messages captured ({} before the key was taken away, {} during or after); \
+         quarantined: {quarantined} (acme, {}, {} DEKs wrapped locally); archived while revoked: {archived_during} \
+         (globex, and acme within the check interval); drained: {} moved; archive records read back: {read}, all {} \
+         decrypt to the original; no plaintext in any topic",
         s.sent.len(),
         disabled_at,
         s.sent.len() - disabled_at,
+        how.reason(),
         local.len(),
         drained.moved,
         archive.len()
@@ -425,5 +491,49 @@ async fn a_vault_outage_keeps_archiving_with_locally_wrapped_deks() {
         "outage: {} messages, {} archived while acme's vault was down (outage set for 60 s, lifted after), {local} DEKs wrapped locally, all opened through Key Vault afterwards",
         s.sent.len(),
         300
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_makes_new_deks_under_the_new_version() {
+    // globex follows its key's newest version (acme pins one)
+    let mut s = Scenario::start("").await;
+    let (stop, health, worker) = start_worker(&s.config);
+    s.capture(100).await;
+    s.settle(&health, "before").await;
+    s.emu
+        .admin
+        .key_action("globex-kv", "archive-kek", "rotate", None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let versions = loop {
+        s.capture(20).await;
+        s.settle(&health, "after rotation").await;
+        let registry = reader::load_registry(&s.config).await.unwrap();
+        let versions: HashSet<String> = registry
+            .values()
+            .filter(|r| r.tenant == "globex")
+            .map(|r| r.kek.version().to_owned())
+            .collect();
+        if versions.len() >= 2 {
+            break versions;
+        }
+        assert!(Instant::now() < deadline, "no DEK under the new version");
+    };
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(s.count("byok.quarantine"), 0);
+    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(archive.len(), s.sent.len());
+    for (id, body) in &s.sent {
+        assert_eq!(archive.get(id), Some(body));
+    }
+    s.assert_no_plaintext().await;
+    eprintln!(
+        "rotation: {} messages, globex DEKs under {} key versions, all decrypt",
+        s.sent.len(),
+        versions.len()
     );
 }

@@ -9,6 +9,7 @@
 //!   `decrypt` once the vault answers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub enum KeyView {
 #[derive(Debug, Default)]
 pub struct KeyViews {
     views: Mutex<HashMap<String, KeyView>>,
+    /// Bumped on every change of a view: a batch re-reads the views only when it moved.
+    generation: AtomicU64,
     public: Mutex<HashMap<String, VersionInfo>>,
     unverified: Mutex<Vec<DekRecord>>,
     /// Wakes the monitor early (after a vault error).
@@ -51,6 +54,11 @@ pub struct KeyViews {
 pub type Revoked = HashMap<String, (QuarantineReason, String, Option<VersionInfo>)>;
 
 impl KeyViews {
+    /// Changes so far (compare to skip re-reading unchanged views).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Every tenant's view now.
     pub fn snapshot(&self) -> HashMap<String, KeyView> {
         self.views.lock().map(|v| v.clone()).unwrap_or_default()
@@ -58,7 +66,7 @@ impl KeyViews {
 
     /// The revoked tenants of a snapshot, with their last known public keys.
     pub fn revoked(&self, snapshot: &HashMap<String, KeyView>) -> Revoked {
-        let public = self.public.lock().map(|p| p.clone()).unwrap_or_default();
+        let public = self.public.lock();
         snapshot
             .iter()
             .filter_map(|(t, v)| match v {
@@ -67,7 +75,7 @@ impl KeyViews {
                     (
                         why.quarantine_reason(),
                         detail.clone(),
-                        public.get(t).cloned(),
+                        public.as_ref().ok().and_then(|p| p.get(t).cloned()),
                     ),
                 )),
                 _ => None,
@@ -91,9 +99,7 @@ impl KeyViews {
 
     /// A vault error said the tenant's key is revoked: quarantine from the next batch on.
     pub fn mark_revoked(&self, tenant: &str, why: Revocation, detail: String) {
-        if let Ok(mut v) = self.views.lock() {
-            v.insert(tenant.to_owned(), KeyView::Revoked { why, detail });
-        }
+        self.set(tenant, KeyView::Revoked { why, detail });
         self.wake.notify_one();
     }
 
@@ -115,7 +121,15 @@ impl KeyViews {
     }
 
     fn set(&self, tenant: &str, view: KeyView) -> Option<KeyView> {
-        self.views.lock().ok()?.insert(tenant.to_owned(), view)
+        let old = self
+            .views
+            .lock()
+            .ok()?
+            .insert(tenant.to_owned(), view.clone());
+        if old.as_ref() != Some(&view) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        old
     }
 
     /// Remembers `v` as the tenant's public key; true when it is new.

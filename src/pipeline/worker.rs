@@ -193,30 +193,38 @@ struct Out {
     headers: Vec<(&'static str, Bytes)>,
 }
 
-/// Per batch: each owner's output topic and tenant header value, each DEK's id header value.
+/// Kept across batches: each (owner, route kind)'s output topic and tenant header value, each
+/// DEK's id header value (the DEK map is cleared when it grows past a bound).
 #[derive(Default)]
-struct Shared<'a> {
-    owners: HashMap<&'a str, (Arc<str>, Bytes)>,
+struct Shared {
+    /// [quarantine routes, archive routes], by owner.
+    owners: [HashMap<String, (Arc<str>, Bytes)>; 2],
     deks: HashMap<DekId, Bytes>,
 }
 
-impl<'a> Shared<'a> {
-    fn owner(&mut self, route: &'a Route, config: &Config) -> (Arc<str>, Bytes) {
-        let (topic, tenant) = self.owners.entry(route.owner()).or_insert_with(|| {
-            let topic = match route {
-                Route::Archive(t) => config.kafka.archive_topic.topic_for(t),
-                Route::Quarantine { .. } | Route::Revoked { .. } => {
-                    config.kafka.quarantine_topic.clone()
-                }
-            };
-            (
-                Arc::from(topic),
-                Bytes::copy_from_slice(route.owner().as_bytes()),
-            )
-        });
-        (Arc::clone(topic), tenant.clone())
+impl Shared {
+    fn owner(&mut self, route: &Route, config: &Config) -> (Arc<str>, Bytes) {
+        let map = &mut self.owners[usize::from(matches!(route, Route::Archive(_)))];
+        if let Some((topic, tenant)) = map.get(route.owner()) {
+            return (Arc::clone(topic), tenant.clone());
+        }
+        let topic = match route {
+            Route::Archive(t) => config.kafka.archive_topic.topic_for(t),
+            Route::Quarantine { .. } | Route::Revoked { .. } => {
+                config.kafka.quarantine_topic.clone()
+            }
+        };
+        let entry = (
+            Arc::<str>::from(topic),
+            Bytes::copy_from_slice(route.owner().as_bytes()),
+        );
+        map.insert(route.owner().to_owned(), entry.clone());
+        entry
     }
     fn dek(&mut self, id: DekId) -> Bytes {
+        if self.deks.len() > 65_536 {
+            self.deks.clear();
+        }
         self.deks
             .entry(id)
             .or_insert_with(|| Bytes::from(id.to_string()))
@@ -403,7 +411,7 @@ pub async fn run_with(
             tracing::warn!(error = %e, topic = %config.kafka.keks_topic, "last known public keys not loaded (they are read again from Key Vault)")
         }
     }
-    let mut seen: HashMap<String, KeyView> = HashMap::new();
+    let mut seen = Seen::default();
     let monitor = {
         let views = Arc::clone(&views);
         let producer = producer.clone();
@@ -545,7 +553,7 @@ pub async fn run_with(
                     )
                     .await
                 }
-                Stage::PassThrough => Ok(pass_through(&batch, &config)),
+                Stage::PassThrough => Ok(pass_through(&batch, &config, &mut seen.shared)),
             };
             let outs = match sealed {
                 Ok(outs) => outs,
@@ -639,6 +647,15 @@ pub async fn run_with(
     let _ = producer.flush(Timeout::After(config.worker.drain_deadline));
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// What the batch loop last read of the key views.
+#[derive(Default)]
+struct Seen {
+    generation: Option<u64>,
+    views: HashMap<String, KeyView>,
+    revoked: Revoked,
+    shared: Shared,
 }
 
 /// A batch produced and not yet acknowledged.
@@ -982,23 +999,30 @@ async fn seal_batch(
     pool: &rayon::ThreadPool,
     stats: &mut RunStats,
     views: &KeyViews,
-    seen: &mut HashMap<String, KeyView>,
+    seen: &mut Seen,
 ) -> Result<Vec<Out>, DekError> {
     // The key views for this batch: a tenant whose key changed (rotated, revoked, restored)
-    // gets a new DEK; a revoked tenant's DEKs leave memory.
-    let snapshot = views.snapshot();
-    for (tenant, view) in &snapshot {
-        let changed = match (seen.get(tenant), view) {
-            (_, KeyView::Unavailable) | (Some(KeyView::Unavailable), KeyView::Usable(_)) => false,
-            (old, new) => old != Some(new),
-        };
-        if changed {
-            deks.forget(tenant);
-            seen.insert(tenant.clone(), view.clone());
+    // gets a new DEK; a revoked tenant's DEKs leave memory. Read again only when they moved.
+    if seen.generation != Some(views.generation()) {
+        seen.generation = Some(views.generation());
+        let snapshot = views.snapshot();
+        for (tenant, view) in &snapshot {
+            let changed = match (seen.views.get(tenant), view) {
+                // an outage changes nothing; the first view of a usable key neither (its DEK
+                // was wrapped under the version the provider found usable)
+                (_, KeyView::Unavailable)
+                | (Some(KeyView::Unavailable) | None, KeyView::Usable(_)) => false,
+                (old, new) => old != Some(new),
+            };
+            seen.views.insert(tenant.clone(), view.clone());
+            if changed {
+                deks.forget(tenant);
+            }
         }
+        seen.revoked = views.revoked(&snapshot);
     }
-    let revoked = views.revoked(&snapshot);
-    let (routes, mut todo) = route_all(batch, config, &revoked);
+    let revoked = &seen.revoked;
+    let (routes, mut todo) = route_all(batch, config, revoked);
     let batch_bytes: u64 = batch
         .iter()
         .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
@@ -1015,13 +1039,10 @@ async fn seal_batch(
         if !missing.is_empty() {
             let set = &*deks;
             let made: Vec<(String, Result<ActiveDek, DekError>)> =
-                futures::stream::iter(missing.into_iter().map(|owner| {
-                    let revoked = &revoked;
-                    async move {
-                        let r = new_dek(&owner, revoked, tenants, quarantine, set, producer, views)
-                            .await;
-                        (owner, r)
-                    }
+                futures::stream::iter(missing.into_iter().map(|owner| async move {
+                    let r =
+                        new_dek(&owner, revoked, tenants, quarantine, set, producer, views).await;
+                    (owner, r)
                 }))
                 .buffer_unordered(NEW_DEKS_AT_ONCE)
                 .collect()
@@ -1089,7 +1110,7 @@ async fn seal_batch(
             idx.sort_unstable();
         }
     }
-    let outs = build_outs(batch, &routes, values, config, stats)?;
+    let outs = build_outs(batch, &routes, values, config, stats, &mut seen.shared)?;
     metrics::counter!("byok_records_sealed_total").increment(outs.len() as u64);
     Ok(outs)
 }
@@ -1173,10 +1194,10 @@ fn build_outs(
     values: Vec<Option<(Vec<u8>, DekId)>>,
     config: &Config,
     stats: &mut RunStats,
+    shared: &mut Shared,
 ) -> Result<Vec<Out>, DekError> {
     let mut outs = Vec::with_capacity(batch.len());
     let mut quarantined: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut shared = Shared::default();
     for ((m, route), value) in batch.iter().zip(routes).zip(values) {
         let Some((value, dek)) = value else {
             return Err(DekError::Sealing(format!(
@@ -1244,7 +1265,7 @@ pub fn bench_batch(
     pass_through_only: bool,
 ) -> usize {
     let outs = if pass_through_only {
-        pass_through(batch, config)
+        pass_through(batch, config, &mut Shared::default())
     } else {
         let (routes, groups) = route_all(batch, config, &Revoked::new());
         let mut jobs = Vec::new();
@@ -1268,7 +1289,15 @@ pub fn bench_batch(
                 values[i] = Some((v, id));
             }
         }
-        build_outs(batch, &routes, values, config, &mut RunStats::default()).unwrap_or_default()
+        build_outs(
+            batch,
+            &routes,
+            values,
+            config,
+            &mut RunStats::default(),
+            &mut Shared::default(),
+        )
+        .unwrap_or_default()
     };
     outs.iter()
         .map(|o| {
@@ -1282,12 +1311,11 @@ pub fn bench_batch(
 }
 
 /// The load harness's baseline: the same routing, batching and producing, no sealing.
-fn pass_through(batch: &[OwnedMessage], config: &Config) -> Vec<Out> {
+fn pass_through(batch: &[OwnedMessage], config: &Config, shared: &mut Shared) -> Vec<Out> {
     let routes: Vec<Route> = batch
         .iter()
         .map(|m| route(m, config, &Revoked::new()))
         .collect();
-    let mut shared = Shared::default();
     batch
         .iter()
         .zip(&routes)

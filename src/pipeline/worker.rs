@@ -11,6 +11,7 @@
 //! dropped, never quarantined for an outage).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,8 +86,79 @@ struct Ctx {
     health: Arc<Health>,
     /// Acknowledged, not yet known to be committed: (topic, partition) -> next offset.
     acked: Mutex<HashMap<(String, i32), i64>>,
+    /// Batches produced and not yet settled by the batch loop, oldest first.
+    pending: Mutex<VecDeque<Pending>>,
+    /// The producer, flushed on a revocation so that batches in flight are acknowledged first.
+    producer: FutureProducer,
+    /// How long a revocation may wait for batches in flight.
+    drain_deadline: Duration,
     /// Offsets are committed in transactions (exactly-once), not by the consumer.
     transactional: bool,
+}
+
+/// A batch in flight as the rebalance callback sees it.
+struct Pending {
+    seq: u64,
+    next: BTreeMap<(String, i32), i64>,
+    /// 0 in flight, 1 acknowledged, 2 failed; set by the batch's produce task.
+    status: Arc<AtomicU8>,
+}
+
+impl Ctx {
+    /// The offsets to commit for `revoked` partitions: what was acknowledged and settled, then
+    /// the batches in flight once the producer is flushed, in order, up to the first one that
+    /// is not acknowledged (a later batch never commits past an earlier one that failed).
+    fn drain_revoked(&self, revoked: &TopicPartitionList) -> TopicPartitionList {
+        let is_revoked = |t: &str, p: i32| {
+            revoked
+                .elements()
+                .iter()
+                .any(|e| e.topic() == t && e.partition() == p)
+        };
+        let mut commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        if let Ok(mut acked) = self.acked.lock() {
+            acked.retain(|(t, p), o| {
+                if is_revoked(t, *p) {
+                    commit.insert((t.clone(), *p), *o);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let waiting = self.pending.lock().map(|p| !p.is_empty()).unwrap_or(false);
+        if waiting {
+            let _ = self.producer.flush(Timeout::After(self.drain_deadline));
+            // the produce tasks record the acknowledgements (on the runtime's other threads)
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && self
+                    .pending
+                    .lock()
+                    .is_ok_and(|p| p.iter().any(|b| b.status.load(Ordering::Acquire) == 0))
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Ok(pending) = self.pending.lock() {
+                for b in pending.iter() {
+                    if b.status.load(Ordering::Acquire) != 1 {
+                        break;
+                    }
+                    for ((t, p), o) in &b.next {
+                        if is_revoked(t, *p) {
+                            let e = commit.entry((t.clone(), *p)).or_insert(*o);
+                            *e = (*e).max(*o);
+                        }
+                    }
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in commit {
+            let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
+        }
+        tpl
+    }
 }
 
 impl rdkafka::ClientContext for Ctx {
@@ -124,21 +196,17 @@ impl rdkafka::ClientContext for Ctx {
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = r {
-            let mut tpl = TopicPartitionList::new();
-            if let Ok(mut acked) = self.acked.lock() {
-                for e in revoked.elements() {
-                    if let Some(o) = acked.remove(&(e.topic().to_owned(), e.partition())) {
-                        let _ =
-                            tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
-                    }
-                }
-            }
-            if tpl.count() > 0 && !self.transactional {
+            let tpl = if self.transactional {
+                TopicPartitionList::new()
+            } else {
+                self.drain_revoked(revoked)
+            };
+            if tpl.count() > 0 {
                 match c.commit(&tpl, CommitMode::Sync) {
                     Ok(()) => tracing::info!(
                         partitions = revoked.count(),
                         committed = tpl.count(),
-                        "partitions revoked; their acknowledged offsets committed"
+                        "partitions revoked; their batches in flight acknowledged and committed"
                     ),
                     Err(e) => {
                         tracing::warn!(error = %e, "partitions revoked; committing their offsets failed (the new owner may redo a batch: same byok.src)")
@@ -366,6 +434,9 @@ pub async fn run_with(
             .create_with_context(Ctx {
                 health: Arc::clone(&health),
                 acked: Mutex::new(HashMap::new()),
+                pending: Mutex::new(VecDeque::new()),
+                producer: producer.clone(),
+                drain_deadline: config.worker.drain_deadline,
                 transactional,
             })
             .map_err(client("consumer"))?,
@@ -441,6 +512,7 @@ pub async fn run_with(
         config.batch.in_flight.get()
     };
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut seq = 0u64;
     let settle = |f: InFlight,
                   produced: Result<Result<(), WorkerError>, tokio::task::JoinError>,
                   stopping: bool,
@@ -450,15 +522,37 @@ pub async fn run_with(
             topic: "(producer task)".into(),
             reason: e.to_string(),
         })??;
+        if let Ok(mut pending) = consumer.context().pending.lock() {
+            pending.retain(|b| b.seq != f.seq);
+        }
+        // only partitions still assigned: a revoked one was committed by the rebalance, and a
+        // late commit here could move its new owner's offset back
+        let assigned = consumer.assignment().unwrap_or_default();
+        let mut tpl = TopicPartitionList::new();
+        let mut kept = Vec::new();
+        for ((t, p), o) in f.next {
+            if assigned
+                .elements()
+                .iter()
+                .any(|e| e.topic() == t && e.partition() == p)
+            {
+                let _ = tpl.add_partition_offset(&t, p, Offset::Offset(o));
+                kept.push(((t, p), o));
+            }
+        }
         if let Ok(mut acked) = consumer.context().acked.lock() {
-            acked.extend(f.next);
+            acked.extend(kept);
         }
         let mode = if stopping {
             CommitMode::Sync
         } else {
             CommitMode::Async
         };
-        if let Err(e) = consumer.commit(&f.tpl, mode) {
+        if tpl.count() == 0 {
+            account(stats, &health, f.records, f.started);
+            return Ok(());
+        }
+        if let Err(e) = consumer.commit(&tpl, mode) {
             // Not fatal: the records are archived; another member may own the partition.
             tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (same byok.src)");
         }
@@ -575,9 +669,22 @@ pub async fn run_with(
             };
             if !transactional {
                 let p = producer.clone();
+                let status = Arc::new(AtomicU8::new(0));
+                seq += 1;
+                if let Ok(mut pending) = consumer.context().pending.lock() {
+                    pending.push_back(Pending {
+                        seq,
+                        next: next.clone(),
+                        status: Arc::clone(&status),
+                    });
+                }
                 in_flight.push_back(InFlight {
-                    done: tokio::spawn(async move { produce_all(&p, &outs).await }),
-                    tpl,
+                    done: tokio::spawn(async move {
+                        let r = produce_all(&p, &outs).await;
+                        status.store(if r.is_ok() { 1 } else { 2 }, Ordering::Release);
+                        r
+                    }),
+                    seq,
                     next,
                     records: batch.len(),
                     started,
@@ -661,7 +768,7 @@ struct Seen {
 /// A batch produced and not yet acknowledged.
 struct InFlight {
     done: tokio::task::JoinHandle<Result<(), WorkerError>>,
-    tpl: TopicPartitionList,
+    seq: u64,
     next: BTreeMap<(String, i32), i64>,
     records: usize,
     started: Instant,

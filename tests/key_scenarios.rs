@@ -230,7 +230,10 @@ impl Revoke {
     fn reason(self) -> &'static str {
         match self {
             Revoke::Disable => "key-disabled",
-            Revoke::SoftDelete => "key-deleted",
+            // the customer's role (keys/read, encrypt, decrypt) cannot read deleted keys, so a
+            // soft-deleted key looks not found; with deletedKeys/read it is key-deleted
+            // (tests/kms_provider.rs)
+            Revoke::SoftDelete => "key-not-found",
             Revoke::RemoveRole => "access-denied",
         }
     }

@@ -81,6 +81,25 @@ enum Command {
         #[arg(long, default_value_t = 6000)]
         messages: usize,
     },
+    /// Move registry DEKs from older key versions (and local wraps) to each tenant's newest usable
+    /// version: Key Vault decrypt with the old version, encrypt with the new, updated registry
+    /// records; archive records untouched. Idempotent and resumable (DEKs already moved are
+    /// skipped), rate-limited toward each vault. Prints a JSON summary per tenant; exit 1 when a
+    /// DEK could not be moved.
+    Rewrap {
+        /// The worker configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The version to move to (must be the newest usable one; default: that one).
+        #[arg(long)]
+        to_version: Option<String>,
+        /// Count what would move; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Drain the quarantine into the archive for tenants whose keys are usable again
     /// (--quarantine): each tenant DEK is first proven through Key Vault decrypt, the records
     /// then move unchanged; records under the operator's key whose tenant now has BYOK are
@@ -414,6 +433,23 @@ fn main() -> ExitCode {
                 })
             })
             .unwrap_or_else(|e: String| fail(&e)),
+        Command::Rewrap {
+            config,
+            tenant,
+            to_version,
+            dry_run,
+        } => runtime()
+            .and_then(|rt| {
+                rt.block_on(rewrap(
+                    &config,
+                    byok::pipeline::rewrap::RewrapOptions {
+                        tenant,
+                        to_version,
+                        dry_run,
+                    },
+                ))
+            })
+            .unwrap_or_else(|e| fail(&e)),
         Command::Replay {
             config,
             quarantine,
@@ -730,6 +766,43 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
     .map_err(|e| e.to_string())?;
     eprintln!("{stats:?}");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn rewrap(
+    path: &std::path::Path,
+    opts: byok::pipeline::rewrap::RewrapOptions,
+) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    init_logs();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} DEKs, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let stats = byok::pipeline::rewrap::rewrap(&config, &opts, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let failed: usize = stats.values().map(|s| s.failed.len()).sum();
+    for (t, s) in &stats {
+        for f in &s.failed {
+            eprintln!("{t}: {f}");
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn replay(

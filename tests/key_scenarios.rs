@@ -540,3 +540,88 @@ async fn rotation_makes_new_deks_under_the_new_version() {
         versions.len()
     );
 }
+
+/// The version in use is disabled after a rotation: `byok rewrap` first moves every registry DEK
+/// onto the newest version (archive records untouched), so the archive still opens with the old
+/// version disabled; a second run moves nothing; a dry run writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_then_disable_the_old_version_and_the_archive_still_opens() {
+    use byok::pipeline::rewrap::{RewrapOptions, rewrap};
+    let mut s = Scenario::start("[dek]\nmax_messages = 40\n").await;
+    let (stop, health, worker) = start_worker(&s.config);
+    s.capture(200).await;
+    s.settle(&health, "before").await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let registry = reader::load_registry(&s.config).await.unwrap();
+    let old: HashSet<String> = registry
+        .values()
+        .filter(|r| r.tenant == "globex")
+        .map(|r| r.kek.version().to_owned())
+        .collect();
+    assert_eq!(old.len(), 1);
+    let old = old.into_iter().next().unwrap();
+    let globex_deks = registry.values().filter(|r| r.tenant == "globex").count() as u64;
+    assert!(globex_deks >= 2, "{globex_deks}");
+
+    s.emu
+        .admin
+        .key_action("globex-kv", "archive-kek", "rotate", None)
+        .await
+        .unwrap();
+    let only = |dry_run| RewrapOptions {
+        tenant: Some("globex".into()),
+        to_version: None,
+        dry_run,
+    };
+    let dry = rewrap(&s.config, &only(true), |_, _| {}).await.unwrap();
+    assert_eq!(dry["globex"].rewrapped, globex_deks);
+    let after_dry = reader::load_registry(&s.config).await.unwrap();
+    assert!(
+        after_dry
+            .values()
+            .filter(|r| r.tenant == "globex")
+            .all(|r| r.kek.version() == old),
+        "a dry run writes nothing"
+    );
+
+    let done = rewrap(&s.config, &only(false), |_, _| {}).await.unwrap();
+    let g = &done["globex"];
+    assert!(g.failed.is_empty(), "{:?}", g.failed);
+    assert_eq!(
+        (g.deks, g.rewrapped, g.already),
+        (globex_deks, globex_deks, 0)
+    );
+    assert!(!g.target.ends_with(&old), "moved to the new version");
+    let again = rewrap(&s.config, &only(false), |_, _| {}).await.unwrap();
+    assert_eq!(
+        (again["globex"].rewrapped, again["globex"].already),
+        (0, globex_deks)
+    );
+
+    // the tenant disables the old version: the archive still opens
+    s.emu
+        .admin
+        .set_key_enabled("globex-kv", "archive-kek", Some(&old), false)
+        .await
+        .unwrap();
+    let registry = reader::load_registry(&s.config).await.unwrap();
+    assert!(
+        registry
+            .values()
+            .filter(|r| r.tenant == "globex")
+            .all(|r| r.kek.version() != old && r.rewrapped.is_some())
+    );
+    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(archive.len(), s.sent.len());
+    for (id, body) in &s.sent {
+        assert_eq!(archive.get(id), Some(body));
+    }
+    s.assert_no_plaintext().await;
+    eprintln!(
+        "rewrap: {globex_deks} globex DEKs moved from {old} to {}, old version disabled, all {} messages open",
+        g.target,
+        s.sent.len()
+    );
+}

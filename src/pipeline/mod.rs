@@ -11,5 +11,6 @@ pub mod http;
 pub mod keys;
 pub mod monitor;
 pub mod reader;
+pub mod rewrap;
 pub mod tenant;
 pub mod worker;

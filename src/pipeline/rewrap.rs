@@ -1,0 +1,179 @@
+//! `byok rewrap`: moves registry DEKs from older key versions (and from local wraps) to the
+//! tenant's newest usable version: Key Vault `decrypt` with the version that wrapped each DEK,
+//! `encrypt` with the new one, and an updated registry record (same DEK id, `rewrapped` set).
+//! Archive records never change. Idempotent and resumable: DEKs already on the target version
+//! are skipped, so a second run, or a run after a crash, only does what is left. Vault calls go
+//! through the tenant's provider stack (per-vault rate limit, retries honouring Retry-After).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+
+use super::reader::{ReadError, load_registry};
+use crate::config::{Config, TenantId};
+use crate::kms::{KeyProvider, KeyState};
+use crate::registry::DekRecord;
+
+/// What to rewrap.
+#[derive(Debug, Clone, Default)]
+pub struct RewrapOptions {
+    /// Only this tenant (default: every tenant with BYOK).
+    pub tenant: Option<String>,
+    /// The version to move to; must be the tenant's newest usable version (the default).
+    pub to_version: Option<String>,
+    /// Count, write nothing.
+    pub dry_run: bool,
+}
+
+/// What rewrapping did, per tenant.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RewrapStats {
+    /// The version DEKs were moved to.
+    pub target: String,
+    /// DEKs of the tenant in the registry.
+    pub deks: u64,
+    /// Already on the target version.
+    pub already: u64,
+    /// Moved (or, with --dry-run, to move).
+    pub rewrapped: u64,
+    /// DEKs that could not be moved, with the reason.
+    pub failed: Vec<String>,
+}
+
+/// Rewraps; `progress(done, total)` after each DEK.
+pub async fn rewrap(
+    config: &Config,
+    opts: &RewrapOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<BTreeMap<String, RewrapStats>, ReadError> {
+    let registry = load_registry(config).await?;
+    let tenants = crate::kms::providers(config).map_err(|e| ReadError(e.to_string()))?;
+    if let Some(t) = &opts.tenant
+        && !TenantId::parse(t).is_ok_and(|id| tenants.contains_key(&id))
+    {
+        return Err(ReadError(format!(
+            "tenant {t:?} is not configured with BYOK enabled"
+        )));
+    }
+    let producer: FutureProducer = super::worker::producer_config(config)
+        .create()
+        .map_err(|e| ReadError(format!("Kafka producer: {e}")))?;
+    let mut by_tenant: BTreeMap<&str, Vec<&DekRecord>> = BTreeMap::new();
+    for r in registry.values() {
+        by_tenant.entry(r.tenant.as_str()).or_default().push(r);
+    }
+    let total: u64 = by_tenant
+        .iter()
+        .filter(|(t, _)| opts.tenant.as_deref().is_none_or(|w| w == **t))
+        .map(|(_, v)| v.len() as u64)
+        .sum();
+    let mut done = 0u64;
+    let mut out = BTreeMap::new();
+    for (id, kms) in &tenants {
+        if opts.tenant.as_deref().is_some_and(|t| t != id.as_str()) {
+            continue;
+        }
+        let mut stats = RewrapStats::default();
+        let target = match kms.key_state().await {
+            KeyState::Usable(v) | KeyState::VersionUnusable { usable: v, .. } => v,
+            KeyState::Revoked { why, detail, .. } => {
+                stats.failed.push(format!(
+                    "the key is revoked ({why}): {detail}; nothing to rewrap onto"
+                ));
+                out.insert(id.to_string(), stats);
+                continue;
+            }
+            KeyState::Unavailable { why, detail, .. } => {
+                stats.failed.push(format!(
+                    "the vault is unavailable ({why}): {detail}; run again later"
+                ));
+                out.insert(id.to_string(), stats);
+                continue;
+            }
+        };
+        if let Some(v) = &opts.to_version
+            && !v.eq_ignore_ascii_case(target.kid.version())
+        {
+            return Err(ReadError(format!(
+                "--to-version {v} is not tenant {id}'s newest usable version ({}); rewrap moves DEKs to that version only",
+                target.kid.version()
+            )));
+        }
+        stats.target = target.kid.to_string();
+        let mut records = by_tenant.remove(id.as_str()).unwrap_or_default();
+        records.sort_by_key(|r| r.created);
+        for r in records {
+            stats.deks += 1;
+            done += 1;
+            progress(done, total);
+            if r.kek == target.kid && !r.wrapped_locally {
+                stats.already += 1;
+                continue;
+            }
+            if opts.dry_run {
+                stats.rewrapped += 1;
+                continue;
+            }
+            let key = match kms.unwrap(&r.kek, r.dek, &r.wrapped).await {
+                Ok(k) => k,
+                Err(e) => {
+                    stats.failed.push(format!(
+                        "DEK {} (under {}): cannot be unwrapped: {e}",
+                        r.dek, r.kek
+                    ));
+                    continue;
+                }
+            };
+            let wrapped = match kms.wrap(&key).await {
+                Ok(w) if w.kek == target.kid => w,
+                Ok(w) => {
+                    stats.failed.push(format!(
+                        "DEK {}: Key Vault wrapped it under {}, not {}; the key changed during the run, run again",
+                        r.dek, w.kek, target.kid
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    stats.failed.push(format!(
+                        "DEK {}: cannot be wrapped under {}: {e}",
+                        r.dek, target.kid
+                    ));
+                    continue;
+                }
+            };
+            let updated = DekRecord {
+                kek: wrapped.kek,
+                wrapped: wrapped.wrapped,
+                rewrapped: Some(time::OffsetDateTime::now_utc()),
+                wrapped_locally: false,
+                ..r.clone()
+            };
+            let value = updated.to_json();
+            let key_bytes = updated.key();
+            let sent = producer
+                .send(
+                    FutureRecord::to(&config.kafka.registry_topic)
+                        .key(&key_bytes)
+                        .payload(&value),
+                    Timeout::After(Duration::from_secs(60)),
+                )
+                .await;
+            match sent {
+                Ok(_) => {
+                    stats.rewrapped += 1;
+                    tracing::info!(tenant = %id, dek = %r.dek, from = %r.kek, to = %updated.kek, "DEK rewrapped");
+                }
+                Err((e, _)) => stats.failed.push(format!(
+                    "DEK {}: the registry record was not acknowledged: {e}",
+                    r.dek
+                )),
+            }
+        }
+        out.insert(id.to_string(), stats);
+    }
+    let _ = producer.flush(Timeout::After(Duration::from_secs(30)));
+    Ok(out)
+}

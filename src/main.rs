@@ -22,6 +22,24 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// For each key version of each tenant: the DEKs wrapped under it and the archive and
+    /// quarantine partitions and offset ranges sealed with them. A version with no DEK left
+    /// can be retired (after `byok rewrap`).
+    Usage {
+        /// The worker configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 struct LoadgenArgs {
     /// Take the bootstrap servers, the first input topic and the BYOK tenants from this worker
@@ -80,6 +98,11 @@ enum Command {
         /// Messages of synthetic traffic.
         #[arg(long, default_value_t = 6000)]
         messages: usize,
+    },
+    /// Key versions and what they protect.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Move registry DEKs from older key versions (and local wraps) to each tenant's newest usable
     /// version: Key Vault decrypt with the old version, encrypt with the new, updated registry
@@ -433,6 +456,16 @@ fn main() -> ExitCode {
                 })
             })
             .unwrap_or_else(|e: String| fail(&e)),
+        Command::Keys {
+            command:
+                KeysCommand::Usage {
+                    config,
+                    tenant,
+                    json,
+                },
+        } => runtime()
+            .and_then(|rt| rt.block_on(keys_usage(&config, tenant, json)))
+            .unwrap_or_else(|e| fail(&e)),
         Command::Rewrap {
             config,
             tenant,
@@ -765,6 +798,50 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
     .await
     .map_err(|e| e.to_string())?;
     eprintln!("{stats:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys_usage(
+    path: &std::path::Path,
+    tenant: Option<String>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let usage = byok::pipeline::usage::usage(&config, tenant.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&usage).map_err(|e| e.to_string())?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (t, versions) in &usage {
+        println!("{t}");
+        for v in versions {
+            println!(
+                "  {}: {} DEK(s), {} record(s)",
+                v.kek,
+                v.deks.len(),
+                v.records
+            );
+            for d in &v.deks {
+                let local = if d.wrapped_locally {
+                    " (wrapped locally)"
+                } else {
+                    ""
+                };
+                println!("    DEK {} made {}{local}", d.dek, d.created);
+                for r in &d.ranges {
+                    println!(
+                        "      {}/{} offsets {}..={} ({} records)",
+                        r.topic, r.partition, r.first, r.last, r.records
+                    );
+                }
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

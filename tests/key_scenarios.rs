@@ -574,6 +574,15 @@ async fn rewrap_then_disable_the_old_version_and_the_archive_still_opens() {
         to_version: None,
         dry_run,
     };
+    // keys usage: every globex record is under the old version
+    let before = byok::pipeline::usage::usage(&s.config, Some("globex"))
+        .await
+        .unwrap();
+    let versions = &before["globex"];
+    assert_eq!(versions.len(), 1);
+    assert!(versions[0].kek.ends_with(&old));
+    assert_eq!(versions[0].records, 100, "globex's 100 messages");
+    assert_eq!(versions[0].deks.len() as u64, globex_deks);
     let dry = rewrap(&s.config, &only(true), |_, _| {}).await.unwrap();
     assert_eq!(dry["globex"].rewrapped, globex_deks);
     let after_dry = reader::load_registry(&s.config).await.unwrap();
@@ -593,6 +602,13 @@ async fn rewrap_then_disable_the_old_version_and_the_archive_still_opens() {
         (globex_deks, globex_deks, 0)
     );
     assert!(!g.target.ends_with(&old), "moved to the new version");
+    // keys usage: nothing left under the old version, so it can be retired
+    let after = byok::pipeline::usage::usage(&s.config, Some("globex"))
+        .await
+        .unwrap();
+    assert_eq!(after["globex"].len(), 1);
+    assert!(!after["globex"][0].kek.ends_with(&old));
+    assert_eq!(after["globex"][0].records, 100);
     let again = rewrap(&s.config, &only(false), |_, _| {}).await.unwrap();
     assert_eq!(
         (again["globex"].rewrapped, again["globex"].already),

@@ -13,4 +13,5 @@ pub mod monitor;
 pub mod reader;
 pub mod rewrap;
 pub mod tenant;
+pub mod usage;
 pub mod worker;

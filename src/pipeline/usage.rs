@@ -55,11 +55,13 @@ pub struct VersionUsage {
 /// Per tenant, per key version.
 pub type Usage = BTreeMap<String, Vec<VersionUsage>>;
 
+/// Of one DEK: (topic, partition) -> (first offset, last offset, records).
+type Spans = BTreeMap<(String, i32), (i64, i64, u64)>;
+
 /// Builds the usage of every tenant (or one).
 pub async fn usage(config: &Config, tenant: Option<&str>) -> Result<Usage, ReadError> {
     let registry = load_registry(config).await?;
-    // (dek) -> (topic, partition) -> (first, last, count)
-    let mut seen: BTreeMap<DekId, BTreeMap<(String, i32), (i64, i64, u64)>> = BTreeMap::new();
+    let mut seen: BTreeMap<DekId, Spans> = BTreeMap::new();
     let mut topics: BTreeSet<String> = config
         .tenants
         .keys()

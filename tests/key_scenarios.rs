@@ -641,3 +641,63 @@ async fn rewrap_then_disable_the_old_version_and_the_archive_still_opens() {
         s.sent.len()
     );
 }
+
+/// The version in use (acme pins one) is disabled while a newer one is enabled: the worker
+/// switches to the newer version, and first rewraps the DEK it holds in memory onto it (the
+/// disabled version can no longer decrypt), so everything sealed before the switch still opens.
+/// Nothing is quarantined: the key is not revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_the_version_in_use_switches_and_rewraps_from_memory() {
+    let mut s = Scenario::start("").await;
+    let (stop, health, worker) = start_worker(&s.config);
+    s.capture(100).await;
+    s.settle(&health, "before").await;
+    let pinned = "78deebed173b48e48f55abf87ed4cf71";
+    s.emu
+        .admin
+        .key_action("acme-vault", "byok-key", "rotate", None)
+        .await
+        .unwrap();
+    s.emu
+        .admin
+        .set_key_enabled("acme-vault", "byok-key", Some(pinned), false)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        s.capture(20).await;
+        s.settle(&health, "after disabling the pinned version")
+            .await;
+        let registry = reader::load_registry(&s.config).await.unwrap();
+        let acme: Vec<_> = registry.values().filter(|r| r.tenant == "acme").collect();
+        if acme.iter().all(|r| r.kek.version() != pinned)
+            && acme.iter().any(|r| r.rewrapped.is_some())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acme's DEK still under the disabled version: {acme:?}"
+        );
+    }
+    s.capture(50).await;
+    s.settle(&health, "after the switch").await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(
+        s.count("byok.quarantine"),
+        0,
+        "a disabled version with a usable one is not a revocation"
+    );
+    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(archive.len(), s.sent.len());
+    for (id, body) in &s.sent {
+        assert_eq!(archive.get(id), Some(body));
+    }
+    s.assert_no_plaintext().await;
+    eprintln!(
+        "version switch: {} messages; acme's DEK rewrapped from memory off the disabled version, all open",
+        s.sent.len()
+    );
+}

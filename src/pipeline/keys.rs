@@ -54,6 +54,8 @@ pub struct DekSet {
     created: u64,
     /// DEKs whose registry records are in the open transaction (exactly-once).
     in_transaction: Vec<(String, crate::dek::DekId)>,
+    /// The registry records this process published, for its DEKs still in memory.
+    records: std::sync::Mutex<HashMap<crate::dek::DekId, DekRecord>>,
 }
 
 impl DekSet {
@@ -66,7 +68,49 @@ impl DekSet {
             active: HashMap::new(),
             created: 0,
             in_transaction: Vec::new(),
+            records: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Rewraps the tenant's DEK in memory under the version `kms` wraps with now, when its
+    /// registry record names another version (the version in use was disabled while another is
+    /// usable: the old one can no longer decrypt, so this copy in memory is the only way to move
+    /// the DEK). Publishes the updated registry record. Returns it, if a DEK was moved.
+    pub async fn rewrap_active<P: KeyProvider>(
+        &self,
+        tenant: &str,
+        kms: &P,
+        producer: &FutureProducer,
+    ) -> Result<Option<DekRecord>, DekError> {
+        let Some(dek) = self.active.get(tenant) else {
+            return Ok(None);
+        };
+        let Some(old) = self
+            .records
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&dek.id()).cloned())
+        else {
+            return Ok(None);
+        };
+        let wrapped = kms.wrap(dek.key()).await?;
+        if wrapped.kek == old.kek {
+            return Ok(None);
+        }
+        let record = DekRecord {
+            kek: wrapped.kek,
+            wrapped: wrapped.wrapped,
+            rewrapped: Some(OffsetDateTime::now_utc()),
+            wrapped_locally: false,
+            ..old.clone()
+        };
+        self.send_with(tenant, &record, producer).await?;
+        if let Ok(mut r) = self.records.lock() {
+            r.insert(record.dek, record.clone());
+        }
+        metrics::counter!("byok_deks_rewrapped_total", "tenant" => tenant.to_owned()).increment(1);
+        tracing::info!(tenant, dek = %record.dek, from = %old.kek, to = %record.kek, "DEK in use rewrapped from memory onto the usable version");
+        Ok(Some(record))
     }
 
     /// A transaction begins: DEKs made from now on have their registry records in it.
@@ -108,7 +152,11 @@ impl DekSet {
 
     /// Drops a tenant's DEK from memory (revocation).
     pub fn forget(&mut self, tenant: &str) {
-        self.active.remove(tenant);
+        if let Some(d) = self.active.remove(tenant)
+            && let Ok(mut r) = self.records.lock()
+        {
+            r.remove(&d.id());
+        }
     }
 
     /// Makes a new DEK for `tenant`: generated here, wrapped by `kms`, its registry record
@@ -170,6 +218,20 @@ impl DekSet {
             rewrapped: None,
             wrapped_locally,
         };
+        self.send_with(tenant, &record, producer).await?;
+        if let Ok(mut r) = self.records.lock() {
+            r.insert(record.dek, record.clone());
+        }
+        tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, wrapped_locally, "new DEK wrapped and registered");
+        Ok(record)
+    }
+
+    async fn send_with(
+        &self,
+        tenant: &str,
+        record: &DekRecord,
+        producer: &FutureProducer,
+    ) -> Result<(), DekError> {
         let key = record.key();
         let value = record.to_json();
         producer
@@ -180,14 +242,13 @@ impl DekSet {
                 Timeout::After(Duration::from_secs(60)),
             )
             .await
+            .map(|_| ())
             .map_err(|(e, _)| DekError::Registry {
                 tenant: tenant.to_owned(),
-                dek: dek.id().to_string(),
+                dek: record.dek.to_string(),
                 topic: self.registry_topic.clone(),
                 reason: e.to_string(),
-            })?;
-        tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, wrapped_locally, "new DEK wrapped and registered");
-        Ok(record)
+            })
     }
 
     /// Makes `dek` (from [`DekSet::make`]) the tenant's active DEK; the previous one retires.

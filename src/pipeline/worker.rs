@@ -1123,6 +1123,14 @@ async fn seal_batch(
             };
             seen.views.insert(tenant.clone(), view.clone());
             if changed {
+                // the version in use changed while the key stays usable: move the DEK in
+                // memory onto the new version first (the old one may no longer decrypt)
+                if matches!(view, KeyView::Usable(_))
+                    && let Some(kms) = TenantId::parse(tenant).ok().and_then(|id| tenants.get(&id))
+                    && let Err(e) = deks.rewrap_active(tenant, kms.as_ref(), producer).await
+                {
+                    tracing::warn!(tenant, error = %e, "the DEK in use could not be rewrapped onto the new version");
+                }
                 deks.forget(tenant);
             }
         }

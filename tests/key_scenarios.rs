@@ -701,3 +701,73 @@ async fn disabling_the_version_in_use_switches_and_rewraps_from_memory() {
         s.sent.len()
     );
 }
+
+/// A 429 storm on acme's vault (its budget cut to two RSA-4096 operations per 10 s) while
+/// traffic needs new DEKs: archiving continues (new DEKs wrapped locally when the vault keeps
+/// refusing), nothing is quarantined for it, and the worker backs off (Retry-After) instead of
+/// hammering the vault; afterwards everything opens through Key Vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_keeps_archiving_and_the_worker_backs_off() {
+    let mut s = Scenario::start("[dek]\nmax_messages = 20\n").await;
+    let (stop, health, worker) = start_worker(&s.config);
+    s.capture(100).await;
+    s.settle(&health, "before").await;
+    let calls = |stats: &serde_json::Value| -> u64 {
+        stats["calls"]["acme-vault"]
+            .as_object()
+            .map_or(0, |ops| ops.values().filter_map(|n| n.as_u64()).sum())
+    };
+    let before = calls(&s.emu.admin.stats().await.unwrap());
+    s.emu
+        .admin
+        .vault_settings("acme-vault", json!({"budget_per_10s": 16}))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..10 {
+        s.capture(20).await;
+        s.settle(&health, "during the storm").await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let during = calls(&s.emu.admin.stats().await.unwrap()) - before;
+    assert_eq!(
+        s.count("byok.quarantine"),
+        0,
+        "never quarantined for throttling"
+    );
+    assert_eq!(
+        s.count("archive.messages") as usize,
+        s.sent.len(),
+        "the archive kept growing"
+    );
+    assert!(
+        (during as f64) / seconds.max(1.0) < 5.0,
+        "{during} calls to acme's vault in {seconds:.1} s: the worker does not back off"
+    );
+    s.emu
+        .admin
+        .vault_settings("acme-vault", json!({"budget_per_10s": 4000}))
+        .await
+        .unwrap();
+    s.capture(20).await;
+    s.settle(&health, "after the storm").await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(archive.len(), s.sent.len());
+    for (id, body) in &s.sent {
+        assert_eq!(archive.get(id), Some(body));
+    }
+    s.assert_no_plaintext().await;
+    let local = reader::load_registry(&s.config)
+        .await
+        .unwrap()
+        .values()
+        .filter(|r| r.wrapped_locally)
+        .count();
+    eprintln!(
+        "429 storm: {} messages, {during} calls to acme's vault in {seconds:.1} s of storm, {local} DEKs wrapped locally, all open",
+        s.sent.len()
+    );
+}

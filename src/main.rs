@@ -801,6 +801,16 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A progress bar on stderr with `template` (indicatif syntax).
+fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 async fn keys_usage(
     path: &std::path::Path,
     tenant: Option<String>,
@@ -851,12 +861,9 @@ async fn rewrap(
 ) -> Result<ExitCode, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     init_logs();
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} DEKs, ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = progress_bar(
+        0,
+        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} DEKs, ETA {eta}",
     );
     let stats = byok::pipeline::rewrap::rewrap(&config, &opts, |done, total| {
         bar.set_length(total);
@@ -893,12 +900,9 @@ async fn replay(
     }
     let config = Config::load(path).map_err(|e| e.to_string())?;
     init_logs();
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} quarantine records, ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = progress_bar(
+        0,
+        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} quarantine records, ETA {eta}",
     );
     let opts = byok::pipeline::drain::DrainOptions { tenant, dry_run };
     let stats = byok::pipeline::drain::drain_quarantine(&config, &opts, |done, total| {

@@ -139,6 +139,22 @@ impl Scenario {
         }
     }
 
+    /// Every message captured is in the archive exactly as captured (duplicates dropped), and no
+    /// output topic holds plaintext.
+    async fn assert_everything_archived(&self) {
+        let (archive, failed, _) = open_all(&self.config, "archive.messages").await;
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(
+            archive.len(),
+            self.sent.len(),
+            "every message is in the archive"
+        );
+        for (id, body) in &self.sent {
+            assert_eq!(archive.get(id), Some(body), "{id} decrypts to the original");
+        }
+        self.assert_no_plaintext().await;
+    }
+
     /// Every raw value of every output topic: no plaintext marker anywhere but the capture topic.
     async fn assert_no_plaintext(&self) {
         for topic in TOPICS.iter().filter(|t| **t != "capture.messages") {
@@ -483,13 +499,7 @@ async fn a_vault_outage_keeps_archiving_with_locally_wrapped_deks() {
     worker.await.unwrap().unwrap();
 
     // everything, the locally wrapped DEKs' records included, opens through Key Vault
-    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
-    assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(archive.len(), s.sent.len());
-    for (id, body) in &s.sent {
-        assert_eq!(archive.get(id), Some(body));
-    }
-    s.assert_no_plaintext().await;
+    s.assert_everything_archived().await;
     eprintln!(
         "outage: {} messages, {} archived while acme's vault was down (outage set for 60 s, lifted after), {local} DEKs wrapped locally, all opened through Key Vault afterwards",
         s.sent.len(),
@@ -540,13 +550,7 @@ async fn rotation_rewraps_the_dek_in_use_and_makes_new_deks_under_the_new_versio
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
     assert_eq!(s.count("byok.quarantine"), 0);
-    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
-    assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(archive.len(), s.sent.len());
-    for (id, body) in &s.sent {
-        assert_eq!(archive.get(id), Some(body));
-    }
-    s.assert_no_plaintext().await;
+    s.assert_everything_archived().await;
     eprintln!(
         "rotation: {} messages, globex's DEK in use rewrapped onto the new version and new DEKs under it, all decrypt",
         s.sent.len()
@@ -640,13 +644,7 @@ async fn rewrap_then_disable_the_old_version_and_the_archive_still_opens() {
             .filter(|r| r.tenant == "globex")
             .all(|r| r.kek.version() != old && r.rewrapped.is_some())
     );
-    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
-    assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(archive.len(), s.sent.len());
-    for (id, body) in &s.sent {
-        assert_eq!(archive.get(id), Some(body));
-    }
-    s.assert_no_plaintext().await;
+    s.assert_everything_archived().await;
     eprintln!(
         "rewrap: {globex_deks} globex DEKs moved from {old} to {}, old version disabled, all {} messages open",
         g.target,
@@ -701,13 +699,7 @@ async fn disabling_the_version_in_use_switches_and_rewraps_from_memory() {
         0,
         "a disabled version with a usable one is not a revocation"
     );
-    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
-    assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(archive.len(), s.sent.len());
-    for (id, body) in &s.sent {
-        assert_eq!(archive.get(id), Some(body));
-    }
-    s.assert_no_plaintext().await;
+    s.assert_everything_archived().await;
     eprintln!(
         "version switch: {} messages; acme's DEK rewrapped from memory off the disabled version, all open",
         s.sent.len()
@@ -765,13 +757,7 @@ async fn a_429_storm_keeps_archiving_and_the_worker_backs_off() {
     s.settle(&health, "after the storm").await;
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
-    let (archive, failed, _) = open_all(&s.config, "archive.messages").await;
-    assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(archive.len(), s.sent.len());
-    for (id, body) in &s.sent {
-        assert_eq!(archive.get(id), Some(body));
-    }
-    s.assert_no_plaintext().await;
+    s.assert_everything_archived().await;
     let local = reader::load_registry(&s.config)
         .await
         .unwrap()

@@ -54,6 +54,8 @@ pub struct DekSet {
     created: u64,
     /// DEKs whose registry records are in the open transaction (exactly-once).
     in_transaction: Vec<(String, crate::dek::DekId)>,
+    /// A transaction is open (only with exactly-once delivery).
+    transaction_open: bool,
     /// The registry records this process published, for its DEKs still in memory.
     records: std::sync::Mutex<HashMap<crate::dek::DekId, DekRecord>>,
 }
@@ -68,6 +70,7 @@ impl DekSet {
             active: HashMap::new(),
             created: 0,
             in_transaction: Vec::new(),
+            transaction_open: false,
             records: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -116,6 +119,7 @@ impl DekSet {
     /// A transaction begins: DEKs made from now on have their registry records in it.
     pub fn begin_transaction(&mut self) {
         self.in_transaction.clear();
+        self.transaction_open = true;
     }
 
     /// The transaction was aborted: the DEKs made in it have no registry record, so they must
@@ -255,10 +259,15 @@ impl DekSet {
     pub fn install(&mut self, tenant: &str, dek: ActiveDek) -> Arc<ActiveDek> {
         self.created += 1;
         metrics::counter!("byok_deks_created_total", "tenant" => tenant.to_owned()).increment(1);
-        self.in_transaction.push((tenant.to_owned(), dek.id()));
+        if self.transaction_open {
+            self.in_transaction.push((tenant.to_owned(), dek.id()));
+        }
         let dek = Arc::new(dek);
         if let Some(old) = self.active.insert(tenant.to_owned(), Arc::clone(&dek)) {
             old.retire(crate::dek::Retired::Manual);
+            if let Ok(mut r) = self.records.lock() {
+                r.remove(&old.id());
+            }
         }
         dek
     }

@@ -776,15 +776,7 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopping = std::sync::Arc::clone(&health);
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        stop_signal().await;
         tracing::info!("stop requested: draining the batch in flight");
         stopping.set_stopping();
         let _ = stop.send(true);
@@ -1126,6 +1118,22 @@ async fn cat(
     })
 }
 
+/// Resolves on SIGTERM or Ctrl-C (never, if the SIGTERM handler cannot be installed and Ctrl-C
+/// never comes).
+async fn stop_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1180,15 +1188,7 @@ async fn vault_emulator(args: EmulatorArgs) -> Result<ExitCode, String> {
     );
     let stop = running.stopper();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        stop_signal().await;
         let _ = stop.send(true);
     });
     running.wait().await;

@@ -79,15 +79,7 @@ async fn three_workers_one_killed_lose_nothing_on_a_real_broker() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30_000);
     let tansu = Tansu::start();
-    for (t, p) in [
-        ("capture.messages", PARTITIONS),
-        ("archive.messages", PARTITIONS),
-        ("byok.deks", 1),
-        ("byok.keks", 1),
-        ("byok.quarantine", 1),
-    ] {
-        tansu.create_topic(t, p);
-    }
+    tansu.create_pipeline_topics(PARTITIONS);
     let emu = Emu::start().await;
     // 20 tenants: acme and globex, and 18 more sharing acme's vault and certificate
     let acme_pem = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example/acme.pem");
@@ -247,15 +239,7 @@ async fn three_workers_one_killed_lose_nothing_on_a_real_broker() {
 /// returns them to a consumer (tests/tansu_probe.rs shows it), so no client could read them back.
 async fn a_4_mib_value_and_bad_input_on_a_real_broker() {
     let tansu = Tansu::start();
-    for (t, p) in [
-        ("capture.messages", 2),
-        ("archive.messages", 2),
-        ("byok.deks", 1),
-        ("byok.keks", 1),
-        ("byok.quarantine", 1),
-    ] {
-        tansu.create_topic(t, p);
-    }
+    tansu.create_pipeline_topics(2);
     let emu = Emu::start().await;
     let path = common::emu_config::write(emu.dir.path(), emu.port(), &emu.running.ca_pem, "");
     let text = std::fs::read_to_string(&path)
@@ -360,15 +344,7 @@ async fn a_4_mib_value_and_bad_input_on_a_real_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_joining_mid_stream_takes_partitions_without_duplicates() {
     let tansu = Tansu::start();
-    for (t, p) in [
-        ("capture.messages", 4),
-        ("archive.messages", 4),
-        ("byok.deks", 1),
-        ("byok.keks", 1),
-        ("byok.quarantine", 1),
-    ] {
-        tansu.create_topic(t, p);
-    }
+    tansu.create_pipeline_topics(4);
     let emu = Emu::start().await;
     let path = common::emu_config::write(emu.dir.path(), emu.port(), &emu.running.ca_pem, "");
     let text = std::fs::read_to_string(&path)

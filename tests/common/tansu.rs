@@ -103,6 +103,20 @@ sys.exit("no header table in " + sys.argv[1])
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The pipeline's topics: capture and archive with `partitions`, the registry, the public
+    /// keys and the quarantine with one each.
+    pub fn create_pipeline_topics(&self, partitions: u32) {
+        for (t, p) in [
+            ("capture.messages", partitions),
+            ("archive.messages", partitions),
+            ("byok.deks", 1),
+            ("byok.keks", 1),
+            ("byok.quarantine", 1),
+        ] {
+            self.create_topic(t, p);
+        }
+    }
+
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let out = Command::new(&self.bin)
             .current_dir(self.dir.path())

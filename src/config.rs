@@ -213,6 +213,25 @@ pub struct KafkaConfig {
 pub struct TopicTemplate(String);
 
 impl TopicTemplate {
+    /// A topic name, or a template with `{tenant}`, checked for what Kafka allows in a name.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let name = text.replace("{tenant}", "t");
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if name.contains(['{', '}']) {
+            Err(format!("{text:?} has a placeholder other than {{tenant}}"))
+        } else if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
+            Err(format!(
+                "{text:?} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')"
+            ))
+        } else if let Some(c) = name.chars().find(|c| !legal(*c)) {
+            Err(format!(
+                "topic {text:?} has {c:?}, which Kafka does not allow (letters, digits, '.', '_', '-')"
+            ))
+        } else {
+            Ok(Self(text.to_owned()))
+        }
+    }
+
     /// The topic for a tenant.
     pub fn topic_for(&self, tenant: &TenantId) -> String {
         self.0.replace("{tenant}", tenant.as_str())

@@ -123,22 +123,57 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Drain the quarantine into the archive for tenants whose keys are usable again
-    /// (--quarantine): each tenant DEK is first proven through Key Vault decrypt, the records
-    /// then move unchanged; records under the operator's key whose tenant now has BYOK are
-    /// re-sealed under the tenant's key; records of still-revoked tenants stay. Records whose
-    /// byok.src is already archived are not written again. Prints a JSON summary.
+    /// Re-seal archive records into another topic (--from/--to), or drain the quarantine into the
+    /// archive (--quarantine).
+    ///
+    /// --from/--to opens each record and re-seals it under a fresh DEK of its tenant's current
+    /// key (re-encryption after a suspected DEK exposure, a move to a new archive). Keeps the key,
+    /// byok.src and non-byok headers; a byok.src already in the target, or a second copy in the
+    /// source, is not written again, so a run stopped or crashed midway resumes where it was by
+    /// running the same command. Records that cannot be opened are listed with the reason (exit
+    /// 1), never skipped silently.
+    ///
+    /// --quarantine: each tenant DEK is first proven through Key Vault decrypt, the records then
+    /// move unchanged; records under the operator's key whose tenant now has BYOK are re-sealed
+    /// under the tenant's key; records of still-revoked tenants stay. Records whose byok.src is
+    /// already archived are not written again.
+    ///
+    /// Prints a JSON summary.
     Replay {
         /// The worker configuration.
         #[arg(long)]
         config: PathBuf,
         /// Drain the quarantine topic into the archive.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["from", "to"])]
         quarantine: bool,
-        /// Only this tenant's records.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Count what would move; write nothing.
+        /// Source archive topic.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// Target topic (must exist); `{tenant}` is replaced by each record's tenant.
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// Only this tenant's records (repeatable with --from/--to).
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// Only these source partitions (repeatable).
+        #[arg(long = "partition", requires = "from")]
+        partitions: Vec<i32>,
+        /// First source offset (inclusive) per partition.
+        #[arg(long, requires = "from")]
+        from_offset: Option<i64>,
+        /// Last source offset (exclusive) per partition.
+        #[arg(long, requires = "from")]
+        to_offset: Option<i64>,
+        /// Only records with a timestamp at or after this RFC 3339 time.
+        #[arg(long, requires = "from")]
+        since: Option<String>,
+        /// Only records with a timestamp before this RFC 3339 time.
+        #[arg(long, requires = "from")]
+        until: Option<String>,
+        /// At most this many records a second.
+        #[arg(long, requires = "from")]
+        rate: Option<f64>,
+        /// Open every record and count what would be written; write nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -486,11 +521,43 @@ fn main() -> ExitCode {
         Command::Replay {
             config,
             quarantine,
-            tenant,
+            from,
+            to,
+            tenants,
+            partitions,
+            from_offset,
+            to_offset,
+            since,
+            until,
+            rate,
             dry_run,
-        } => runtime()
-            .and_then(|rt| rt.block_on(replay(&config, quarantine, tenant, dry_run)))
-            .unwrap_or_else(|e| fail(&e)),
+        } => {
+            let run = |rt: tokio::runtime::Runtime| match (from, to) {
+                (Some(from), Some(to)) => {
+                    let opts = byok::pipeline::replay::ReplayOptions {
+                        from,
+                        to,
+                        tenants,
+                        partitions,
+                        from_offset,
+                        to_offset,
+                        from_time_ms: rfc3339_ms(since, "since")?,
+                        to_time_ms: rfc3339_ms(until, "until")?,
+                        dry_run,
+                        rate,
+                    };
+                    rt.block_on(replay(&config, opts))
+                }
+                _ if quarantine => {
+                    if tenants.len() > 1 {
+                        return Err("--quarantine takes one --tenant (or none for all)".into());
+                    }
+                    rt.block_on(drain(&config, tenants.into_iter().next(), dry_run))
+                }
+                _ => Err("say what to replay: --from TOPIC --to TOPIC (re-seal into another topic) or --quarantine (drain the quarantine into the archive)".into()),
+            };
+            runtime().and_then(run).unwrap_or_else(|e| fail(&e))
+        }
         Command::Healthcheck { url } => healthcheck(&url).unwrap_or_else(|e| fail(&e)),
         Command::Loadgen(args) => runtime()
             .and_then(|rt| rt.block_on(loadgen(args)))
@@ -883,13 +950,43 @@ async fn rewrap(
 
 async fn replay(
     path: &std::path::Path,
-    quarantine: bool,
+    opts: byok::pipeline::replay::ReplayOptions,
+) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    init_logs();
+    let bar = progress_bar(
+        0,
+        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} records, {per_sec}, ETA {eta}",
+    );
+    let stats = byok::pipeline::replay::replay(&config, &opts, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    for f in &stats.failed {
+        eprintln!(
+            "could not replay {}/{}/{}: {}",
+            f.topic, f.partition, f.offset, f.reason
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?
+    );
+    Ok(if stats.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn drain(
+    path: &std::path::Path,
     tenant: Option<String>,
     dry_run: bool,
 ) -> Result<ExitCode, String> {
-    if !quarantine {
-        return Err("only `byok replay --quarantine` (draining the quarantine into the archive) is built so far; re-sealing between topics (--from/--to) is not".into());
-    }
     let config = Config::load(path).map_err(|e| e.to_string())?;
     init_logs();
     let bar = progress_bar(
@@ -1074,23 +1171,13 @@ async fn cat(
     duplicates: bool,
 ) -> Result<ExitCode, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let ms = |v: Option<String>, flag: &str| -> Result<Option<i64>, String> {
-        v.map(|t| {
-            time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
-                .map(|d| (d.unix_timestamp_nanos() / 1_000_000) as i64)
-                .map_err(|_| {
-                    format!("--{flag} {t:?} is not an RFC 3339 time such as 2026-11-29T17:00:00Z")
-                })
-        })
-        .transpose()
-    };
     let opts = byok::pipeline::reader::ReadOptions {
         topic: topic.unwrap_or_else(|| config.kafka.archive_topic.as_str().to_owned()),
         partitions,
         from_offset,
         to_offset,
-        from_time_ms: ms(since, "since")?,
-        to_time_ms: ms(until, "until")?,
+        from_time_ms: rfc3339_ms(since, "since")?,
+        to_time_ms: rfc3339_ms(until, "until")?,
         tenant,
         duplicates,
     };
@@ -1116,6 +1203,16 @@ async fn cat(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// An RFC 3339 time given as `--flag`, in ms since the epoch.
+fn rfc3339_ms(v: Option<String>, flag: &str) -> Result<Option<i64>, String> {
+    v.map(|t| {
+        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+            .map(|d| (d.unix_timestamp_nanos() / 1_000_000) as i64)
+            .map_err(|_| format!("--{flag} {t:?} is not an RFC 3339 time such as 2026-11-29T17:00:00Z"))
+    })
+    .transpose()
 }
 
 /// Resolves on SIGTERM or Ctrl-C (never, if the SIGTERM handler cannot be installed and Ctrl-C

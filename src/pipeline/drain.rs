@@ -132,7 +132,7 @@ pub async fn drain_quarantine(
     )
     .await?;
 
-    let producer: FutureProducer = super::worker::producer_config(config)
+    let producer: FutureProducer = super::worker::tool_producer_config(config)
         .create()
         .map_err(|e| ReadError(format!("Kafka producer: {e}")))?;
     let mut deks = DekSet::new(

@@ -11,6 +11,7 @@ pub mod http;
 pub mod keys;
 pub mod monitor;
 pub mod reader;
+pub mod replay;
 pub mod rewrap;
 pub mod tenant;
 pub mod usage;

@@ -153,6 +153,145 @@ pub(crate) fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadErr
         .map_err(|e| ReadError(format!("Kafka consumer: {e}")))
 }
 
+/// Reads the partitions of a topic, each from its start (or the range asked for) to the end it
+/// had when opened, one record at a time.
+pub(crate) struct TopicReader<'c> {
+    consumer: &'c StreamConsumer,
+    topic: String,
+    ends: HashMap<i32, i64>,
+    /// Offsets in the range, over all partitions (an upper bound on the records: compaction and
+    /// transaction markers leave gaps).
+    pub(crate) total: u64,
+}
+
+impl<'c> TopicReader<'c> {
+    /// Assigns `topic` (the partitions and offsets of `opts`) to `consumer`. With a start time
+    /// and no start offset, each partition starts at the first offset whose timestamp is at or
+    /// after it (the broker's time index); the caller still filters by timestamp.
+    pub(crate) async fn open(
+        consumer: &'c StreamConsumer,
+        topic: &str,
+        opts: Option<&ReadOptions>,
+    ) -> Result<Self, ReadError> {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| ReadError(format!("topic {topic}: {e}")))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .filter(|p| opts.is_none_or(|o| o.partitions.is_empty() || o.partitions.contains(p)))
+            .collect();
+        if partitions.is_empty() {
+            return Err(ReadError(format!(
+                "topic {topic} does not exist or has no partition to read"
+            )));
+        }
+        let from_time = opts
+            .filter(|o| o.from_offset.is_none())
+            .and_then(|o| o.from_time_ms);
+        let by_time = match from_time {
+            Some(ms) => Some(start_offsets_at(consumer, topic, &partitions, ms)?),
+            None => None,
+        };
+        let mut tpl = TopicPartitionList::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        let mut total = 0u64;
+        for p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                .map_err(|e| ReadError(format!("{topic}/{p}: {e}")))?;
+            let from = match &by_time {
+                // no record at or after the start time in this partition
+                Some(m) => match m.get(p) {
+                    Some(o) => Some(*o),
+                    None => continue,
+                },
+                None => opts.and_then(|o| o.from_offset),
+            };
+            let start = from.map_or(low, |o| o.max(low));
+            let end = opts.and_then(|o| o.to_offset).map_or(high, |o| o.min(high));
+            if start < end {
+                ends.insert(*p, end);
+                total += (end - start) as u64;
+                // From the beginning unless an offset was asked for: a broker's low watermark
+                // may not be a fetchable offset (then the consumer would reset to the end).
+                let offset = match from {
+                    Some(_) => Offset::Offset(start),
+                    None => Offset::Beginning,
+                };
+                let _ = tpl.add_partition_offset(topic, *p, offset);
+            }
+        }
+        if !ends.is_empty() {
+            consumer
+                .assign(&tpl)
+                .map_err(|e| ReadError(format!("assign {topic}: {e}")))?;
+        }
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            ends,
+            total,
+        })
+    }
+
+    /// The next record in range, or `None` when every partition reached its end.
+    pub(crate) async fn next(
+        &mut self,
+    ) -> Result<Option<rdkafka::message::BorrowedMessage<'c>>, ReadError> {
+        while !self.ends.is_empty() {
+            let m = tokio::time::timeout(Duration::from_secs(120), self.consumer.recv())
+                .await
+                .map_err(|_| {
+                    ReadError(format!(
+                        "no record from {} for 120 s; partitions left: {:?}",
+                        self.topic,
+                        self.ends.keys().collect::<Vec<_>>()
+                    ))
+                })?
+                .map_err(|e| ReadError(format!("read {}: {e}", self.topic)))?;
+            let p = m.partition();
+            let Some(end) = self.ends.get(&p).copied() else {
+                continue;
+            };
+            if m.offset() + 1 >= end {
+                self.ends.remove(&p);
+            }
+            if m.offset() < end {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The first offset of each partition whose timestamp is at or after `ms` (partitions with
+/// none are left out).
+fn start_offsets_at(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+    ms: i64,
+) -> Result<HashMap<i32, i64>, ReadError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(ms));
+    }
+    let found = consumer
+        .offsets_for_times(tpl, Duration::from_secs(10))
+        .map_err(|e| ReadError(format!("{topic}: offsets for time {ms}: {e}")))?;
+    Ok(found
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Reads every record of `topic` from the beginning to the current end, as (key, value, headers).
 pub(crate) async fn read_all<F>(
     consumer: &StreamConsumer,
@@ -163,67 +302,9 @@ pub(crate) async fn read_all<F>(
 where
     F: FnMut(&rdkafka::message::BorrowedMessage<'_>),
 {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| ReadError(format!("topic {topic}: {e}")))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .filter(|p| opts.is_none_or(|o| o.partitions.is_empty() || o.partitions.contains(p)))
-        .collect();
-    if partitions.is_empty() {
-        return Err(ReadError(format!(
-            "topic {topic} does not exist or has no partition to read"
-        )));
-    }
-    let mut tpl = TopicPartitionList::new();
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, Duration::from_secs(10))
-            .map_err(|e| ReadError(format!("{topic}/{p}: {e}")))?;
-        let from = opts.and_then(|o| o.from_offset);
-        let start = from.map_or(low, |o| o.max(low));
-        let end = opts.and_then(|o| o.to_offset).map_or(high, |o| o.min(high));
-        if start < end {
-            ends.insert(*p, end);
-            // From the beginning unless an offset was asked for: a broker's low watermark may
-            // not be a fetchable offset (then the consumer would reset to the end).
-            let offset = match from {
-                Some(_) => Offset::Offset(start),
-                None => Offset::Beginning,
-            };
-            let _ = tpl.add_partition_offset(topic, *p, offset);
-        }
-    }
-    if ends.is_empty() {
-        return Ok(());
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| ReadError(format!("assign {topic}: {e}")))?;
-    while !ends.is_empty() {
-        let m = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
-            .await
-            .map_err(|_| {
-                ReadError(format!(
-                    "no record from {topic} for 120 s; partitions left: {:?}",
-                    ends.keys().collect::<Vec<_>>()
-                ))
-            })?
-            .map_err(|e| ReadError(format!("read {topic}: {e}")))?;
-        let p = m.partition();
-        let Some(end) = ends.get(&p).copied() else {
-            continue;
-        };
-        if m.offset() < end {
-            f(&m);
-        }
-        if m.offset() + 1 >= end {
-            ends.remove(&p);
-        }
+    let mut reader = TopicReader::open(consumer, topic, opts).await?;
+    while let Some(m) = reader.next().await? {
+        f(&m);
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ pub async fn rewrap(
             "tenant {t:?} is not configured with BYOK enabled"
         )));
     }
-    let producer: FutureProducer = super::worker::producer_config(config)
+    let producer: FutureProducer = super::worker::tool_producer_config(config)
         .create()
         .map_err(|e| ReadError(format!("Kafka producer: {e}")))?;
     let mut by_tenant: BTreeMap<&str, Vec<&DekRecord>> = BTreeMap::new();

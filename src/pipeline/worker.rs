@@ -352,6 +352,14 @@ pub fn worker_id(config: &Config) -> String {
     })
 }
 
+/// The producer of the operator's tools (replay, drain, rewrap): the worker's settings without a
+/// transactional id (their writes are idempotent and de-duplicated by `byok.src` instead).
+pub fn tool_producer_config(config: &Config) -> ClientConfig {
+    let mut c = producer_config(config);
+    c.remove("transactional.id");
+    c
+}
+
 /// Settings the worker owns for its consumer.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();

@@ -1,0 +1,493 @@
+//! `byok replay --from TOPIC --to TOPIC`: opens each archive record and re-seals it under a fresh
+//! DEK of its tenant's current key, into another topic (re-encryption after a suspected DEK
+//! exposure, or a move to a new archive).
+//!
+//! - The record key, `byok.src` and any non-`byok.` headers are kept; `byok.dek` names the new DEK.
+//! - A `byok.src` already in the target is not written again, nor a second copy of one in the
+//!   source (at-least-once delivery leaves such copies): running it twice, or again after a crash,
+//!   adds nothing twice. Progress is the target itself, so a crash loses nothing: records whose
+//!   write was not acknowledged are simply done again by the next run.
+//! - A record that cannot be opened (DEK missing from the registry, key revoked, tampered value,
+//!   a quarantine record) is reported with the reason and never written or skipped silently.
+//! - The source is read in chunks (bounded memory); DEKs are unwrapped once each through the
+//!   tenant's provider stack (rate-limited toward each vault); `rate` caps records per second.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+
+use super::keys::DekSet;
+use super::reader::{ReadError, ReadOptions, TopicReader, Unopened, load_registry, reader_consumer};
+use crate::config::{Config, TenantId, TopicTemplate};
+use crate::dek::{DataKey, DekId};
+use crate::envelope::{self, headers::ArchiveHeaders};
+use crate::kms::{KeyProvider, TenantKms};
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Source topic (an archive topic).
+    pub from: String,
+    /// Target topic; `{tenant}` is replaced by the record's tenant.
+    pub to: String,
+    /// Only these tenants (all when empty).
+    pub tenants: Vec<String>,
+    /// Only these source partitions (all when empty).
+    pub partitions: Vec<i32>,
+    /// First source offset per partition (inclusive).
+    pub from_offset: Option<i64>,
+    /// Last source offset per partition (exclusive).
+    pub to_offset: Option<i64>,
+    /// Only records with a timestamp at or after this (ms since the epoch).
+    pub from_time_ms: Option<i64>,
+    /// Only records with a timestamp before this (ms since the epoch).
+    pub to_time_ms: Option<i64>,
+    /// Open every record and count what would be written; write nothing, make no DEK.
+    pub dry_run: bool,
+    /// At most this many records a second.
+    pub rate: Option<f64>,
+}
+
+/// What replaying did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayStats {
+    /// Source records read (in the offset range).
+    pub read: u64,
+    /// Opened and re-sealed into the target (with `dry_run`: that would be).
+    pub resealed: u64,
+    /// Their `byok.src` was already in the target: not written again.
+    pub already_in_target: u64,
+    /// A second copy of a `byok.src` in the source: not written again.
+    pub duplicates: u64,
+    /// Left out by the tenant filter or the time range.
+    pub filtered: u64,
+    /// New DEKs made (one registry record each).
+    pub deks_made: u64,
+    /// Re-sealed records per tenant.
+    pub by_tenant: BTreeMap<String, u64>,
+    /// Records that could not be opened or re-sealed, with the reason (never written, never
+    /// skipped silently).
+    pub failed: Vec<Unopened>,
+}
+
+/// Replaying failed as a whole (nothing half-done is lost: run it again to resume).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReplayError(pub String);
+
+impl From<ReadError> for ReplayError {
+    fn from(e: ReadError) -> Self {
+        Self(e.0)
+    }
+}
+
+/// Records read before they are opened, re-sealed and written together.
+const CHUNK: usize = 500;
+
+struct Raw {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Replays `opts.from` into `opts.to`; `progress(done, total)` after each chunk.
+pub async fn replay(
+    config: &Config,
+    opts: &ReplayOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ReplayStats, ReplayError> {
+    if opts.from == opts.to {
+        return Err(ReplayError(format!(
+            "--from and --to are both {}: replay writes to another topic (then point readers at it)",
+            opts.from
+        )));
+    }
+    if let Some(r) = opts.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(ReplayError(format!(
+            "--rate {r}: give records per second, above 0"
+        )));
+    }
+    let target = TopicTemplate::parse(&opts.to).map_err(|e| ReplayError(format!("--to {e}")))?;
+    let k = &config.kafka;
+    if [&k.registry_topic, &k.keks_topic, &k.quarantine_topic]
+        .into_iter()
+        .chain(&k.input_topics)
+        .any(|t| *t == opts.to)
+    {
+        return Err(ReplayError(format!(
+            "--to {} is the registry, keks, quarantine or an input topic: replay into an archive topic",
+            opts.to
+        )));
+    }
+    let registry = load_registry(config).await?;
+    let providers: BTreeMap<String, Arc<TenantKms>> = crate::kms::providers(config)
+        .map_err(|e| ReplayError(e.to_string()))?
+        .into_iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v))
+        .collect();
+    for t in &opts.tenants {
+        if !providers.contains_key(t) {
+            return Err(ReplayError(format!(
+                "--tenant {t}: not a tenant with BYOK enabled in the configuration"
+            )));
+        }
+    }
+
+    // What the target already holds: the progress of an earlier run.
+    let mut done: HashSet<String> = HashSet::new();
+    let target_topics: Vec<String> = if target.is_per_tenant() {
+        providers
+            .keys()
+            .filter(|t| opts.tenants.is_empty() || opts.tenants.contains(t))
+            .filter_map(|t| TenantId::parse(t).ok())
+            .map(|t| target.topic_for(&t))
+            .collect()
+    } else {
+        vec![opts.to.clone()]
+    };
+    for topic in &target_topics {
+        let consumer = reader_consumer(config)?;
+        let mut reader = TopicReader::open(&consumer, topic, None).await.map_err(|e| {
+            ReplayError(format!(
+                "target {e}; create it first (same partitions and retention as the archive)"
+            ))
+        })?;
+        while let Some(m) = reader.next().await? {
+            if let Some(src) = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "byok.src"))
+                .and_then(|h| h.value)
+            {
+                done.insert(String::from_utf8_lossy(src).into_owned());
+            }
+        }
+    }
+    if !done.is_empty() {
+        tracing::info!(records = done.len(), "already in the target; not written again");
+    }
+
+    let producer: FutureProducer = super::worker::tool_producer_config(config)
+        .create()
+        .map_err(|e| ReplayError(format!("Kafka producer: {e}")))?;
+    let mut run = Run {
+        config,
+        opts,
+        target,
+        registry,
+        providers,
+        done,
+        written: HashSet::new(),
+        keys: HashMap::new(),
+        deks: DekSet::new(
+            config.dek.limits,
+            format!("replay-{}", super::worker::worker_id(config)),
+            config.kafka.registry_topic.clone(),
+        ),
+        producer,
+        stats: ReplayStats::default(),
+    };
+
+    let read_opts = ReadOptions {
+        partitions: opts.partitions.clone(),
+        from_offset: opts.from_offset,
+        to_offset: opts.to_offset,
+        from_time_ms: opts.from_time_ms,
+        to_time_ms: opts.to_time_ms,
+        ..ReadOptions::topic(opts.from.clone())
+    };
+    let consumer = reader_consumer(config)?;
+    let mut reader = TopicReader::open(&consumer, &opts.from, Some(&read_opts))
+        .await
+        .map_err(|e| ReplayError(format!("source {e}")))?;
+    let total = reader.total;
+    let chunk = opts
+        .rate
+        .map_or(CHUNK, |r| ((r / 10.0).ceil() as usize).clamp(1, CHUNK));
+    let started = Instant::now();
+    progress(0, total);
+    let mut position = 0u64;
+    loop {
+        let mut raws = Vec::with_capacity(chunk);
+        while raws.len() < chunk {
+            let Some(m) = reader.next().await? else { break };
+            position += 1;
+            let ts = m.timestamp().to_millis();
+            if opts.from_time_ms.is_some_and(|f| ts.is_some_and(|t| t < f))
+                || opts.to_time_ms.is_some_and(|e| ts.is_some_and(|t| t >= e))
+            {
+                run.stats.read += 1;
+                run.stats.filtered += 1;
+                continue;
+            }
+            raws.push(Raw {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        if raws.is_empty() {
+            break;
+        }
+        let n = raws.len();
+        run.chunk(raws).await?;
+        progress(position.min(total), total);
+        if let Some(rate) = opts.rate {
+            let due = Duration::from_secs_f64(run.stats.read as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if n < chunk {
+            break;
+        }
+    }
+    let _ = run.producer.flush(Timeout::After(Duration::from_secs(30)));
+    run.stats.deks_made = run.deks.created();
+    Ok(run.stats)
+}
+
+struct Run<'a> {
+    config: &'a Config,
+    opts: &'a ReplayOptions,
+    target: TopicTemplate,
+    registry: HashMap<DekId, crate::registry::DekRecord>,
+    providers: BTreeMap<String, Arc<TenantKms>>,
+    /// `byok.src` values in the target when the run started.
+    done: HashSet<String>,
+    /// `byok.src` values written (or, dry, to be written) by this run.
+    written: HashSet<String>,
+    /// Source DEKs opened so far, or why they could not be.
+    keys: HashMap<DekId, Result<Arc<DataKey>, String>>,
+    deks: DekSet,
+    producer: FutureProducer,
+    stats: ReplayStats,
+}
+
+impl Run<'_> {
+    /// Opens, re-seals and writes one chunk; returns once every write is acknowledged.
+    async fn chunk(&mut self, raws: Vec<Raw>) -> Result<(), ReplayError> {
+        // unwrap each source DEK not met before, all at once
+        let mut wanted: Vec<DekId> = Vec::new();
+        for r in &raws {
+            if let Some(dek) = dek_header(&r.headers)
+                && !self.keys.contains_key(&dek)
+                && !wanted.contains(&dek)
+            {
+                wanted.push(dek);
+            }
+        }
+        let (registry, providers) = (&self.registry, &self.providers);
+        let registry_topic = &self.config.kafka.registry_topic;
+        let unwraps = wanted.iter().map(|dek| async move {
+            let result = match registry.get(dek) {
+                None => Err(format!(
+                    "DEK {dek} is not in the registry topic {registry_topic}"
+                )),
+                Some(rec) => match providers.get(&rec.tenant) {
+                    None => Err(format!(
+                        "DEK {dek} belongs to tenant {}, which has no BYOK key in the configuration",
+                        rec.tenant
+                    )),
+                    Some(p) => p
+                        .unwrap(&rec.kek, *dek, &rec.wrapped)
+                        .await
+                        .map_err(|e| format!("DEK {dek} cannot be unwrapped: {e}")),
+                },
+            };
+            (*dek, result)
+        });
+        for (dek, result) in futures::future::join_all(unwraps).await {
+            self.keys.insert(dek, result);
+        }
+
+        let mut sends = Vec::new();
+        for r in raws {
+            self.stats.read += 1;
+            let at = (r.partition, r.offset);
+            match self.reseal(r).await {
+                Ok(Some((topic, key, value, headers))) => {
+                    if self.opts.dry_run {
+                        continue;
+                    }
+                    let producer = self.producer.clone();
+                    sends.push(async move {
+                        let mut rec = FutureRecord::to(&topic).payload(&value).headers(headers);
+                        if let Some(k) = &key {
+                            rec = rec.key(k);
+                        }
+                        producer
+                            .send(rec, Timeout::After(Duration::from_secs(60)))
+                            .await
+                            .map(|_| ())
+                            .map_err(|(e, _)| format!("produce to {topic}: {e}"))
+                    });
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(topic = %self.opts.from, partition = at.0, offset = at.1, %reason, "record not replayed");
+                    self.stats.failed.push(Unopened {
+                        topic: self.opts.from.clone(),
+                        partition: at.0,
+                        offset: at.1,
+                        reason,
+                    });
+                }
+            }
+        }
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|e| {
+                ReplayError(format!(
+                    "{e}; records acknowledged so far are in the target: run the same command again to resume"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The record re-sealed, `None` when it is not to be written (filtered, already in the
+    /// target, a duplicate), or why it cannot be.
+    #[allow(clippy::type_complexity)]
+    async fn reseal(
+        &mut self,
+        r: Raw,
+    ) -> Result<Option<(String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders)>, String> {
+        if r.headers.iter().any(|(k, _)| k == "byok.reason") {
+            return Err(
+                "a quarantine record: drain the quarantine with `byok replay --quarantine`".into(),
+            );
+        }
+        let h = ArchiveHeaders::from_pairs(
+            r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+        )
+        .map_err(|e| format!("not a byok archive record: {e}"))?;
+        if !self.opts.tenants.is_empty() && !self.opts.tenants.contains(&h.tenant) {
+            self.stats.filtered += 1;
+            return Ok(None);
+        }
+        let src = h.src.to_string();
+        if self.done.contains(&src) {
+            self.stats.already_in_target += 1;
+            return Ok(None);
+        }
+        if self.written.contains(&src) {
+            self.stats.duplicates += 1;
+            return Ok(None);
+        }
+        let key = match self.keys.get(&h.dek) {
+            Some(Ok(k)) => Arc::clone(k),
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(format!("DEK {} was not looked up", h.dek)),
+        };
+        let tenant = self
+            .registry
+            .get(&h.dek)
+            .map(|r| r.tenant.clone())
+            .unwrap_or_default();
+        if tenant != h.tenant {
+            return Err(format!(
+                "header byok.tenant says {} but DEK {} belongs to {tenant}",
+                h.tenant, h.dek
+            ));
+        }
+        let value = r.value.ok_or("null value")?;
+        let plain = envelope::open(&key, &tenant, r.key.as_deref(), &value).map_err(|_| {
+            format!(
+                "the value does not open with DEK {} of {tenant} (tampered or corrupt)",
+                h.dek
+            )
+        })?;
+        if self.opts.dry_run {
+            self.count(&tenant, src);
+            return Ok(None);
+        }
+        let kms = Arc::clone(
+            self.providers
+                .get(&tenant)
+                .ok_or_else(|| format!("tenant {tenant} has no BYOK key"))?,
+        );
+        let mut out = Vec::with_capacity(plain.len() + envelope::OVERHEAD);
+        let mut attempt = 0;
+        let dek = loop {
+            let dek = match self.deks.current(&tenant) {
+                Some(d) => d,
+                None => self
+                    .deks
+                    .rotate(&tenant, kms.as_ref(), &self.producer)
+                    .await
+                    .map_err(|e| format!("no new DEK for {tenant}: {e}"))?,
+            };
+            out.clear();
+            match envelope::seal_into(
+                &dek,
+                &tenant,
+                r.key.as_deref(),
+                &plain,
+                self.config.dek.compression,
+                &mut out,
+            ) {
+                Ok(_) => break dek,
+                // the DEK reached a limit between the check and the seal: take a new one
+                Err(_) if attempt == 0 => attempt += 1,
+                Err(e) => return Err(format!("re-sealing failed: {e}")),
+            }
+        };
+        let mut headers = OwnedHeaders::new();
+        let pairs = ArchiveHeaders {
+            tenant: tenant.clone(),
+            dek: dek.id(),
+            src: h.src.clone(),
+        }
+        .to_pairs();
+        for (k, v) in &pairs {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        for (k, v) in r.headers.iter().filter(|(k, _)| !k.starts_with("byok.")) {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let topic = TenantId::parse(&tenant)
+            .map(|t| self.target.topic_for(&t))
+            .map_err(|e| format!("tenant {tenant}: {e}"))?;
+        self.count(&tenant, src);
+        Ok(Some((topic, r.key, out, headers)))
+    }
+
+    fn count(&mut self, tenant: &str, src: String) {
+        self.stats.resealed += 1;
+        *self.stats.by_tenant.entry(tenant.to_owned()).or_default() += 1;
+        self.written.insert(src);
+    }
+}
+
+fn dek_header(headers: &[(String, Option<Vec<u8>>)]) -> Option<DekId> {
+    headers
+        .iter()
+        .find(|(k, _)| k == "byok.dek")
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+}

@@ -532,7 +532,8 @@ fn main() -> ExitCode {
             rate,
             dry_run,
         } => {
-            let run = |rt: tokio::runtime::Runtime| match (from, to) {
+            let run = |rt: tokio::runtime::Runtime| {
+                match (from, to) {
                 (Some(from), Some(to)) => {
                     let opts = byok::pipeline::replay::ReplayOptions {
                         from,
@@ -555,6 +556,7 @@ fn main() -> ExitCode {
                     rt.block_on(drain(&config, tenants.into_iter().next(), dry_run))
                 }
                 _ => Err("say what to replay: --from TOPIC --to TOPIC (re-seal into another topic) or --quarantine (drain the quarantine into the archive)".into()),
+            }
             };
             runtime().and_then(run).unwrap_or_else(|e| fail(&e))
         }
@@ -1210,7 +1212,9 @@ fn rfc3339_ms(v: Option<String>, flag: &str) -> Result<Option<i64>, String> {
     v.map(|t| {
         time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
             .map(|d| (d.unix_timestamp_nanos() / 1_000_000) as i64)
-            .map_err(|_| format!("--{flag} {t:?} is not an RFC 3339 time such as 2026-11-29T17:00:00Z"))
+            .map_err(|_| {
+                format!("--{flag} {t:?} is not an RFC 3339 time such as 2026-11-29T17:00:00Z")
+            })
     })
     .transpose()
 }

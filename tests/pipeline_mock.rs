@@ -490,6 +490,39 @@ unsafe extern "C" {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_puts_outputs_and_offsets_in_one_transaction() {
     let r = rig("").await;
+    let (config, bodies, producer) = archive_exactly_once(&r, 600).await;
+    let mut seen = read_committed(&config, "archive.messages").await;
+    seen.sort();
+    let mut want = bodies.clone();
+    want.sort();
+    assert_eq!(seen, want, "every message exactly once, decrypted");
+    drop(producer);
+    drop(r.cluster);
+}
+
+/// Every record of `topic` opened by a read_committed reader, duplicates kept: the plaintexts.
+async fn read_committed(config: &Config, topic: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut failures = Vec::new();
+    let read = reader::read(
+        config,
+        &ReadOptions {
+            duplicates: true,
+            ..opts(topic)
+        },
+        |o| seen.push(o.value.unwrap()),
+        |f| failures.push(f),
+    )
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(read.duplicates, 0);
+    seen
+}
+
+/// Switches the rig to `delivery = "exactly-once"`, captures `total` messages and runs a worker
+/// until it archived them all; returns the config, the bodies, and the capture producer.
+async fn archive_exactly_once(r: &Rig, total: usize) -> (Config, Vec<String>, FutureProducer) {
     let text = std::fs::read_to_string(&r.path).unwrap().replace(
         &format!("bootstrap_servers = \"{}\"", r.bootstrap),
         &format!(
@@ -504,7 +537,6 @@ async fn exactly_once_puts_outputs_and_offsets_in_one_transaction() {
         .set("bootstrap.servers", &r.bootstrap)
         .create()
         .unwrap();
-    let total = 600;
     let bodies: Vec<String> = (0..total)
         .map(|i| {
             let t = ["acme", "globex"][i % 2];
@@ -542,25 +574,75 @@ async fn exactly_once_puts_outputs_and_offsets_in_one_transaction() {
     stop.send(true).unwrap();
     let stats = worker.await.unwrap().unwrap();
     assert_eq!(stats.records_in, total as u64);
-    let mut seen = Vec::new();
-    let mut failures = Vec::new();
-    let read = reader::read(
-        &config,
-        &ReadOptions {
-            duplicates: true,
-            ..opts("archive.messages")
-        },
-        |o| seen.push(o.value.unwrap()),
-        |f| failures.push(f),
-    )
-    .await
-    .unwrap();
-    assert!(failures.is_empty(), "{failures:?}");
-    assert_eq!(read.duplicates, 0);
+    (config, bodies, producer)
+}
+
+/// `byok replay` with exactly-once delivery: each chunk one transaction under a transactional id
+/// of the target. The command is SIGKILLed midway, then run again: the restart fences the killed
+/// run (its open transaction aborted), so a read_committed reader finds every message in the
+/// target exactly once, under new DEKs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_killed_midway_resumes_exactly_once() {
+    let r = rig("").await;
+    r.cluster.create_topic("archive.v2", 4, 1).unwrap();
+    let (config, bodies, producer) = archive_exactly_once(&r, 400).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_byok"))
+        .args(["replay", "--config"])
+        .arg(&r.path)
+        .args([
+            "--from",
+            "archive.messages",
+            "--to",
+            "archive.v2",
+            "--rate",
+            "100",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&r.bootstrap, "archive.v2") < 60 {
+        assert!(std::time::Instant::now() < deadline, "replay wrote nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after_kill = count(&r.bootstrap, "archive.v2");
+    let opts = byok::pipeline::replay::ReplayOptions {
+        from: "archive.messages".into(),
+        to: "archive.v2".into(),
+        tenants: Vec::new(),
+        partitions: Vec::new(),
+        from_offset: None,
+        to_offset: None,
+        from_time_ms: None,
+        to_time_ms: None,
+        dry_run: false,
+        rate: None,
+    };
+    let resumed = byok::pipeline::replay::replay(&config, &opts, |_, _| {})
+        .await
+        .unwrap();
+    eprintln!(
+        "replay (exactly-once): killed with {after_kill} offsets written; resumed: {} already there, {} re-sealed",
+        resumed.already_in_target, resumed.resealed
+    );
+    assert!(resumed.failed.is_empty(), "{:?}", resumed.failed);
+    assert!(
+        resumed.already_in_target > 0,
+        "the killed run's committed chunks count"
+    );
+    assert_eq!(resumed.already_in_target + resumed.resealed, 400);
+    let mut seen = read_committed(&config, "archive.v2").await;
     seen.sort();
     let mut want = bodies.clone();
     want.sort();
-    assert_eq!(seen, want, "every message exactly once, decrypted");
+    assert_eq!(
+        seen, want,
+        "every message exactly once in the target, decrypted"
+    );
     drop(producer);
     drop(r.cluster);
 }

@@ -23,8 +23,10 @@ use rdkafka::util::Timeout;
 use serde::Serialize;
 
 use super::keys::DekSet;
-use super::reader::{ReadError, ReadOptions, TopicReader, Unopened, load_registry, reader_consumer};
-use crate::config::{Config, TenantId, TopicTemplate};
+use super::reader::{
+    ReadError, ReadOptions, TopicReader, Unopened, load_registry, reader_consumer,
+};
+use crate::config::{Config, Delivery, TenantId, TopicTemplate};
 use crate::dek::{DataKey, DekId};
 use crate::envelope::{self, headers::ArchiveHeaders};
 use crate::kms::{KeyProvider, TenantKms};
@@ -143,6 +145,25 @@ pub async fn replay(
         }
     }
 
+    // With exactly-once delivery each chunk is one transaction under a transactional id of the
+    // target: starting fences a run that crashed (its open transaction is aborted, a write of it
+    // still in flight is refused) before the target is read, so a resumed run writes nothing
+    // twice. Otherwise writes are idempotent, and a write cut off by a crash that lands after the
+    // next run read the target is a duplicate (same byok.src), which readers drop.
+    let transactional = config.kafka.delivery == Delivery::ExactlyOnce && !opts.dry_run;
+    let mut pc = super::worker::tool_producer_config(config);
+    if transactional {
+        pc.set("transactional.id", format!("byok-replay-{}", opts.to));
+    }
+    let producer: FutureProducer = pc
+        .create()
+        .map_err(|e| ReplayError(format!("Kafka producer: {e}")))?;
+    if transactional {
+        producer
+            .init_transactions(Timeout::After(Duration::from_secs(60)))
+            .map_err(|e| ReplayError(format!("Kafka producer (init transactions): {e}")))?;
+    }
+
     // What the target already holds: the progress of an earlier run.
     let mut done: HashSet<String> = HashSet::new();
     let target_topics: Vec<String> = if target.is_per_tenant() {
@@ -157,11 +178,13 @@ pub async fn replay(
     };
     for topic in &target_topics {
         let consumer = reader_consumer(config)?;
-        let mut reader = TopicReader::open(&consumer, topic, None).await.map_err(|e| {
-            ReplayError(format!(
-                "target {e}; create it first (same partitions and retention as the archive)"
-            ))
-        })?;
+        let mut reader = TopicReader::open(&consumer, topic, None)
+            .await
+            .map_err(|e| {
+                ReplayError(format!(
+                    "target {e}; create it first (same partitions and retention as the archive)"
+                ))
+            })?;
         while let Some(m) = reader.next().await? {
             if let Some(src) = m
                 .headers()
@@ -173,12 +196,12 @@ pub async fn replay(
         }
     }
     if !done.is_empty() {
-        tracing::info!(records = done.len(), "already in the target; not written again");
+        tracing::info!(
+            records = done.len(),
+            "already in the target; not written again"
+        );
     }
 
-    let producer: FutureProducer = super::worker::tool_producer_config(config)
-        .create()
-        .map_err(|e| ReplayError(format!("Kafka producer: {e}")))?;
     let mut run = Run {
         config,
         opts,
@@ -194,6 +217,7 @@ pub async fn replay(
             config.kafka.registry_topic.clone(),
         ),
         producer,
+        transactional,
         stats: ReplayStats::default(),
     };
 
@@ -279,6 +303,8 @@ struct Run<'a> {
     keys: HashMap<DekId, Result<Arc<DataKey>, String>>,
     deks: DekSet,
     producer: FutureProducer,
+    /// Each chunk is one transaction.
+    transactional: bool,
     stats: ReplayStats,
 }
 
@@ -319,6 +345,36 @@ impl Run<'_> {
             self.keys.insert(dek, result);
         }
 
+        if self.transactional {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| ReplayError(format!("begin transaction: {e}")))?;
+            self.deks.begin_transaction();
+        }
+        let result = self.write(raws).await.and_then(|()| {
+            if self.transactional {
+                self.producer
+                    .commit_transaction(Timeout::After(Duration::from_secs(60)))
+                    .map_err(|e| ReplayError(format!("commit transaction: {e}")))
+            } else {
+                Ok(())
+            }
+        });
+        if result.is_err() && self.transactional {
+            let _ = self
+                .producer
+                .abort_transaction(Timeout::After(Duration::from_secs(30)));
+            self.deks.abort_transaction();
+        }
+        result.map_err(|e| {
+            ReplayError(format!(
+                "{e}; records acknowledged so far are in the target: run the same command again to resume"
+            ))
+        })
+    }
+
+    /// Re-seals the records of a chunk and sends them; returns once every write is acknowledged.
+    async fn write(&mut self, raws: Vec<Raw>) -> Result<(), ReplayError> {
         let mut sends = Vec::new();
         for r in raws {
             self.stats.read += 1;
@@ -354,11 +410,7 @@ impl Run<'_> {
             }
         }
         for r in futures::future::join_all(sends).await {
-            r.map_err(|e| {
-                ReplayError(format!(
-                    "{e}; records acknowledged so far are in the target: run the same command again to resume"
-                ))
-            })?;
+            r.map_err(ReplayError)?;
         }
         Ok(())
     }
@@ -375,10 +427,9 @@ impl Run<'_> {
                 "a quarantine record: drain the quarantine with `byok replay --quarantine`".into(),
             );
         }
-        let h = ArchiveHeaders::from_pairs(
-            r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
-        )
-        .map_err(|e| format!("not a byok archive record: {e}"))?;
+        let h =
+            ArchiveHeaders::from_pairs(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+                .map_err(|e| format!("not a byok archive record: {e}"))?;
         if !self.opts.tenants.is_empty() && !self.opts.tenants.contains(&h.tenant) {
             self.stats.filtered += 1;
             return Ok(None);

@@ -795,11 +795,11 @@ async fn open_records(config: &Config, topic: &str) -> (Vec<reader::Opened>, Vec
     (opened, failed)
 }
 
-/// Raw archive records as (key, value, headers), for copying and tampering.
-fn raw_records(
-    s: &Scenario,
-    topic: &str,
-) -> Vec<(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+/// A record as (key, value, headers).
+type RawRecord = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// Raw archive records, for copying and tampering.
+fn raw_records(s: &Scenario, topic: &str) -> Vec<RawRecord> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", s.tansu.bootstrap())
         .set("group.id", format!("byok-raw-{topic}"))

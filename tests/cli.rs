@@ -335,3 +335,46 @@ fn the_demo_passes_end_to_end() {
     assert!(out.contains("quarantined, decrypted   3"), "{out}");
     assert!(out.contains("mismatches               0"), "{out}");
 }
+
+#[test]
+fn replay_says_what_is_missing_or_wrong_before_touching_kafka() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/byok.example.toml");
+    let replay = |args: &[&str]| {
+        let (ok, out, err) = run(byok().args(["replay", "--config"]).arg(&example).args(args));
+        assert!(!ok, "{args:?} passed:\n{out}");
+        err
+    };
+    let err = replay(&[]);
+    assert!(
+        err.contains("--from TOPIC --to TOPIC") && err.contains("--quarantine"),
+        "{err}"
+    );
+    let err = replay(&["--from", "archive.messages", "--to", "archive.messages"]);
+    assert!(err.contains("both archive.messages"), "{err}");
+    let err = replay(&["--from", "archive.messages", "--to", "byok.deks"]);
+    assert!(err.contains("registry"), "{err}");
+    let err = replay(&["--from", "archive.messages", "--to", "archive/v2"]);
+    assert!(err.contains("'/'"), "{err}");
+    let err = replay(&["--from", "archive.messages", "--to", "a.v2", "--rate", "0"]);
+    assert!(err.contains("--rate"), "{err}");
+    let err = replay(&[
+        "--from",
+        "archive.messages",
+        "--to",
+        "a.v2",
+        "--since",
+        "yesterday",
+    ]);
+    assert!(err.contains("RFC 3339"), "{err}");
+    let err = replay(&[
+        "--from",
+        "archive.messages",
+        "--to",
+        "a.v2",
+        "--tenant",
+        "nobody",
+    ]);
+    assert!(err.contains("--tenant nobody"), "{err}");
+    let err = replay(&["--quarantine", "--from", "archive.messages", "--to", "a.v2"]);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

@@ -131,7 +131,6 @@ pub async fn replay(
             opts.to
         )));
     }
-    let registry = load_registry(config).await?;
     let providers: BTreeMap<String, Arc<TenantKms>> = crate::kms::providers(config)
         .map_err(|e| ReplayError(e.to_string()))?
         .into_iter()
@@ -144,6 +143,8 @@ pub async fn replay(
             )));
         }
     }
+
+    let registry = load_registry(config).await?;
 
     // With exactly-once delivery each chunk is one transaction under a transactional id of the
     // target: starting fences a run that crashed (its open transaction is aborted, a write of it

@@ -49,11 +49,19 @@ struct Scenario {
 
 impl Scenario {
     async fn start(extra_toml: &str) -> Scenario {
+        Self::start_with(extra_toml, |_| {}).await
+    }
+
+    /// With the emulator's options tweaked.
+    async fn start_with(
+        extra_toml: &str,
+        emu_options: impl FnOnce(&mut byok::emulator::Options),
+    ) -> Scenario {
         let tansu = Tansu::start();
         for t in TOPICS {
             tansu.create_topic(t, if t.starts_with("byok.") { 1 } else { 3 });
         }
-        let emu = Emu::start().await;
+        let emu = Emu::start_with(emu_options).await;
         let path = common::emu_config::write(emu.dir.path(), emu.port(), &emu.running.ca_pem, "");
         let text = std::fs::read_to_string(&path)
             .unwrap()
@@ -1088,4 +1096,70 @@ async fn replay_reseals_into_a_new_topic_resumes_after_a_kill_and_reports_what_i
     // 7. no plaintext in the new topics either
     s.assert_no_plaintext_in(&["archive.v2", "archive.late"])
         .await;
+}
+
+/// The customer rotates globex's client secret while traffic flows: a new secret is added to the
+/// app registration, the operator replaces the mounted secret file, the customer removes the old
+/// secret. Tokens live 3 s, so the worker asks Entra for new ones throughout; small DEKs make it
+/// call Key Vault `encrypt` after the old secret is gone. Nothing is quarantined, no DEK is
+/// wrapped locally (every vault call had a token), and everything is archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_client_secret_while_traffic_flows_loses_nothing() {
+    let mut s = Scenario::start_with("[dek]\nmax_messages = 20\n", |o| {
+        o.token_lifetime = Duration::from_secs(3)
+    })
+    .await;
+    let (stop, health, worker) = start_worker(&s.config);
+    s.capture(100).await;
+    s.settle(&health, "before").await;
+
+    const NEW_SECRET: &str = "globex-rotated-secret-not-real";
+    s.emu
+        .admin
+        .add_secret(GLOBEX_TENANT, GLOBEX_APP, NEW_SECRET)
+        .await
+        .unwrap();
+    // the operator replaces the file the way a Kubernetes secret volume does: write, then rename
+    let file = s.emu.dir.path().join("globex.secret");
+    let tmp = s.emu.dir.path().join("globex.secret.new");
+    std::fs::write(&tmp, format!("{NEW_SECRET}\n")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    s.capture(40).await;
+    s.settle(&health, "after the new secret").await;
+    s.emu
+        .admin
+        .remove_secrets(GLOBEX_TENANT, GLOBEX_APP, Some(GLOBEX_SECRET))
+        .await
+        .unwrap();
+    let removed_at = time::OffsetDateTime::now_utc();
+    // the old secret is gone: traffic for 10 s, well past the 3 s tokens
+    for _ in 0..10 {
+        s.capture(20).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    s.settle(&health, "after the old secret was removed").await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+
+    assert_eq!(s.count("byok.quarantine"), 0, "nothing quarantined");
+    let registry = reader::load_registry(&s.config).await.unwrap();
+    let globex_after: Vec<_> = registry
+        .values()
+        .filter(|r| r.tenant == "globex" && r.created > removed_at)
+        .collect();
+    assert!(
+        globex_after.len() >= 3,
+        "globex made new DEKs through Key Vault after the old secret was removed: {}",
+        globex_after.len()
+    );
+    assert!(
+        registry.values().all(|r| !r.wrapped_locally),
+        "every DEK wrapped by Key Vault: the worker always had a token"
+    );
+    s.assert_everything_archived().await;
+    eprintln!(
+        "client secret rotation: {} messages archived, {} globex DEKs made through Key Vault after the old secret was removed, 0 quarantined, 0 local wraps",
+        s.sent.len(),
+        globex_after.len()
+    );
 }

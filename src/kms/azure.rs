@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 
 use super::classify::{Classified, classify};
 use super::{KekId, KeyProvider, KeyState, KmsError, Revocation, VersionInfo, Wrapped};
-use crate::config::{CertFormat, Credential, KeyVaultKey, KeysConfig};
+use crate::config::{CertFormat, Credential, KeyVaultKey, KeysConfig, SecretSource};
 use crate::dek::{DataKey, DekId};
 
 /// The OAuth scope of Key Vault.
@@ -91,16 +91,18 @@ pub fn credential(
             let secret = source
                 .load()
                 .map_err(|e| setup(tenant, format!("client secret: {e}")))?;
-            let cred = ClientSecretCredential::new(
-                &key.entra_tenant_id,
-                key.client_id.clone(),
-                Secret::new(secrecy::ExposeSecret::expose_secret(&secret).to_owned()),
-                Some(ClientSecretCredentialOptions {
-                    client_options: options,
-                }),
-            )
-            .map_err(|e| setup(tenant, format!("client secret credential: {e}")))?;
-            Ok(cred)
+            let cred = secret_credential(key, &secret, options.clone())
+                .map_err(|e| setup(tenant, format!("client secret credential: {e}")))?;
+            match source {
+                SecretSource::File(_) => Ok(Arc::new(SecretFileCredential {
+                    tenant: tenant.to_owned(),
+                    key: key.clone(),
+                    options,
+                    source: source.clone(),
+                    current: std::sync::Mutex::new((digest(&secret), cred)),
+                })),
+                SecretSource::Env(_) => Ok(cred),
+            }
         }
         Credential::Certificate {
             path,
@@ -154,6 +156,97 @@ pub fn credential(
                 creds.into_iter().map(|(_, label, c)| (label, c)).collect(),
             )))
         }
+    }
+}
+
+fn secret_credential(
+    key: &KeyVaultKey,
+    secret: &secrecy::SecretString,
+    options: ClientOptions,
+) -> azure_core::Result<Arc<ClientSecretCredential>> {
+    ClientSecretCredential::new(
+        &key.entra_tenant_id,
+        key.client_id.clone(),
+        Secret::new(secrecy::ExposeSecret::expose_secret(secret).to_owned()),
+        Some(ClientSecretCredentialOptions {
+            client_options: options,
+        }),
+    )
+}
+
+fn digest(secret: &secrecy::SecretString) -> [u8; 32] {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        secrecy::ExposeSecret::expose_secret(secret).as_bytes(),
+    );
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A client-secret credential that follows its secret file: when the file holds another secret
+/// (the customer added a new one, the operator replaced the mounted file, as a Kubernetes secret
+/// volume does), the next token request uses it, without a restart, before the customer removes
+/// the old one. The file is read at each token request (the SDK asks only when its token nears
+/// expiry); an unreadable file keeps the secret read before. A secret in an environment variable
+/// cannot change under a running process.
+struct SecretFileCredential {
+    tenant: String,
+    key: KeyVaultKey,
+    options: ClientOptions,
+    source: crate::config::SecretSource,
+    /// SHA-256 of the secret in use, and the SDK credential made with it.
+    current: std::sync::Mutex<([u8; 32], Arc<ClientSecretCredential>)>,
+}
+
+impl std::fmt::Debug for SecretFileCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFileCredential")
+            .field("tenant", &self.tenant)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretFileCredential {
+    fn credential(&self) -> Arc<ClientSecretCredential> {
+        let loaded = self.source.load();
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match loaded {
+            Ok(secret) => {
+                let d = digest(&secret);
+                if d != current.0 {
+                    match secret_credential(&self.key, &secret, self.options.clone()) {
+                        Ok(c) => {
+                            *current = (d, c);
+                            tracing::info!(tenant = %self.tenant, "the client secret file holds a new secret; token requests use it");
+                        }
+                        Err(e) => {
+                            tracing::warn!(tenant = %self.tenant, error = %e, "the new client secret cannot be used; keeping the previous one");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, error = %e, "client secret file unreadable; keeping the secret read before");
+            }
+        }
+        Arc::clone(&current.1)
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for SecretFileCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        let cred = self.credential();
+        cred.get_token(scopes, options).await
     }
 }
 

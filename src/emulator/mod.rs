@@ -492,13 +492,17 @@ async fn route(
     if let Some(target) = &target
         && let Some(f) = shared.fault(target)
     {
+        // requests the fault refuses count too (op "dropped"): a client's calls during an
+        // outage are what its request budget is about
         if f.outage_until.is_some_and(|t| Instant::now() < t) {
+            shared.count_call(target, "dropped");
             return Err(DropConnection);
         }
         if f.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
         }
         if f.drop_rate > 0.0 && rand::random::<f64>() < f.drop_rate {
+            shared.count_call(target, "dropped");
             return Err(DropConnection);
         }
         if f.error_rate > 0.0 && rand::random::<f64>() < f.error_rate {

@@ -118,6 +118,28 @@ impl Scenario {
         }
     }
 
+    /// Captures `n` messages of `tenant` into one partition of the capture topic.
+    async fn capture_to(&mut self, partition: i32, tenant: &str, n: usize) {
+        for _ in 0..n {
+            let i = self.next;
+            self.next += 1;
+            let body = format!(
+                r#"{{"tenant_id":"{tenant}","message_id":"m{i}","body":"{MARKER} {i} see you at the desk"}}"#
+            );
+            self.sent.insert(format!("m{i}"), body.clone());
+            self.producer
+                .send(
+                    FutureRecord::to("capture.messages")
+                        .partition(partition)
+                        .key(&format!("conv-{i}"))
+                        .payload(&body),
+                    Timeout::Never,
+                )
+                .await
+                .unwrap();
+        }
+    }
+
     fn count(&self, topic: &str) -> i64 {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.tansu.bootstrap())
@@ -1204,5 +1226,69 @@ async fn rotating_the_client_secret_while_traffic_flows_loses_nothing() {
         "client secret rotation: {} messages archived, {} globex DEKs made through Key Vault after the old secret was removed, 0 quarantined, 0 local wraps",
         s.sent.len(),
         globex_after.len()
+    );
+}
+
+/// globex's vault is down from the start and no public key of globex was ever seen (empty
+/// byok.keks), so no DEK can be made for it, not even locally. Only the partition holding its
+/// records waits (paused from its first globex record on); acme's partitions keep flowing. When
+/// the vault answers, the monitor learns the key, the partition resumes, everything is archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_no_known_public_key_pauses_only_its_partitions_during_an_outage() {
+    let mut s = Scenario::start("").await;
+    s.emu
+        .admin
+        .set_fault(json!({"target": "globex-kv", "outage_seconds": 300}))
+        .await
+        .unwrap();
+    // partition 0: 5 acme, then 30 globex, then 10 acme; partitions 1 and 2: acme only
+    s.capture_to(0, "acme", 5).await;
+    s.capture_to(0, "globex", 30).await;
+    s.capture_to(0, "acme", 10).await;
+    s.capture_to(1, "acme", 60).await;
+    s.capture_to(2, "acme", 60).await;
+    let (stop, health, worker) = start_worker(&s.config);
+
+    // acme's records in partitions 1 and 2, and the 5 before globex's in partition 0
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while s.count("archive.messages") < 125 {
+        assert!(
+            Instant::now() < deadline,
+            "acme's partitions did not flow while globex waited: {} archived",
+            s.count("archive.messages")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // more acme traffic in the flowing partitions while partition 0 stays paused
+    s.capture_to(1, "acme", 20).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.count("archive.messages") < 145 {
+        assert!(Instant::now() < deadline, "partition 1 stopped flowing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.count("archive.messages"),
+        145,
+        "partition 0 is held from globex's first record on"
+    );
+    assert_eq!(
+        s.count("byok.quarantine"),
+        0,
+        "never quarantined for an outage"
+    );
+
+    // the vault answers: the monitor reads globex's key, partition 0 resumes
+    s.emu.admin.clear_faults().await.unwrap();
+    let resumed = Instant::now();
+    s.settle(&health, "after globex's vault answered").await;
+    let waited = resumed.elapsed();
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(s.count("byok.quarantine"), 0);
+    s.assert_everything_archived().await;
+    eprintln!(
+        "no public key: 145 acme records archived while globex's vault was down, partition 0 held 40 records, all archived {:.1} s after the vault answered",
+        waited.as_secs_f64()
     );
 }

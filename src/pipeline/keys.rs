@@ -42,6 +42,15 @@ pub enum DekError {
     /// Sealing could not finish.
     #[error("sealing failed: {0}")]
     Sealing(String),
+    /// These tenants' vaults do not answer and no public key of theirs is known to wrap a DEK
+    /// locally: their records wait (their partitions are paused; Kafka keeps the data).
+    #[error("vault unavailable and no public key known for {tenants:?}: {detail}")]
+    Waiting {
+        /// The tenants.
+        tenants: Vec<String>,
+        /// The first vault error.
+        detail: String,
+    },
 }
 
 /// The active DEK of each tenant.

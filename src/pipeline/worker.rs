@@ -10,7 +10,7 @@
 //! quarantine key, with the reason. If a key provider is unavailable the batch is retried (never
 //! dropped, never quarantined for an outage).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -568,7 +568,9 @@ pub async fn run_with(
         Ok(())
     };
 
+    let mut paused = Paused::default();
     loop {
+        paused.resume_ready(&consumer, &views);
         // commit what the broker acknowledged, oldest batch first
         while in_flight.front().is_some_and(|f| f.done.is_finished()) {
             if let Some(mut f) = in_flight.pop_front() {
@@ -606,6 +608,8 @@ pub async fn run_with(
                 None
             }
             m = consumer.recv() => Some(m),
+            // paused partitions are looked at again every second
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !paused.is_empty() => None,
         };
         if let Some(f) = oldest {
             in_flight.push_front(f);
@@ -613,22 +617,12 @@ pub async fn run_with(
         let Some(first) = first else { continue };
         // from here the batch is collected to its end (never cancelled: its records are
         // consumed)
-        let batch = Arc::new(collect(first, &consumer, &config).await);
+        let mut batch = Arc::new(collect(first, &consumer, &config).await);
         if batch.is_empty() {
             continue;
         }
         let started = Instant::now();
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for m in batch.iter() {
-            let e = next
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert(0);
-            *e = (*e).max(m.offset() + 1);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in &next {
-            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-        }
+        let (mut next, mut tpl) = commit_points(&batch);
         // Retry the batch while a key provider is unavailable or a transaction aborted: Kafka
         // keeps the data, nothing was committed.
         let mut backoff = Duration::from_millis(200);
@@ -659,6 +653,25 @@ pub async fn run_with(
             };
             let outs = match sealed {
                 Ok(outs) => outs,
+                Err(DekError::Waiting { tenants, detail }) => {
+                    if transactional {
+                        abort(&producer, &mut deks);
+                    }
+                    let kept = paused.hold_back(
+                        &consumer,
+                        &batch,
+                        &config,
+                        &seen.revoked,
+                        &tenants,
+                        &detail,
+                    );
+                    batch = Arc::new(kept);
+                    (next, tpl) = commit_points(&batch);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     if transactional {
                         abort(&producer, &mut deks);
@@ -762,6 +775,130 @@ pub async fn run_with(
     let _ = producer.flush(Timeout::After(config.worker.drain_deadline));
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// The next offset to commit per partition for a batch, as a map and as a list.
+fn commit_points(batch: &[OwnedMessage]) -> (BTreeMap<(String, i32), i64>, TopicPartitionList) {
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let e = next
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in &next {
+        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+    }
+    (next, tpl)
+}
+
+/// Partitions paused because a tenant in them has a vault that does not answer and no public key
+/// known to wrap a DEK locally. Only those partitions wait (from that tenant's first record on,
+/// other tenants' records after it included, as offsets are committed in order); every other
+/// partition keeps flowing. Kafka keeps the data; nothing is committed past the held record.
+#[derive(Debug, Default)]
+struct Paused {
+    /// (topic, partition) -> the tenants it waits for, and since when.
+    parts: BTreeMap<(String, i32), (BTreeSet<String>, Instant)>,
+}
+
+/// A paused partition is tried again after this long even without news from the monitor (the
+/// attempt pauses it again if the vault still does not answer).
+const PAUSED_RETRY: Duration = Duration::from_secs(60);
+
+impl Paused {
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Takes out of `batch` each partition's records from its first record owned by one of
+    /// `waiting` on, seeks those partitions back to that record and pauses them; returns the
+    /// records kept.
+    fn hold_back<C: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        consumer: &StreamConsumer<C>,
+        batch: &[OwnedMessage],
+        config: &Config,
+        revoked: &Revoked,
+        waiting: &[String],
+        detail: &str,
+    ) -> Vec<OwnedMessage> {
+        let mut first: BTreeMap<(String, i32), (i64, String)> = BTreeMap::new();
+        for m in batch {
+            let route = route(m, config, revoked);
+            if waiting.iter().any(|t| t == route.owner()) {
+                let e = first
+                    .entry((m.topic().to_owned(), m.partition()))
+                    .or_insert((m.offset(), route.owner().to_owned()));
+                if m.offset() < e.0 {
+                    *e = (m.offset(), route.owner().to_owned());
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), (offset, tenant)) in &first {
+            let _ = tpl.add_partition(t, *p);
+            let e = self
+                .parts
+                .entry((t.clone(), *p))
+                .or_insert_with(|| (BTreeSet::new(), Instant::now()));
+            e.0.insert(tenant.clone());
+            e.1 = Instant::now();
+            if let Err(e) = consumer.seek(t, *p, Offset::Offset(*offset), Duration::from_secs(5)) {
+                tracing::warn!(topic = %t, partition = p, offset, error = %e, "cannot seek back a paused partition; its records come again after a rebalance");
+            }
+            tracing::warn!(tenant = %tenant, topic = %t, partition = p, offset, detail, "vault unavailable and no public key of the tenant known: partition paused from this record (Kafka keeps the data) until the vault answers");
+        }
+        if let Err(e) = consumer.pause(&tpl) {
+            tracing::warn!(error = %e, "cannot pause partitions");
+        }
+        metrics::gauge!("byok_partitions_paused").set(self.parts.len() as f64);
+        batch
+            .iter()
+            .filter(|m| {
+                first
+                    .get(&(m.topic().to_owned(), m.partition()))
+                    .is_none_or(|(o, _)| m.offset() < *o)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Resumes the partitions whose tenants now have a public key (the monitor reached their
+    /// vault), or that waited [`PAUSED_RETRY`].
+    fn resume_ready<C: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        consumer: &StreamConsumer<C>,
+        views: &KeyViews,
+    ) {
+        if self.parts.is_empty() {
+            return;
+        }
+        let ready: Vec<(String, i32)> = self
+            .parts
+            .iter()
+            .filter(|(_, (tenants, since))| {
+                since.elapsed() >= PAUSED_RETRY
+                    || tenants.iter().all(|t| views.public_key(t).is_some())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &ready {
+            let _ = tpl.add_partition(t, *p);
+            if let Some((tenants, since)) = self.parts.remove(&(t.clone(), *p)) {
+                tracing::info!(topic = %t, partition = p, tenants = ?tenants, paused_s = since.elapsed().as_secs(), "partition resumed");
+            }
+        }
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(error = %e, "cannot resume partitions");
+        }
+        metrics::gauge!("byok_partitions_paused").set(self.parts.len() as f64);
+    }
 }
 
 /// What the batch loop last read of the key views.
@@ -869,6 +1006,12 @@ fn describe_metrics() {
         Unit::Count,
         "records behind, all assigned partitions"
     );
+    describe_gauge!(
+        "byok_partitions_paused",
+        Unit::Count,
+        "input partitions paused: a tenant in them has no answering vault and no known public key"
+    );
+    metrics::gauge!("byok_partitions_paused").set(0.0);
     for c in [
         "byok_records_in_total",
         "byok_records_sealed_total",
@@ -1171,10 +1314,17 @@ async fn seal_batch(
                 .collect()
                 .await;
             let mut failed = None;
+            let mut waiting: Option<(Vec<String>, String)> = None;
             for (owner, r) in made {
                 match r {
                     Ok(dek) => {
                         deks.install(&owner, dek);
+                    }
+                    Err(DekError::Waiting { tenants, detail }) => {
+                        waiting
+                            .get_or_insert_with(|| (Vec::new(), detail))
+                            .0
+                            .extend(tenants);
                     }
                     Err(e) => {
                         failed.get_or_insert(e);
@@ -1183,6 +1333,9 @@ async fn seal_batch(
             }
             if let Some(e) = failed {
                 return Err(e);
+            }
+            if let Some((tenants, detail)) = waiting {
+                return Err(DekError::Waiting { tenants, detail });
             }
         }
         let mut jobs = Vec::new();
@@ -1270,13 +1423,13 @@ async fn new_dek(
     match set.make(owner, kms.as_ref(), producer).await {
         Err(DekError::Kms(KmsError::Unavailable { why, detail, .. })) => {
             let Some(public) = views.public_key(owner) else {
-                // nothing to wrap with: the batch waits for the vault (Kafka keeps the data)
-                return Err(DekError::Kms(KmsError::Unavailable {
-                    tenant: owner.to_owned(),
-                    why,
-                    detail: format!("{detail}; no public key of the tenant known to wrap locally"),
-                    retry_after: None,
-                }));
+                // nothing to wrap with: the tenant's records wait for the vault (their
+                // partitions are paused; Kafka keeps the data)
+                views.wake.notify_one();
+                return Err(DekError::Waiting {
+                    tenants: vec![owner.to_owned()],
+                    detail: format!("{why}: {detail}"),
+                });
             };
             tracing::warn!(tenant = owner, outage = %why, kek = %public.kid, "vault unavailable: new DEK wrapped locally, to be proven through Key Vault");
             let (dek, record) = set.make_local(owner, &public, producer).await?;

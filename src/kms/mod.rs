@@ -274,6 +274,35 @@ pub trait KeyProvider: Send + Sync {
 pub type TenantKms =
     cache::CachingProvider<resilience::Resilient<metered::Metered<azure::AzureKeyProvider>>>;
 
+/// A tenant's provider stack whose wraps are one attempt that never waits
+/// ([`resilience::Resilient::wrap_once`]): for a caller that can wrap locally instead, so a
+/// throttled or unreachable vault does not hold up its other work.
+#[derive(Debug)]
+pub struct WrapOnce<'a>(pub &'a TenantKms);
+
+impl KeyProvider for WrapOnce<'_> {
+    fn tenant(&self) -> &str {
+        self.0.tenant()
+    }
+
+    async fn wrap(&self, dek: &DataKey) -> Result<Wrapped, KmsError> {
+        self.0.inner().wrap_once(dek).await
+    }
+
+    async fn unwrap(
+        &self,
+        kek: &KekId,
+        dek: DekId,
+        wrapped: &[u8],
+    ) -> Result<Arc<DataKey>, KmsError> {
+        self.0.unwrap(kek, dek, wrapped).await
+    }
+
+    async fn key_state(&self) -> KeyState {
+        self.0.key_state().await
+    }
+}
+
 /// Builds the provider stack of every tenant with BYOK enabled, sharing one HTTP client and one
 /// rate limiter per vault host.
 pub fn providers(

@@ -31,6 +31,21 @@ impl RateLimiter {
         }
     }
 
+    /// Takes a request slot if one is free now; otherwise says how long until one is.
+    pub async fn try_acquire(&self) -> Result<(), Duration> {
+        let mut s = self.state.lock().await;
+        let now = Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * self.per_second;
+        s.0 = (s.0 + refill).min(self.burst);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - s.0) / self.per_second))
+        }
+    }
+
     /// Waits for a request slot.
     pub async fn acquire(&self) {
         loop {
@@ -92,6 +107,7 @@ macro_rules! limited_retry {
             $self.limiter.acquire().await;
             match $call {
                 $outage if attempt + 1 < $self.policy.attempts => {
+                    $self.cool_down($ra);
                     tokio::time::sleep($self.policy.delay(attempt, $ra)).await;
                     attempt += 1;
                 }
@@ -107,6 +123,8 @@ pub struct Resilient<P> {
     inner: P,
     limiter: Arc<RateLimiter>,
     policy: RetryPolicy,
+    /// No call before this (the vault's last Retry-After), for [`Resilient::wrap_once`].
+    not_before: std::sync::Mutex<Option<Instant>>,
 }
 
 impl<P: KeyProvider> Resilient<P> {
@@ -116,7 +134,59 @@ impl<P: KeyProvider> Resilient<P> {
             inner,
             limiter,
             policy,
+            not_before: std::sync::Mutex::new(None),
         }
+    }
+
+    fn cool_down(&self, retry_after: Option<Duration>) {
+        if let Some(ra) = retry_after
+            && let Ok(mut nb) = self.not_before.lock()
+        {
+            let until = Instant::now() + ra.min(self.policy.max_delay);
+            *nb = Some(nb.map_or(until, |t| t.max(until)));
+        }
+    }
+
+    /// One wrap attempt that never waits: refused at once (as unavailable) while the vault's
+    /// last Retry-After runs or the request budget toward the vault is spent. For callers with
+    /// a fallback (a DEK wrapped locally with the tenant's public key) that must not hold up
+    /// other work waiting for a slow vault.
+    pub async fn wrap_once(&self, dek: &DataKey) -> Result<Wrapped, KmsError> {
+        let unavailable = |detail: String, wait: Duration| KmsError::Unavailable {
+            tenant: self.inner.tenant().to_owned(),
+            why: super::Outage::Throttled,
+            detail,
+            retry_after: Some(wait),
+        };
+        let cooling = self
+            .not_before
+            .lock()
+            .ok()
+            .and_then(|nb| *nb)
+            .and_then(|t| t.checked_duration_since(Instant::now()));
+        if let Some(wait) = cooling {
+            return Err(unavailable(
+                format!(
+                    "the vault asked to wait {} ms more (Retry-After)",
+                    wait.as_millis()
+                ),
+                wait,
+            ));
+        }
+        if let Err(wait) = self.limiter.try_acquire().await {
+            return Err(unavailable(
+                format!(
+                    "the request budget toward this vault (keys.vault_requests_per_10s) is spent for {} ms",
+                    wait.as_millis()
+                ),
+                wait,
+            ));
+        }
+        let r = self.inner.wrap(dek).await;
+        if let Err(KmsError::Unavailable { retry_after, .. }) = &r {
+            self.cool_down(*retry_after);
+        }
+        r
     }
 
     /// The provider this wraps.
@@ -165,6 +235,74 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    /// A vault that answers 429 with Retry-After 5 s to every wrap, counting calls.
+    #[derive(Debug, Default)]
+    struct Throttled(std::sync::atomic::AtomicU32);
+
+    impl KeyProvider for Throttled {
+        fn tenant(&self) -> &str {
+            "acme"
+        }
+        async fn wrap(&self, _dek: &DataKey) -> Result<Wrapped, KmsError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(KmsError::Unavailable {
+                tenant: "acme".into(),
+                why: super::super::Outage::Throttled,
+                detail: "429".into(),
+                retry_after: Some(Duration::from_secs(5)),
+            })
+        }
+        async fn unwrap(
+            &self,
+            _kek: &KekId,
+            _dek: DekId,
+            _wrapped: &[u8],
+        ) -> Result<Arc<DataKey>, KmsError> {
+            unreachable!("not used")
+        }
+        async fn key_state(&self) -> KeyState {
+            unreachable!("not used")
+        }
+    }
+
+    #[tokio::test]
+    async fn wrap_once_never_waits_and_honours_retry_after_without_calling() {
+        let r = Resilient::new(
+            Throttled::default(),
+            Arc::new(RateLimiter::new(100)),
+            RetryPolicy::default(),
+        );
+        let dek = DataKey::from_bytes_for_vectors(DekId::new_v7(), [7; 32]);
+        let t = Instant::now();
+        for _ in 0..5 {
+            assert!(matches!(
+                r.wrap_once(&dek).await,
+                Err(KmsError::Unavailable { .. })
+            ));
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        // the first 429 said 5 s: the next four were refused without a call
+        assert_eq!(r.inner().0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn wrap_once_refuses_when_the_budget_is_spent() {
+        let r = Resilient::new(
+            Throttled::default(),
+            Arc::new(RateLimiter::new(2)), // burst of 1
+            RetryPolicy::default(),
+        );
+        r.limiter.acquire().await;
+        let dek = DataKey::from_bytes_for_vectors(DekId::new_v7(), [7; 32]);
+        match r.wrap_once(&dek).await {
+            Err(KmsError::Unavailable { detail, .. }) => {
+                assert!(detail.contains("vault_requests_per_10s"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.inner().0.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -1420,7 +1420,15 @@ async fn new_dek(
                 detail: "no key provider".into(),
             })
         })?;
-    match set.make(owner, kms.as_ref(), producer).await {
+    // With a public key to fall back on, one attempt that never waits (a throttled or
+    // unreachable vault must not hold up the batch's other tenants); without, the retries.
+    let made = if views.public_key(owner).is_some() {
+        set.make(owner, &crate::kms::WrapOnce(kms.as_ref()), producer)
+            .await
+    } else {
+        set.make(owner, kms.as_ref(), producer).await
+    };
+    match made {
         Err(DekError::Kms(KmsError::Unavailable { why, detail, .. })) => {
             let Some(public) = views.public_key(owner) else {
                 // nothing to wrap with: the tenant's records wait for the vault (their

@@ -45,6 +45,7 @@ struct Scenario {
     producer: FutureProducer,
     sent: BTreeMap<String, String>, // message id -> body
     next: usize,
+    started: Instant,
 }
 
 impl Scenario {
@@ -91,6 +92,7 @@ impl Scenario {
             producer,
             sent: BTreeMap::new(),
             next: 0,
+            started: Instant::now(),
         }
     }
 
@@ -174,6 +176,7 @@ impl Scenario {
     /// Every message captured is in the archive exactly as captured (duplicates dropped), and no
     /// output topic holds plaintext.
     async fn assert_everything_archived(&self) {
+        self.assert_within_budget().await;
         let (archive, failed, _) = open_all(&self.config, "archive.messages").await;
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(
@@ -185,6 +188,24 @@ impl Scenario {
             assert_eq!(archive.get(id), Some(body), "{id} decrypts to the original");
         }
         self.assert_no_plaintext().await;
+    }
+
+    /// The requests every vault received since the scenario started (from the emulator: the
+    /// worker's, and those of any tool the scenario ran) stay within the budget one worker is
+    /// configured with (`keys.vault_requests_per_10s`, bursting to half of it).
+    async fn assert_within_budget(&self) {
+        let stats = self.emu.admin.stats().await.unwrap();
+        let secs = self.started.elapsed().as_secs_f64();
+        let per_10s = f64::from(self.config.keys.vault_requests_per_10s);
+        let budget = (per_10s / 2.0).max(1.0) + per_10s * secs / 10.0;
+        for vault in ["acme-vault", "globex-kv"] {
+            let calls = vault_calls(&stats, vault);
+            assert!(
+                calls as f64 <= budget,
+                "{calls} requests to {vault} in {secs:.0} s: over the budget of {budget:.0}"
+            );
+            eprintln!("budget: {calls} requests to {vault} in {secs:.0} s (budget {budget:.0})");
+        }
     }
 
     /// Every raw value of every output topic: no plaintext marker anywhere but the capture topic.
@@ -487,6 +508,7 @@ async fn revoke_recover_drain(how: Revoke) {
         assert_eq!(archive.get(id), Some(body), "{id} decrypts to the original");
     }
     s.assert_no_plaintext().await;
+    s.assert_within_budget().await;
     eprintln!(
         "{how:?} then restore and drain: {} messages captured ({} before the key was taken away, {} during or after); \
          quarantined: {quarantined} (acme, {}, {} DEKs wrapped locally); archived while revoked: {archived_during} \
@@ -1158,9 +1180,10 @@ async fn replay_reseals_into_a_new_topic_resumes_after_a_kill_and_reports_what_i
     );
     assert_eq!(late.resealed, 151);
 
-    // 7. no plaintext in the new topics either
+    // 7. no plaintext in the new topics either; the vaults' budget held with the tools running
     s.assert_no_plaintext_in(&["archive.v2", "archive.late"])
         .await;
+    s.assert_within_budget().await;
 }
 
 /// The customer rotates globex's client secret while traffic flows: a new secret is added to the

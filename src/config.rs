@@ -299,6 +299,10 @@ pub struct KeysConfig {
     /// Host names resolved to fixed addresses instead of DNS (like curl --resolve), for the
     /// local emulator or split-horizon DNS.
     pub resolve: BTreeMap<String, std::net::IpAddr>,
+    /// The worker drains the quarantine into the archive by itself when a tenant's key comes
+    /// back (one member of the group does: the one assigned partition 0 of the first input
+    /// topic), as `byok replay --quarantine` does.
+    pub drain_on_restore: bool,
 }
 
 /// Metrics and health endpoint.
@@ -694,6 +698,8 @@ struct KeysRaw {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     resolve: BTreeMap<String, std::net::IpAddr>,
+    #[serde(default = "default_true")]
+    drain_on_restore: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1240,6 +1246,7 @@ impl Loader {
             unwrapped_cache_ttl: raw.unwrapped_cache_ttl,
             ca_file,
             resolve: raw.resolve,
+            drain_on_restore: raw.drain_on_restore,
         })
     }
 

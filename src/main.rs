@@ -1177,6 +1177,7 @@ async fn cat(
         topic: topic.unwrap_or_else(|| config.kafka.archive_topic.as_str().to_owned()),
         partitions,
         from_offset,
+        start_offsets: Default::default(),
         to_offset,
         from_time_ms: rfc3339_ms(since, "since")?,
         to_time_ms: rfc3339_ms(until, "until")?,

@@ -10,13 +10,17 @@
 //! - Records of tenants still revoked, and records without a tenant, stay, counted by reason.
 //!
 //! Records whose `byok.src` is already in the archive are not written again, so running it twice,
-//! or again after a crash, adds nothing twice.
+//! or again after a crash, adds nothing twice. The archive is searched from an hour before the
+//! oldest record that could move (not from its beginning). Progress is kept as offsets of the
+//! consumer group `<group_id>.drain` on the quarantine topic: each partition's first record not
+//! yet resolved (moved, re-sealed or found archived), so a later drain starts there.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -32,6 +36,14 @@ use crate::envelope::{
 };
 use crate::kms::KeyProvider;
 use crate::registry::QUARANTINE_TENANT;
+
+/// How far before the oldest movable quarantine record the archive is searched for copies.
+const ARCHIVE_SEARCH_MARGIN_MS: i64 = 3_600_000;
+
+/// The consumer group whose offsets on the quarantine topic keep the drain's progress.
+pub fn drain_group(config: &Config) -> String {
+    format!("{}.drain", config.kafka.group_id)
+}
 
 /// What to drain.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +74,7 @@ pub struct DrainStats {
 struct Quarantined {
     partition: i32,
     offset: i64,
+    timestamp: Option<i64>,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
     headers: Vec<(String, Option<Vec<u8>>)>,
@@ -84,39 +97,26 @@ pub async fn drain_quarantine(
     )
     .map_err(|e| ReadError(e.to_string()))?;
 
-    // byok.src already in the archive topics
-    let mut archived: HashSet<String> = HashSet::new();
-    let topics: std::collections::BTreeSet<String> = tenants
-        .keys()
-        .map(|t| config.kafka.archive_topic.topic_for(t))
-        .collect();
-    for topic in &topics {
-        let consumer = reader_consumer(config)?;
-        let r = read_all(&consumer, topic, None, |m| {
-            if let Some(h) = m.headers()
-                && let Some(src) = h.iter().find(|h| h.key == "byok.src").and_then(|h| h.value)
-            {
-                archived.insert(String::from_utf8_lossy(src).into_owned());
-            }
-        })
-        .await;
-        if let Err(e) = r {
-            // a per-tenant archive topic that does not exist yet holds nothing
-            tracing::info!(topic, error = %e, "archive topic not read");
-        }
-    }
-
-    let mut records = Vec::new();
-    let consumer = reader_consumer(config)?;
+    // the quarantine, from the first record an earlier drain left unresolved
+    let group = super::reader::group_consumer(config, &drain_group(config))?;
     let q_topic = config.kafka.quarantine_topic.clone();
+    let starts = super::reader::committed(&group, &q_topic)?;
+    let mut records = Vec::new();
+    let mut read_to: HashMap<i32, i64> = HashMap::new();
+    let consumer = reader_consumer(config)?;
     read_all(
         &consumer,
         &q_topic,
-        Some(&ReadOptions::topic(q_topic.clone())),
+        Some(&ReadOptions {
+            start_offsets: starts,
+            ..ReadOptions::topic(q_topic.clone())
+        }),
         |m| {
+            read_to.insert(m.partition(), m.offset() + 1);
             records.push(Quarantined {
                 partition: m.partition(),
                 offset: m.offset(),
+                timestamp: m.timestamp().to_millis(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().unwrap_or_default().to_vec(),
                 headers: m
@@ -132,6 +132,56 @@ pub async fn drain_quarantine(
     )
     .await?;
 
+    // byok.src already in the archive topics, searched from an hour before the oldest record
+    // that could move (a copy archived by a redelivered batch may predate its quarantine copy)
+    let movable = |r: &Quarantined| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == "byok.tenant")
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .is_some_and(|t| {
+                opts.tenant.as_deref().is_none_or(|f| f == t)
+                    && TenantId::parse(t).is_ok_and(|t| tenants.contains_key(&t))
+            })
+    };
+    let oldest = records
+        .iter()
+        .filter(|r| movable(r))
+        .map(|r| r.timestamp.unwrap_or(0))
+        .min();
+    let mut archived: HashSet<String> = HashSet::new();
+    let topics: std::collections::BTreeSet<String> = tenants
+        .keys()
+        .map(|t| config.kafka.archive_topic.topic_for(t))
+        .collect();
+    let since = oldest
+        .filter(|t| *t > ARCHIVE_SEARCH_MARGIN_MS)
+        .map(|t| t - ARCHIVE_SEARCH_MARGIN_MS);
+    for topic in topics.iter().filter(|_| oldest.is_some()) {
+        let consumer = reader_consumer(config)?;
+        let r = read_all(
+            &consumer,
+            topic,
+            Some(&ReadOptions {
+                from_time_ms: since,
+                ..ReadOptions::topic(topic.clone())
+            }),
+            |m| {
+                if let Some(h) = m.headers()
+                    && let Some(src) = h.iter().find(|h| h.key == "byok.src").and_then(|h| h.value)
+                {
+                    archived.insert(String::from_utf8_lossy(src).into_owned());
+                }
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            // a per-tenant archive topic that does not exist yet holds nothing
+            tracing::info!(topic, error = %e, "archive topic not read");
+        }
+    }
+
     let producer: FutureProducer = super::worker::tool_producer_config(config)
         .create()
         .map_err(|e| ReadError(format!("Kafka producer: {e}")))?;
@@ -143,6 +193,9 @@ pub async fn drain_quarantine(
     let mut proven: HashMap<DekId, bool> = HashMap::new();
     let mut stats = DrainStats::default();
     let total = records.len() as u64;
+    let offsets: Vec<(i32, i64)> = records.iter().map(|r| (r.partition, r.offset)).collect();
+    // moved, re-sealed (once acknowledged) or found archived
+    let mut resolved: HashSet<(i32, i64)> = HashSet::new();
     let mut sends = Vec::new();
     for (n, r) in records.into_iter().enumerate() {
         stats.read += 1;
@@ -164,6 +217,7 @@ pub async fn drain_quarantine(
         let src = q.src.to_string();
         if archived.contains(&src) {
             stats.already_archived += 1;
+            resolved.insert((r.partition, r.offset));
             continue;
         }
         let stay = |stats: &mut DrainStats, why: &str| {
@@ -286,15 +340,36 @@ pub async fn drain_quarantine(
             producer
                 .send(rec, Timeout::After(Duration::from_secs(60)))
                 .await
-                .map(|_| ())
+                .map(|_| (r.partition, r.offset))
                 .map_err(|(e, _)| format!("{at}: produce to {topic}: {e}"))
         });
     }
     for r in futures::future::join_all(sends).await {
-        if let Err(e) = r {
-            stats.failed.push(e);
+        match r {
+            Ok(at) => {
+                resolved.insert(at);
+            }
+            Err(e) => stats.failed.push(e),
         }
     }
     let _ = producer.flush(Timeout::After(Duration::from_secs(30)));
+    if !opts.dry_run && opts.tenant.is_none() {
+        // the next drain starts at each partition's first record not resolved
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (p, end) in &read_to {
+            let first_open = offsets
+                .iter()
+                .filter(|(rp, ro)| rp == p && !resolved.contains(&(*rp, *ro)))
+                .map(|(_, o)| *o)
+                .min()
+                .unwrap_or(*end);
+            let _ = tpl.add_partition_offset(&q_topic, *p, rdkafka::Offset::Offset(first_open));
+        }
+        if tpl.count() > 0
+            && let Err(e) = group.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, group = %drain_group(config), "drain progress not saved; the next drain reads these records again (nothing is written twice)");
+        }
+    }
     Ok(stats)
 }

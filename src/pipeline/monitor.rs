@@ -46,6 +46,8 @@ pub struct KeyViews {
     generation: AtomicU64,
     public: Mutex<HashMap<String, VersionInfo>>,
     unverified: Mutex<Vec<DekRecord>>,
+    /// Tenants whose key came back (revoked, then usable) since the last look.
+    restored: Mutex<Vec<String>>,
     /// Wakes the monitor early (after a vault error).
     pub wake: Notify,
 }
@@ -113,6 +115,14 @@ impl KeyViews {
         if let Ok(mut u) = self.unverified.lock() {
             u.push(record);
         }
+    }
+
+    /// Tenants whose key came back since the last call (their quarantine can be drained).
+    pub fn take_restored(&self) -> Vec<String> {
+        self.restored
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     /// Locally wrapped DEKs not yet proven.
@@ -202,7 +212,12 @@ pub async fn check_all(
                     tracing::warn!(tenant, %why, detail, "tenant key revoked: its records go to the quarantine, sealed for its key only");
                 }
                 KeyView::Usable(kid) => {
-                    tracing::info!(tenant, kek = %kid, previous = ?previous, "tenant key usable")
+                    tracing::info!(tenant, kek = %kid, previous = ?previous, "tenant key usable");
+                    if matches!(previous, Some(KeyView::Revoked { .. }))
+                        && let Ok(mut r) = views.restored.lock()
+                    {
+                        r.push(tenant.clone());
+                    }
                 }
                 KeyView::Unavailable => {
                     tracing::warn!(tenant, "tenant key vault unavailable: sealing continues")

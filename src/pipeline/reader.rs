@@ -35,6 +35,8 @@ pub struct ReadOptions {
     pub partitions: Vec<i32>,
     /// First offset per partition (inclusive).
     pub from_offset: Option<i64>,
+    /// First offset of these partitions (inclusive), over `from_offset`.
+    pub start_offsets: HashMap<i32, i64>,
     /// Last offset per partition (exclusive).
     pub to_offset: Option<i64>,
     /// Only records with a timestamp at or after this (ms since the epoch).
@@ -54,6 +56,7 @@ impl ReadOptions {
             topic: topic.into(),
             partitions: Vec::new(),
             from_offset: None,
+            start_offsets: HashMap::new(),
             to_offset: None,
             from_time_ms: None,
             to_time_ms: None,
@@ -124,6 +127,11 @@ pub struct ReadStats {
 pub struct ReadError(pub String);
 
 pub(crate) fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadError> {
+    group_consumer(config, &format!("byok-reader-{}", uuid::Uuid::new_v4()))
+}
+
+/// A reader in consumer group `group`, for a tool that keeps its progress in committed offsets.
+pub(crate) fn group_consumer(config: &Config, group: &str) -> Result<StreamConsumer, ReadError> {
     let mut c = ClientConfig::new();
     for (k, v) in &config.kafka.consumer {
         c.set(k, v);
@@ -134,7 +142,7 @@ pub(crate) fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadErr
         c.set("fetch.max.bytes", "4194304");
     }
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("group.id", format!("byok-reader-{}", uuid::Uuid::new_v4()))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
@@ -208,7 +216,7 @@ impl<'c> TopicReader<'c> {
                     Some(o) => Some(*o),
                     None => continue,
                 },
-                None => opts.and_then(|o| o.from_offset),
+                None => opts.and_then(|o| o.start_offsets.get(p).copied().or(o.from_offset)),
             };
             let start = from.map_or(low, |o| o.max(low));
             let end = opts.and_then(|o| o.to_offset).map_or(high, |o| o.min(high));
@@ -307,6 +315,34 @@ where
         f(&m);
     }
     Ok(())
+}
+
+/// The offsets `consumer`'s group committed for `topic`, per partition (partitions without one
+/// left out).
+pub(crate) fn committed(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> Result<HashMap<i32, i64>, ReadError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| ReadError(format!("topic {topic}: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            let _ = tpl.add_partition(topic, p.id());
+        }
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(|e| ReadError(format!("committed offsets of {topic}: {e}")))?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Loads the DEK registry (latest record per DEK; tombstones remove).

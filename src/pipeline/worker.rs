@@ -76,6 +76,8 @@ pub struct RunStats {
     pub batches: u64,
     /// DEKs made.
     pub deks_created: u64,
+    /// Quarantine records this worker drained into the archive (`keys.drain_on_restore`).
+    pub drained: u64,
 }
 
 /// The consumer's context: logs through tracing, marks the worker joined, exports consumer lag
@@ -569,8 +571,12 @@ pub async fn run_with(
     };
 
     let mut paused = Paused::default();
+    let mut drains = AutoDrain::default();
     loop {
         paused.resume_ready(&consumer, &views);
+        if config.keys.drain_on_restore {
+            drains.look(&config, &consumer, &topics, &views, &mut stats);
+        }
         // commit what the broker acknowledged, oldest batch first
         while in_flight.front().is_some_and(|f| f.done.is_finished()) {
             if let Some(mut f) = in_flight.pop_front() {
@@ -772,9 +778,106 @@ pub async fn run_with(
         settle(f, r, true, &mut stats)?;
     }
     monitor.abort();
+    drains.stop(config.worker.drain_deadline, &mut stats).await;
     let _ = producer.flush(Timeout::After(config.worker.drain_deadline));
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// Drains the quarantine when a tenant's key comes back, in one member of the group: the one
+/// assigned partition 0 of the first input topic (it also drains once on becoming that member,
+/// for keys that came back while it was not). A drain runs in the background, one at a time;
+/// it is idempotent (records already archived are not written again), so a leadership change
+/// mid-drain loses nothing.
+#[derive(Default)]
+struct AutoDrain {
+    task:
+        Option<tokio::task::JoinHandle<Result<super::drain::DrainStats, super::reader::ReadError>>>,
+    again: bool,
+    leader: bool,
+}
+
+impl AutoDrain {
+    fn look<C: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        config: &Config,
+        consumer: &StreamConsumer<C>,
+        topics: &[&str],
+        views: &KeyViews,
+        stats: &mut RunStats,
+    ) {
+        let restored = views.take_restored();
+        let leader = topics.first().is_some_and(|t| {
+            consumer.assignment().is_ok_and(|a| {
+                a.elements()
+                    .iter()
+                    .any(|e| e.topic() == *t && e.partition() == 0)
+            })
+        });
+        if leader && (!restored.is_empty() || !self.leader) {
+            if !restored.is_empty() {
+                tracing::info!(tenants = ?restored, "keys came back: draining the quarantine");
+            }
+            self.again = true;
+        }
+        self.leader = leader;
+        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+            self.collect(stats);
+        }
+        if self.again && self.task.is_none() {
+            self.again = false;
+            let config = config.clone();
+            self.task = Some(tokio::spawn(async move {
+                super::drain::drain_quarantine(
+                    &config,
+                    &super::drain::DrainOptions::default(),
+                    |_, _| {},
+                )
+                .await
+            }));
+        }
+    }
+
+    fn collect(&mut self, stats: &mut RunStats) {
+        let Some(task) = self.task.take() else { return };
+        match futures::FutureExt::now_or_never(task) {
+            Some(Ok(Ok(d))) => {
+                let n = d.moved + d.resealed;
+                stats.drained += n;
+                metrics::counter!("byok_quarantine_drained_total").increment(n);
+                if n > 0 || !d.failed.is_empty() {
+                    tracing::info!(moved = d.moved, resealed = d.resealed, already_archived = d.already_archived, stayed = ?d.stayed, failed = d.failed.len(), "quarantine drained");
+                }
+                for f in &d.failed {
+                    tracing::warn!(record = %f, "quarantine record not drained");
+                }
+            }
+            Some(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "quarantine drain failed; it runs again when a key comes back or another member leads");
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "quarantine drain task ended"),
+            None => {}
+        }
+    }
+
+    /// At shutdown: gives a drain still running `deadline` to finish, then stops it (what it
+    /// did not save is read again by the next drain; nothing is written twice).
+    async fn stop(&mut self, deadline: Duration, stats: &mut RunStats) {
+        if let Some(t) = self.task.as_mut()
+            && tokio::time::timeout(deadline, async {
+                while !t.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .is_err()
+        {
+            tracing::warn!("quarantine drain still running at shutdown; stopped");
+            t.abort();
+            self.task = None;
+        }
+        self.collect(stats);
+    }
 }
 
 /// The next offset to commit per partition for a batch, as a map and as a list.
@@ -971,6 +1074,11 @@ fn describe_metrics() {
         "offset commits that failed (records may be redelivered)"
     );
     describe_counter!(
+        "byok_quarantine_drained_total",
+        Unit::Count,
+        "quarantine records moved or re-sealed into the archive by the worker's drains"
+    );
+    describe_counter!(
         "byok_transactions_aborted_total",
         Unit::Count,
         "exactly-once transactions aborted and retried"
@@ -1017,6 +1125,7 @@ fn describe_metrics() {
         "byok_records_sealed_total",
         "byok_commit_failures_total",
         "byok_transactions_aborted_total",
+        "byok_quarantine_drained_total",
     ] {
         metrics::counter!(c).increment(0);
     }

@@ -378,7 +378,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         stats.deks_created
     );
 
-    println!("5. Draining the quarantine into the archive (byok replay --quarantine)");
+    println!(
+        "5. Draining the quarantine into the archive: the worker drained {} records when acme's key came back; then byok replay --quarantine",
+        stats.drained
+    );
     let drained = crate::pipeline::drain::drain_quarantine(
         &config,
         &crate::pipeline::drain::DrainOptions::default(),
@@ -387,7 +390,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     .await
     .map_err(|e| e.to_string())?;
     println!(
-        "   {} records moved unchanged after acme's DEKs opened through Key Vault; {} stay ({:?})",
+        "   {} more records moved unchanged after acme's DEKs opened through Key Vault; {} stay ({:?})",
         drained.moved,
         drained.stayed.values().sum::<u64>(),
         drained.stayed
@@ -401,7 +404,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         messages: msgs.len(),
         deks: stats.deks_created,
         records_per_second: total as f64 / elapsed.as_secs_f64(),
-        drained: drained.moved,
+        drained: stats.drained + drained.moved,
         mismatches: drained.failed.len() as u64,
         ..DemoSummary::default()
     };

@@ -944,6 +944,7 @@ async fn replay_reseals_into_a_new_topic_resumes_after_a_kill_and_reports_what_i
     let mut s = Scenario::start("").await;
     s.tansu.create_topic("archive.v2", 3);
     s.tansu.create_topic("archive.late", 3);
+    s.tansu.create_topic("archive.globex.v3", 3);
     let (stop, health, worker) = start_worker(&s.config);
     s.capture(150).await;
     s.settle(&health, "first half").await;
@@ -1184,8 +1185,31 @@ async fn replay_reseals_into_a_new_topic_resumes_after_a_kill_and_reports_what_i
     );
     assert_eq!(late.resealed, 151);
 
-    // 7. no plaintext in the new topics either; the vaults' budget held with the tools running
-    s.assert_no_plaintext_in(&["archive.v2", "archive.late"])
+    // 7. one tenant into a per-tenant topic ({tenant} template)
+    let globex_only = replay(
+        &s.config,
+        &ReplayOptions {
+            to: "archive.{tenant}.v3".into(),
+            tenants: vec!["globex".into()],
+            dry_run: false,
+            ..opts.clone()
+        },
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        globex_only.by_tenant.keys().collect::<Vec<_>>(),
+        vec!["globex"]
+    );
+    assert_eq!(globex_only.resealed, 150);
+    let (v3, failed) = open_records(&s.config, "archive.globex.v3").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(v3.len(), 150);
+    assert!(v3.iter().all(|o| o.tenant.as_deref() == Some("globex")));
+
+    // 8. no plaintext in the new topics either; the vaults' budget held with the tools running
+    s.assert_no_plaintext_in(&["archive.v2", "archive.late", "archive.globex.v3"])
         .await;
     s.assert_within_budget().await;
 }

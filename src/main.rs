@@ -916,72 +916,92 @@ async fn keys_usage(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rewrap(
+/// Runs an operator tool over the configuration at `path`: logs on, a progress bar the tool
+/// feeds (`what` names its unit), the records or DEKs it could not handle on stderr, its JSON
+/// summary on stdout; exit 1 when anything could not be handled.
+async fn tool<S: serde::Serialize>(
     path: &std::path::Path,
-    opts: byok::pipeline::rewrap::RewrapOptions,
+    what: &str,
+    run: impl AsyncFnOnce(&Config, &mut dyn FnMut(u64, u64)) -> Result<S, String>,
+    failures: impl Fn(&S) -> Vec<String>,
 ) -> Result<ExitCode, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     init_logs();
     let bar = progress_bar(
         0,
-        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} DEKs, ETA {eta}",
+        &format!(
+            "{{spinner}} {{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {what}, {{per_sec}}, ETA {{eta}}"
+        ),
     );
-    let stats = byok::pipeline::rewrap::rewrap(&config, &opts, |done, total| {
+    let stats = run(&config, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     bar.finish_and_clear();
-    let failed: usize = stats.values().map(|s| s.failed.len()).sum();
-    for (t, s) in &stats {
-        for f in &s.failed {
-            eprintln!("{t}: {f}");
-        }
+    let failed = failures(&stats);
+    for f in &failed {
+        eprintln!("{f}");
     }
     println!(
         "{}",
         serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?
     );
-    Ok(if failed == 0 {
+    Ok(if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
+async fn rewrap(
+    path: &std::path::Path,
+    opts: byok::pipeline::rewrap::RewrapOptions,
+) -> Result<ExitCode, String> {
+    tool(
+        path,
+        "DEKs",
+        async |config, progress| {
+            byok::pipeline::rewrap::rewrap(config, &opts, progress)
+                .await
+                .map_err(|e| e.to_string())
+        },
+        |stats| {
+            stats
+                .iter()
+                .flat_map(|(t, s)| s.failed.iter().map(move |f| format!("{t}: {f}")))
+                .collect()
+        },
+    )
+    .await
+}
+
 async fn replay(
     path: &std::path::Path,
     opts: byok::pipeline::replay::ReplayOptions,
 ) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    init_logs();
-    let bar = progress_bar(
-        0,
-        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} records, {per_sec}, ETA {eta}",
-    );
-    let stats = byok::pipeline::replay::replay(&config, &opts, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
+    tool(
+        path,
+        "records",
+        async |config, progress| {
+            byok::pipeline::replay::replay(config, &opts, progress)
+                .await
+                .map_err(|e| e.to_string())
+        },
+        |stats| {
+            stats
+                .failed
+                .iter()
+                .map(|f| {
+                    format!(
+                        "could not replay {}/{}/{}: {}",
+                        f.topic, f.partition, f.offset, f.reason
+                    )
+                })
+                .collect()
+        },
+    )
     .await
-    .map_err(|e| e.to_string())?;
-    bar.finish_and_clear();
-    for f in &stats.failed {
-        eprintln!(
-            "could not replay {}/{}/{}: {}",
-            f.topic, f.partition, f.offset, f.reason
-        );
-    }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?
-    );
-    Ok(if stats.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 async fn drain(
@@ -989,32 +1009,24 @@ async fn drain(
     tenant: Option<String>,
     dry_run: bool,
 ) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    init_logs();
-    let bar = progress_bar(
-        0,
-        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} quarantine records, ETA {eta}",
-    );
     let opts = byok::pipeline::drain::DrainOptions { tenant, dry_run };
-    let stats = byok::pipeline::drain::drain_quarantine(&config, &opts, |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
+    tool(
+        path,
+        "quarantine records",
+        async |config, progress| {
+            byok::pipeline::drain::drain_quarantine(config, &opts, progress)
+                .await
+                .map_err(|e| e.to_string())
+        },
+        |stats| {
+            stats
+                .failed
+                .iter()
+                .map(|f| format!("could not drain: {f}"))
+                .collect()
+        },
+    )
     .await
-    .map_err(|e| e.to_string())?;
-    bar.finish_and_clear();
-    for f in &stats.failed {
-        eprintln!("could not drain: {f}");
-    }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?
-    );
-    Ok(if stats.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 fn healthcheck(url: &str) -> Result<ExitCode, String> {

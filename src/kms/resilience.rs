@@ -48,19 +48,7 @@ impl RateLimiter {
 
     /// Waits for a request slot.
     pub async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut s = self.state.lock().await;
-                let now = Instant::now();
-                let refill = now.duration_since(s.1).as_secs_f64() * self.per_second;
-                s.0 = (s.0 + refill).min(self.burst);
-                s.1 = now;
-                if s.0 >= 1.0 {
-                    s.0 -= 1.0;
-                    return;
-                }
-                Duration::from_secs_f64((1.0 - s.0) / self.per_second)
-            };
+        while let Err(wait) = self.try_acquire().await {
             tokio::time::sleep(wait).await;
         }
     }

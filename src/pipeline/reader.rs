@@ -290,14 +290,18 @@ fn start_offsets_at(
     let found = consumer
         .offsets_for_times(tpl, Duration::from_secs(10))
         .map_err(|e| ReadError(format!("{topic}: offsets for time {ms}: {e}")))?;
-    Ok(found
-        .elements()
+    Ok(offsets_of(&found))
+}
+
+/// The partitions of a list that have an offset, with it.
+fn offsets_of(tpl: &TopicPartitionList) -> HashMap<i32, i64> {
+    tpl.elements()
         .iter()
         .filter_map(|e| match e.offset() {
             Offset::Offset(o) => Some((e.partition(), o)),
             _ => None,
         })
-        .collect())
+        .collect()
 }
 
 /// Reads every record of `topic` from the beginning to the current end, as (key, value, headers).
@@ -335,14 +339,7 @@ pub(crate) fn committed(
     let got = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
         .map_err(|e| ReadError(format!("committed offsets of {topic}: {e}")))?;
-    Ok(got
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect())
+    Ok(offsets_of(&got))
 }
 
 /// Loads the DEK registry (latest record per DEK; tombstones remove).

@@ -1002,16 +1002,8 @@ async fn replay_reseals_into_a_new_topic_resumes_after_a_kill_and_reports_what_i
         .await
         .unwrap();
     let opts = ReplayOptions {
-        from: "archive.messages".into(),
-        to: "archive.v2".into(),
-        tenants: Vec::new(),
-        partitions: Vec::new(),
-        from_offset: None,
-        to_offset: None,
-        from_time_ms: None,
-        to_time_ms: None,
         dry_run: true,
-        rate: None,
+        ..ReplayOptions::new("archive.messages", "archive.v2")
     };
 
     // 1. dry run: every record opened, nothing written, no DEK made

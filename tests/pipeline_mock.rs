@@ -610,18 +610,7 @@ async fn replay_killed_midway_resumes_exactly_once() {
     child.kill().unwrap();
     child.wait().unwrap();
     let after_kill = count(&r.bootstrap, "archive.v2");
-    let opts = byok::pipeline::replay::ReplayOptions {
-        from: "archive.messages".into(),
-        to: "archive.v2".into(),
-        tenants: Vec::new(),
-        partitions: Vec::new(),
-        from_offset: None,
-        to_offset: None,
-        from_time_ms: None,
-        to_time_ms: None,
-        dry_run: false,
-        rate: None,
-    };
+    let opts = byok::pipeline::replay::ReplayOptions::new("archive.messages", "archive.v2");
     let resumed = byok::pipeline::replay::replay(&config, &opts, |_, _| {})
         .await
         .unwrap();

@@ -342,6 +342,17 @@ pub(crate) fn committed(
     Ok(offsets_of(&got))
 }
 
+/// A record's headers as owned (name, value) pairs.
+pub(crate) fn owned_headers<M: Message + ?Sized>(m: &M) -> Vec<(String, Option<Vec<u8>>)> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Loads the DEK registry (latest record per DEK; tombstones remove).
 pub async fn load_registry(config: &Config) -> Result<HashMap<DekId, DekRecord>, ReadError> {
     let consumer = reader_consumer(config)?;
@@ -419,14 +430,7 @@ pub async fn read(
         {
             return;
         }
-        let headers: Vec<(String, Option<Vec<u8>>)> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers: Vec<(String, Option<Vec<u8>>)> = owned_headers(m);
         sealed.push((
             m.partition(),
             m.offset(),

@@ -56,6 +56,25 @@ pub struct ReplayOptions {
     pub rate: Option<f64>,
 }
 
+impl ReplayOptions {
+    /// Every record of `from` into `to`: all tenants, partitions, offsets and times, no rate
+    /// limit, for real.
+    pub fn new(from: impl Into<String>, to: impl Into<String>) -> Self {
+        Self {
+            from: from.into(),
+            to: to.into(),
+            tenants: Vec::new(),
+            partitions: Vec::new(),
+            from_offset: None,
+            to_offset: None,
+            from_time_ms: None,
+            to_time_ms: None,
+            dry_run: false,
+            rate: None,
+        }
+    }
+}
+
 /// What replaying did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplayStats {
@@ -259,14 +278,7 @@ pub async fn replay(
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                headers: super::reader::owned_headers(&m),
             });
         }
         if raws.is_empty() {

@@ -614,8 +614,8 @@ pub async fn run_with(
                 None
             }
             m = consumer.recv() => Some(m),
-            // paused partitions are looked at again every second
-            _ = tokio::time::sleep(Duration::from_secs(1)), if !paused.is_empty() => None,
+            // paused partitions and keys that came back are looked at every second, traffic or not
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !paused.is_empty() || config.keys.drain_on_restore => None,
         };
         if let Some(f) = oldest {
             in_flight.push_front(f);
@@ -795,6 +795,7 @@ struct AutoDrain {
         Option<tokio::task::JoinHandle<Result<super::drain::DrainStats, super::reader::ReadError>>>,
     again: bool,
     leader: bool,
+    looked: Option<Instant>,
 }
 
 impl AutoDrain {
@@ -807,6 +808,15 @@ impl AutoDrain {
         stats: &mut RunStats,
     ) {
         let restored = views.take_restored();
+        // the assignment is looked at once a second (and at once when a key came back)
+        if restored.is_empty()
+            && self
+                .looked
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.looked = Some(Instant::now());
         let leader = topics.first().is_some_and(|t| {
             consumer.assignment().is_ok_and(|a| {
                 a.elements()

@@ -1335,3 +1335,51 @@ async fn a_tenant_with_no_known_public_key_pauses_only_its_partitions_during_an_
         waited.as_secs_f64()
     );
 }
+
+/// acme's key comes back while no worker runs: the worker started afterwards drains acme's
+/// quarantine by itself as soon as it holds partition 0 (no key change seen, no traffic needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_after_the_key_came_back_drains_the_quarantine() {
+    let mut s = Scenario::start("").await;
+    let (stop, health, worker) = start_worker(&s.config);
+    s.capture(100).await;
+    s.settle(&health, "before").await;
+    Revoke::Disable.revoke(&s.emu).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.count("byok.quarantine") == 0 {
+        assert!(Instant::now() < deadline, "acme never quarantined");
+        s.capture(20).await;
+        s.settle(&health, "while disabled").await;
+    }
+    s.capture(40).await;
+    s.settle(&health, "while disabled").await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let quarantined = s.count("byok.quarantine");
+    assert!(quarantined >= 20);
+
+    // the key comes back while nothing runs; a worker starts, with no traffic at all
+    Revoke::Disable.restore(&s.emu).await;
+    let (stop, _health, worker) = start_worker(&s.config);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while s.count("archive.messages") < s.sent.len() as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "not drained at start: {} of {} archived",
+            s.count("archive.messages"),
+            s.sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.send(true).unwrap();
+    let run = worker.await.unwrap().unwrap();
+    assert_eq!(run.drained as i64, quarantined);
+    assert_eq!(
+        run.records_in, 0,
+        "no traffic: the drain alone archived them"
+    );
+    s.assert_everything_archived().await;
+    eprintln!(
+        "drain at start: {quarantined} quarantined records of acme drained by a worker started after the key came back"
+    );
+}

@@ -1020,9 +1020,7 @@ async fn replay_reseals_into_a_new_topic_resumes_after_a_kill_and_reports_what_i
         "{reasons:?}"
     );
     assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("not a byok archive record")),
+        reasons.iter().any(|r| r.contains("not a byok record")),
         "{reasons:?}"
     );
 
@@ -1352,14 +1350,60 @@ async fn a_worker_started_after_the_key_came_back_drains_the_quarantine() {
         s.settle(&health, "while disabled").await;
     }
     s.capture(40).await;
+    // and one record of a tenant nobody configured: quarantined under the operator's key
+    s.producer
+        .send(
+            FutureRecord::<(), _>::to("capture.messages")
+                .payload(r#"{"tenant_id":"nobody","message_id":"x1","body":"who?"}"#),
+            Timeout::Never,
+        )
+        .await
+        .unwrap();
+    s.next += 1;
     s.settle(&health, "while disabled").await;
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
-    let quarantined = s.count("byok.quarantine");
+    let quarantined = s.count("byok.quarantine") - 1;
     assert!(quarantined >= 20);
 
-    // the key comes back while nothing runs; a worker starts, with no traffic at all
+    // the key comes back while nothing runs
     Revoke::Disable.restore(&s.emu).await;
+
+    // the quarantine replayed into another topic: acme's records re-sealed under acme's key,
+    // the unknown tenant's reported
+    s.tansu.create_topic("archive.from-quarantine", 3);
+    let from_q = byok::pipeline::replay::replay(
+        &s.config,
+        &byok::pipeline::replay::ReplayOptions::new("byok.quarantine", "archive.from-quarantine"),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(from_q.resealed as i64, quarantined);
+    assert_eq!(from_q.failed.len(), 1, "{:?}", from_q.failed);
+    assert!(
+        from_q.failed[0].reason.contains("unknown-tenant"),
+        "{:?}",
+        from_q.failed
+    );
+    let (copies, failed) = open_records(&s.config, "archive.from-quarantine").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(copies.len() as i64, quarantined);
+    for c in &copies {
+        let v = c.value.as_ref().unwrap();
+        let id = serde_json::from_str::<serde_json::Value>(v).unwrap()["message_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            s.sent.get(&id),
+            Some(v),
+            "{id} re-sealed from the quarantine"
+        );
+        assert_eq!(c.tenant.as_deref(), Some("acme"));
+    }
+
+    // a worker starts, with no traffic at all, and drains acme's quarantine into the archive
     let (stop, _health, worker) = start_worker(&s.config);
     let deadline = Instant::now() + Duration::from_secs(90);
     while s.count("archive.messages") < s.sent.len() as i64 {

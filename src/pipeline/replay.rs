@@ -7,8 +7,11 @@
 //!   source (at-least-once delivery leaves such copies): running it twice, or again after a crash,
 //!   adds nothing twice. Progress is the target itself, so a crash loses nothing: records whose
 //!   write was not acknowledged are simply done again by the next run.
+//! - The source may be the quarantine: a record of a tenant with BYOK is opened (under the
+//!   tenant's DEK, once its key is usable again, or the operator's) and re-sealed under the
+//!   tenant's key like an archive record; one without a tenant key is reported.
 //! - A record that cannot be opened (DEK missing from the registry, key revoked, tampered value,
-//!   a quarantine record) is reported with the reason and never written or skipped silently.
+//!   no tenant key) is reported with the reason and never written or skipped silently.
 //! - The source is read in chunks (bounded memory); DEKs are unwrapped once each through the
 //!   tenant's provider stack (rate-limited toward each vault); `rate` caps records per second.
 
@@ -28,8 +31,12 @@ use super::reader::{
 };
 use crate::config::{Config, Delivery, TenantId, TopicTemplate};
 use crate::dek::{DataKey, DekId};
-use crate::envelope::{self, headers::ArchiveHeaders};
+use crate::envelope::{
+    self,
+    headers::{ArchiveHeaders, QuarantineHeaders},
+};
 use crate::kms::{KeyProvider, TenantKms};
+use crate::registry::QUARANTINE_TENANT;
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -155,6 +162,15 @@ pub async fn replay(
         .into_iter()
         .map(|(k, v)| (k.as_str().to_owned(), v))
         .collect();
+    // the operator's key opens quarantine records sealed under it (never seals here)
+    let mut limiters = HashMap::new();
+    let operator = crate::kms::tenant_kms(
+        QUARANTINE_TENANT,
+        &config.quarantine,
+        &config.keys,
+        &mut limiters,
+    )
+    .map_err(|e| ReplayError(e.to_string()))?;
     for t in &opts.tenants {
         if !providers.contains_key(t) {
             return Err(ReplayError(format!(
@@ -228,6 +244,7 @@ pub async fn replay(
         target,
         registry,
         providers,
+        operator: Arc::new(operator),
         done,
         written: HashSet::new(),
         keys: HashMap::new(),
@@ -308,6 +325,8 @@ struct Run<'a> {
     target: TopicTemplate,
     registry: HashMap<DekId, crate::registry::DekRecord>,
     providers: BTreeMap<String, Arc<TenantKms>>,
+    /// The operator's quarantine key, to open records sealed under it.
+    operator: Arc<TenantKms>,
     /// `byok.src` values in the target when the run started.
     done: HashSet<String>,
     /// `byok.src` values written (or, dry, to be written) by this run.
@@ -334,14 +353,16 @@ impl Run<'_> {
                 wanted.push(dek);
             }
         }
-        let (registry, providers) = (&self.registry, &self.providers);
+        let (registry, providers, operator) = (&self.registry, &self.providers, &self.operator);
         let registry_topic = &self.config.kafka.registry_topic;
         let unwraps = wanted.iter().map(|dek| async move {
             let result = match registry.get(dek) {
                 None => Err(format!(
                     "DEK {dek} is not in the registry topic {registry_topic}"
                 )),
-                Some(rec) => match providers.get(&rec.tenant) {
+                Some(rec) => match providers.get(&rec.tenant).or(
+                    (rec.tenant == QUARANTINE_TENANT).then_some(operator),
+                ) {
                     None => Err(format!(
                         "DEK {dek} belongs to tenant {}, which has no BYOK key in the configuration",
                         rec.tenant
@@ -435,14 +456,28 @@ impl Run<'_> {
         &mut self,
         r: Raw,
     ) -> Result<Option<(String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders)>, String> {
-        if r.headers.iter().any(|(k, _)| k == "byok.reason") {
-            return Err(
-                "a quarantine record: drain the quarantine with `byok replay --quarantine`".into(),
-            );
-        }
-        let h =
-            ArchiveHeaders::from_pairs(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
-                .map_err(|e| format!("not a byok archive record: {e}"))?;
+        let pairs = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+        let h = if r.headers.iter().any(|(k, _)| k == "byok.reason") {
+            // a quarantine record: re-sealed under its tenant's key, when it has one
+            let q = QuarantineHeaders::from_pairs(pairs)
+                .map_err(|e| format!("not a byok quarantine record: {e}"))?;
+            let tenant = q
+                .tenant
+                .filter(|t| self.providers.contains_key(t))
+                .ok_or_else(|| {
+                    format!(
+                        "quarantined as {} with no tenant key to re-seal under (a tenant with BYOK enabled)",
+                        q.reason.as_str()
+                    )
+                })?;
+            ArchiveHeaders {
+                tenant,
+                dek: q.dek,
+                src: q.src,
+            }
+        } else {
+            ArchiveHeaders::from_pairs(pairs).map_err(|e| format!("not a byok record: {e}"))?
+        };
         if !self.opts.tenants.is_empty() && !self.opts.tenants.contains(&h.tenant) {
             self.stats.filtered += 1;
             return Ok(None);
@@ -461,24 +496,26 @@ impl Run<'_> {
             Some(Err(e)) => return Err(e.clone()),
             None => return Err(format!("DEK {} was not looked up", h.dek)),
         };
-        let tenant = self
+        // the DEK's owner is the AAD tenant: the record's tenant, or the operator's quarantine
+        let owner = self
             .registry
             .get(&h.dek)
             .map(|r| r.tenant.clone())
             .unwrap_or_default();
-        if tenant != h.tenant {
+        if owner != h.tenant && owner != QUARANTINE_TENANT {
             return Err(format!(
-                "header byok.tenant says {} but DEK {} belongs to {tenant}",
+                "header byok.tenant says {} but DEK {} belongs to {owner}",
                 h.tenant, h.dek
             ));
         }
         let value = r.value.ok_or("null value")?;
-        let plain = envelope::open(&key, &tenant, r.key.as_deref(), &value).map_err(|_| {
+        let plain = envelope::open(&key, &owner, r.key.as_deref(), &value).map_err(|_| {
             format!(
-                "the value does not open with DEK {} of {tenant} (tampered or corrupt)",
+                "the value does not open with DEK {} of {owner} (tampered or corrupt)",
                 h.dek
             )
         })?;
+        let tenant = h.tenant;
         if self.opts.dry_run {
             self.count(&tenant, src);
             return Ok(None);

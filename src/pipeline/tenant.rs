@@ -40,26 +40,31 @@ pub fn tenant_of<'a>(
 }
 
 /// Finds the top-level string field `tenant_id` of a JSON object, stopping at it.
+///
+/// Terminates on every input: each step of the scan consumes at least one byte or fails, nesting
+/// is bounded by [`MAX_DEPTH`], and a fuel counter of one step per input byte turns any
+/// violation of that rule into an error instead of a loop (the property tests check it is never
+/// reached).
 pub fn json_tenant_id(bytes: &[u8]) -> Result<Option<String>, &'static str> {
-    let mut s = Scanner { b: bytes, i: 0 };
+    let mut s = Scanner::new(bytes);
     s.ws();
     if s.peek() != Some(b'{') {
         return Err("the value is not a JSON object and there is no tenant-id header");
     }
     s.i += 1;
+    s.ws();
+    if s.peek() == Some(b'}') {
+        return Ok(None);
+    }
     loop {
+        s.tick()?;
         s.ws();
-        match s.peek() {
-            Some(b'}') => return Ok(None),
-            Some(b'"') => {}
-            _ => return Err("the value is not valid JSON"),
+        if s.peek() != Some(b'"') {
+            return Err(BAD);
         }
         let key_is_tenant = s.string_equals(b"tenant_id")?;
         s.ws();
-        if s.peek() != Some(b':') {
-            return Err("the value is not valid JSON");
-        }
-        s.i += 1;
+        s.expect(b':')?;
         s.ws();
         if key_is_tenant {
             if s.peek() != Some(b'"') {
@@ -72,26 +77,53 @@ pub fn json_tenant_id(bytes: &[u8]) -> Result<Option<String>, &'static str> {
         match s.peek() {
             Some(b',') => s.i += 1,
             Some(b'}') => return Ok(None),
-            _ => return Err("the value is not valid JSON"),
+            _ => return Err(BAD),
         }
     }
 }
 
+/// How deeply values before `tenant_id` may nest.
+pub const MAX_DEPTH: usize = 128;
+
+const BAD: &str = "the value is not valid JSON";
+/// The error the scanner returns if it ever ran out of fuel (never expected: tested).
+pub const NO_PROGRESS: &str = "the JSON scanner made no progress (a bug: please report it)";
+
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
+    /// Structural steps left: one per input byte, plus one for the end.
+    fuel: usize,
 }
 
-const BAD: &str = "the value is not valid JSON";
-
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Scanner {
+            b,
+            i: 0,
+            fuel: b.len() + 1,
+        }
+    }
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
+    }
+    /// Spends one step of fuel: every structural loop turn consumes at least one byte, so the
+    /// fuel never runs out unless that rule is broken.
+    fn tick(&mut self) -> Result<(), &'static str> {
+        self.fuel = self.fuel.checked_sub(1).ok_or(NO_PROGRESS)?;
+        Ok(())
     }
     fn ws(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
         }
+    }
+    fn expect(&mut self, c: u8) -> Result<(), &'static str> {
+        if self.peek() != Some(c) {
+            return Err(BAD);
+        }
+        self.i += 1;
+        Ok(())
     }
     /// Skips a string starting at `"`, reporting whether its raw content equals `want`.
     fn string_equals(&mut self, want: &[u8]) -> Result<bool, &'static str> {
@@ -120,44 +152,118 @@ impl Scanner<'_> {
         let raw = &self.b[start..self.i];
         serde_json::from_slice::<String>(raw).map_err(|_| BAD)
     }
+    /// Skips one JSON value (string, object, array, number, literal) after whitespace.
     fn skip_value(&mut self, depth: usize) -> Result<(), &'static str> {
-        if depth > 128 {
+        if depth > MAX_DEPTH {
             return Err("the JSON value nests too deeply");
         }
+        self.tick()?;
+        self.ws();
         match self.peek() {
             Some(b'"') => self.skip_string(),
-            Some(open @ (b'{' | b'[')) => {
-                let close = if open == b'{' { b'}' } else { b']' };
+            Some(b'{') => self.skip_container(depth, b'}', true),
+            Some(b'[') => self.skip_container(depth, b']', false),
+            Some(b'-' | b'0'..=b'9') => {
                 self.i += 1;
-                loop {
-                    self.ws();
-                    match self.peek() {
-                        Some(c) if c == close => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        Some(b',') | Some(b':') => self.i += 1,
-                        Some(_) => self.skip_value(depth + 1)?,
-                        None => return Err(BAD),
-                    }
-                }
-            }
-            Some(_) => {
-                // number, true, false, null
-                while matches!(self.peek(), Some(c) if !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                {
+                while matches!(
+                    self.peek(),
+                    Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                ) {
                     self.i += 1;
                 }
                 Ok(())
             }
-            None => Err(BAD),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            _ => Err(BAD),
         }
+    }
+    /// Skips an object (`"key": value, ...`) or an array (`value, ...`) from its opening byte.
+    fn skip_container(&mut self, depth: usize, close: u8, keyed: bool) -> Result<(), &'static str> {
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(close) {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.tick()?;
+            self.ws();
+            if keyed {
+                if self.peek() != Some(b'"') {
+                    return Err(BAD);
+                }
+                self.skip_string()?;
+                self.ws();
+                self.expect(b':')?;
+            }
+            self.skip_value(depth + 1)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(c) if c == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(BAD),
+            }
+        }
+    }
+    fn literal(&mut self, word: &[u8]) -> Result<(), &'static str> {
+        if !self.b[self.i..].starts_with(word) {
+            return Err(BAD);
+        }
+        self.i += word.len();
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three 7-byte values that made the scanner of 2026-11 loop forever: a closing bracket
+    /// of the wrong kind inside a container.
+    #[test]
+    fn wrong_closing_bracket_is_malformed_not_a_hang() {
+        for v in [&br#"{"a":[}"#[..], br#"{"a":{]}"#, br#"{"a":[ }"#] {
+            assert_eq!(
+                json_tenant_id(v),
+                Err(BAD),
+                "{}",
+                String::from_utf8_lossy(v)
+            );
+            assert!(matches!(tenant_of([], Some(v)), TenantOf::Missing(BAD)));
+        }
+    }
+
+    #[test]
+    fn malformed_values_before_the_field_are_errors() {
+        for v in [
+            &br#"{"a":}"#[..],
+            br#"{"a":,"tenant_id":"x"}"#,
+            br#"{"a":[1,,2]}"#,
+            br#"{"a":{"k"}}"#,
+            br#"{"a":{1:2}}"#,
+            br#"{"a":tru,"tenant_id":"x"}"#,
+            br#"{"a" "tenant_id":"x"}"#,
+            br#"{,}"#,
+            br#"{"a":[1 2]}"#,
+        ] {
+            assert!(json_tenant_id(v).is_err(), "{}", String::from_utf8_lossy(v));
+        }
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(1000), "]".repeat(1000));
+        assert_eq!(
+            json_tenant_id(deep.as_bytes()),
+            Err("the JSON value nests too deeply")
+        );
+        assert_eq!(json_tenant_id(br#"{}"#), Ok(None));
+        assert_eq!(
+            json_tenant_id(br#"{"a":[],"b":{},"tenant_id":"t"}"#),
+            Ok(Some("t".into()))
+        );
+    }
 
     #[test]
     fn header_wins_over_json() {

@@ -13,8 +13,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use crate::archive::{self as reader, ReadOptions};
 use crate::config::Config;
-use crate::pipeline::reader::{self, ReadOptions};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -382,9 +382,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         "5. Draining the quarantine into the archive: the worker drained {} records when acme's key came back; then byok replay --quarantine",
         stats.drained
     );
-    let drained = crate::pipeline::drain::drain_quarantine(
+    let drained = crate::lifecycle::drain::drain_quarantine(
         &config,
-        &crate::pipeline::drain::DrainOptions::default(),
+        &crate::lifecycle::drain::DrainOptions::default(),
         |_, _| {},
     )
     .await

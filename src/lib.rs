@@ -15,15 +15,19 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod archive;
 pub mod cert;
 pub mod check;
 pub mod config;
 pub mod dek;
+pub mod deks;
 pub mod demo;
 pub mod emulator;
 pub mod envelope;
 pub mod inspect;
+pub mod kafka;
 pub mod kms;
+pub mod lifecycle;
 pub mod loadgen;
 pub mod pipeline;
 pub mod registry;

@@ -510,7 +510,7 @@ fn main() -> ExitCode {
             .and_then(|rt| {
                 rt.block_on(rewrap(
                     &config,
-                    byok::pipeline::rewrap::RewrapOptions {
+                    byok::lifecycle::rewrap::RewrapOptions {
                         tenant,
                         to_version,
                         dry_run,
@@ -535,7 +535,7 @@ fn main() -> ExitCode {
             let run = |rt: tokio::runtime::Runtime| {
                 match (from, to) {
                 (Some(from), Some(to)) => {
-                    let opts = byok::pipeline::replay::ReplayOptions {
+                    let opts = byok::lifecycle::replay::ReplayOptions {
                         from,
                         to,
                         tenants,
@@ -878,7 +878,7 @@ async fn keys_usage(
     json: bool,
 ) -> Result<ExitCode, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let usage = byok::pipeline::usage::usage(&config, tenant.as_deref())
+    let usage = byok::lifecycle::usage::usage(&config, tenant.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     if json {
@@ -956,13 +956,13 @@ async fn tool<S: serde::Serialize>(
 
 async fn rewrap(
     path: &std::path::Path,
-    opts: byok::pipeline::rewrap::RewrapOptions,
+    opts: byok::lifecycle::rewrap::RewrapOptions,
 ) -> Result<ExitCode, String> {
     tool(
         path,
         "DEKs",
         async |config, progress| {
-            byok::pipeline::rewrap::rewrap(config, &opts, progress)
+            byok::lifecycle::rewrap::rewrap(config, &opts, progress)
                 .await
                 .map_err(|e| e.to_string())
         },
@@ -978,13 +978,13 @@ async fn rewrap(
 
 async fn replay(
     path: &std::path::Path,
-    opts: byok::pipeline::replay::ReplayOptions,
+    opts: byok::lifecycle::replay::ReplayOptions,
 ) -> Result<ExitCode, String> {
     tool(
         path,
         "records",
         async |config, progress| {
-            byok::pipeline::replay::replay(config, &opts, progress)
+            byok::lifecycle::replay::replay(config, &opts, progress)
                 .await
                 .map_err(|e| e.to_string())
         },
@@ -1009,12 +1009,12 @@ async fn drain(
     tenant: Option<String>,
     dry_run: bool,
 ) -> Result<ExitCode, String> {
-    let opts = byok::pipeline::drain::DrainOptions { tenant, dry_run };
+    let opts = byok::lifecycle::drain::DrainOptions { tenant, dry_run };
     tool(
         path,
         "quarantine records",
         async |config, progress| {
-            byok::pipeline::drain::drain_quarantine(config, &opts, progress)
+            byok::lifecycle::drain::drain_quarantine(config, &opts, progress)
                 .await
                 .map_err(|e| e.to_string())
         },
@@ -1185,7 +1185,7 @@ async fn cat(
     duplicates: bool,
 ) -> Result<ExitCode, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let opts = byok::pipeline::reader::ReadOptions {
+    let opts = byok::archive::ReadOptions {
         topic: topic.unwrap_or_else(|| config.kafka.archive_topic.as_str().to_owned()),
         partitions,
         from_offset,
@@ -1196,7 +1196,7 @@ async fn cat(
         tenant,
         duplicates,
     };
-    let stats = byok::pipeline::reader::read(
+    let stats = byok::archive::read(
         &config,
         &opts,
         |o| println!("{}", serde_json::to_string(&o).unwrap_or_default()),

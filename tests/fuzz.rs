@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use byok::pipeline::tenant::{NO_PROGRESS, json_tenant_id, tenant_of};
+use byok::pipeline::scan::{NO_PROGRESS, json_tenant_id, tenant_of};
 use proptest::prelude::*;
 
 fn cases() -> u32 {

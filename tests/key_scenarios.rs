@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use byok::archive::{self as reader, ReadOptions};
 use byok::config::Config;
 use byok::kms::KeyProvider;
-use byok::pipeline::drain::{DrainOptions, drain_quarantine};
+use byok::lifecycle::drain::{DrainOptions, drain_quarantine};
 use byok::pipeline::health::Health;
-use byok::pipeline::reader::{self, ReadOptions};
 use common::emu::*;
 use common::tansu::Tansu;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -676,7 +676,7 @@ async fn rotation_rewraps_the_dek_in_use_and_makes_new_deks_under_the_new_versio
 /// version disabled; a second run moves nothing; a dry run writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_then_disable_the_old_version_and_the_archive_still_opens() {
-    use byok::pipeline::rewrap::{RewrapOptions, rewrap};
+    use byok::lifecycle::rewrap::{RewrapOptions, rewrap};
     let mut s = Scenario::start("[dek]\nmax_messages = 40\n").await;
     let (stop, health, worker) = start_worker(&s.config);
     s.capture(200).await;
@@ -705,7 +705,7 @@ async fn rewrap_then_disable_the_old_version_and_the_archive_still_opens() {
         dry_run,
     };
     // keys usage: every globex record is under the old version
-    let before = byok::pipeline::usage::usage(&s.config, Some("globex"))
+    let before = byok::lifecycle::usage::usage(&s.config, Some("globex"))
         .await
         .unwrap();
     let versions = &before["globex"];
@@ -733,7 +733,7 @@ async fn rewrap_then_disable_the_old_version_and_the_archive_still_opens() {
     );
     assert!(!g.target.ends_with(&old), "moved to the new version");
     // keys usage: nothing left under the old version, so it can be retired
-    let after = byok::pipeline::usage::usage(&s.config, Some("globex"))
+    let after = byok::lifecycle::usage::usage(&s.config, Some("globex"))
         .await
         .unwrap();
     assert_eq!(after["globex"].len(), 1);
@@ -940,7 +940,7 @@ fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_reseals_into_a_new_topic_resumes_after_a_kill_and_reports_what_it_cannot_open() {
-    use byok::pipeline::replay::{ReplayOptions, replay};
+    use byok::lifecycle::replay::{ReplayOptions, replay};
     let mut s = Scenario::start("").await;
     s.tansu.create_topic("archive.v2", 3);
     s.tansu.create_topic("archive.late", 3);
@@ -1372,9 +1372,9 @@ async fn a_worker_started_after_the_key_came_back_drains_the_quarantine() {
     // the quarantine replayed into another topic: acme's records re-sealed under acme's key,
     // the unknown tenant's reported
     s.tansu.create_topic("archive.from-quarantine", 3);
-    let from_q = byok::pipeline::replay::replay(
+    let from_q = byok::lifecycle::replay::replay(
         &s.config,
-        &byok::pipeline::replay::ReplayOptions::new("byok.quarantine", "archive.from-quarantine"),
+        &byok::lifecycle::replay::ReplayOptions::new("byok.quarantine", "archive.from-quarantine"),
         |_, _| {},
     )
     .await

@@ -9,8 +9,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use byok::archive::{self as reader, ReadOptions};
 use byok::config::Config;
-use byok::pipeline::reader::{self, ReadOptions};
 use common::emu::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -610,8 +610,8 @@ async fn replay_killed_midway_resumes_exactly_once() {
     child.kill().unwrap();
     child.wait().unwrap();
     let after_kill = count(&r.bootstrap, "archive.v2");
-    let opts = byok::pipeline::replay::ReplayOptions::new("archive.messages", "archive.v2");
-    let resumed = byok::pipeline::replay::replay(&config, &opts, |_, _| {})
+    let opts = byok::lifecycle::replay::ReplayOptions::new("archive.messages", "archive.v2");
+    let resumed = byok::lifecycle::replay::replay(&config, &opts, |_, _| {})
         .await
         .unwrap();
     eprintln!(

@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use byok::archive::{self as reader, ReadOptions};
 use byok::config::Config;
-use byok::pipeline::reader::{self, ReadOptions};
 use common::emu::*;
 use common::tansu::Tansu;
 use rdkafka::ClientConfig;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -28,14 +27,15 @@ use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
 use super::health::Health;
-use super::keys::{DekError, DekSet};
-use super::monitor::{KeyView, KeyViews, Revoked};
-use super::tenant::{TenantOf, tenant_of};
+use super::scan::{TenantOf, tenant_of};
 use crate::config::{Config, Delivery, TenantId};
 use crate::dek::{ActiveDek, DekId};
+use crate::deks::{DekError, DekSet};
 use crate::envelope::headers::{ArchiveHeaders, QuarantineHeaders, QuarantineReason, SourceRef};
 use crate::envelope::{self, SealError};
+use crate::kafka::{consumer_config, producer_config, worker_id};
 use crate::kms::{KmsError, TenantKms};
+use crate::lifecycle::monitor::{KeyView, KeyViews, Revoked};
 use crate::registry::QUARANTINE_TENANT;
 
 /// The worker stopped with an error.
@@ -341,70 +341,6 @@ pub enum Stage {
     PassThrough,
 }
 
-/// The worker's id for registry records: configured, else `<hostname>-<pid>`.
-pub fn worker_id(config: &Config) -> String {
-    config.worker.id.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "byok".to_owned());
-        format!("{host}-{}", std::process::id())
-    })
-}
-
-/// The producer of the operator's tools (replay, drain, rewrap): the worker's settings without a
-/// transactional id (their writes are idempotent and de-duplicated by `byok.src` instead).
-pub fn tool_producer_config(config: &Config) -> ClientConfig {
-    let mut c = producer_config(config);
-    c.remove("transactional.id");
-    c
-}
-
-/// Settings the worker owns for its consumer.
-pub fn consumer_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &config.kafka.consumer {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.partition.eof", "false");
-    if !config.kafka.consumer.contains_key("auto.offset.reset") {
-        c.set("auto.offset.reset", "earliest");
-    }
-    // consumer lag comes from librdkafka's statistics
-    if !config.kafka.consumer.contains_key("statistics.interval.ms") {
-        c.set("statistics.interval.ms", "5000");
-    }
-    c
-}
-
-/// Settings the worker owns for its producer.
-pub fn producer_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &config.kafka.producer {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", "5");
-    if config.kafka.delivery == Delivery::ExactlyOnce {
-        // one id per process: consumer-group metadata fences zombies (KIP-447)
-        c.set(
-            "transactional.id",
-            format!("{}-{}", config.kafka.group_id, worker_id(config)),
-        );
-    }
-    c
-}
-
 /// Runs the worker until `shutdown` turns true, then drains: the batch in flight is produced
 /// and committed, the producer flushed, within the configured drain deadline.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<RunStats, WorkerError> {
@@ -486,7 +422,7 @@ pub async fn run_with(
     ));
     // the tenants' key states, kept by the monitor; last known public keys from byok.keks
     let views = Arc::new(KeyViews::default());
-    match super::reader::load_keks(&config).await {
+    match crate::archive::load_keks(&config).await {
         Ok(keys) => views.seed_public(keys),
         Err(e) => {
             tracing::warn!(error = %e, topic = %config.kafka.keks_topic, "last known public keys not loaded (they are read again from Key Vault)")
@@ -503,7 +439,7 @@ pub async fn run_with(
         let (interval, topic) = (config.keys.check_interval, config.kafka.keks_topic.clone());
         tokio::spawn(async move {
             loop {
-                super::monitor::check_all(&tenants, &views, &producer, &topic).await;
+                crate::lifecycle::monitor::check_all(&tenants, &views, &producer, &topic).await;
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
                     _ = views.wake.notified() => {}
@@ -791,8 +727,11 @@ pub async fn run_with(
 /// mid-drain loses nothing.
 #[derive(Default)]
 struct AutoDrain {
-    task:
-        Option<tokio::task::JoinHandle<Result<super::drain::DrainStats, super::reader::ReadError>>>,
+    task: Option<
+        tokio::task::JoinHandle<
+            Result<crate::lifecycle::drain::DrainStats, crate::archive::ReadError>,
+        >,
+    >,
     again: bool,
     leader: bool,
     looked: Option<Instant>,
@@ -838,9 +777,9 @@ impl AutoDrain {
             self.again = false;
             let config = config.clone();
             self.task = Some(tokio::spawn(async move {
-                super::drain::drain_quarantine(
+                crate::lifecycle::drain::drain_quarantine(
                     &config,
-                    &super::drain::DrainOptions::default(),
+                    &crate::lifecycle::drain::DrainOptions::default(),
                     |_, _| {},
                 )
                 .await

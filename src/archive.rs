@@ -6,15 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use rdkafka::ClientConfig;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -23,6 +18,7 @@ use crate::envelope::{
     self,
     headers::{ArchiveHeaders, QuarantineHeaders},
 };
+use crate::kafka::{owned_headers, read_all, reader_consumer};
 use crate::kms::{KeyProvider, TenantKms};
 use crate::registry::{DekRecord, QUARANTINE_TENANT, RegistryEntry};
 
@@ -126,231 +122,10 @@ pub struct ReadStats {
 #[error("{0}")]
 pub struct ReadError(pub String);
 
-pub(crate) fn reader_consumer(config: &Config) -> Result<StreamConsumer, ReadError> {
-    group_consumer(config, &format!("byok-reader-{}", uuid::Uuid::new_v4()))
-}
-
-/// A reader in consumer group `group`, for a tool that keeps its progress in committed offsets.
-pub(crate) fn group_consumer(config: &Config, group: &str) -> Result<StreamConsumer, ReadError> {
-    let mut c = ClientConfig::new();
-    for (k, v) in &config.kafka.consumer {
-        c.set(k, v);
+impl From<crate::kafka::TopicError> for ReadError {
+    fn from(e: crate::kafka::TopicError) -> Self {
+        ReadError(e.to_string())
     }
-    // A reader starts on a backlog: ask for moderate fetches (some brokers, Tansu 0.6 among
-    // them, return nothing for very large fetch responses).
-    if !config.kafka.consumer.contains_key("fetch.max.bytes") {
-        c.set("fetch.max.bytes", "4194304");
-    }
-    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // Outputs are transactional only with delivery = "exactly-once"; otherwise read
-        // everything acknowledged (brokers without transactions may never advance the last
-        // stable offset past an idempotent producer's batches).
-        .set(
-            "isolation.level",
-            if config.kafka.delivery == crate::config::Delivery::ExactlyOnce {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .map_err(|e| ReadError(format!("Kafka consumer: {e}")))
-}
-
-/// Reads the partitions of a topic, each from its start (or the range asked for) to the end it
-/// had when opened, one record at a time.
-pub(crate) struct TopicReader<'c> {
-    consumer: &'c StreamConsumer,
-    topic: String,
-    ends: HashMap<i32, i64>,
-    /// Offsets in the range, over all partitions (an upper bound on the records: compaction and
-    /// transaction markers leave gaps).
-    pub(crate) total: u64,
-}
-
-impl<'c> TopicReader<'c> {
-    /// Assigns `topic` (the partitions and offsets of `opts`) to `consumer`. With a start time
-    /// and no start offset, each partition starts at the first offset whose timestamp is at or
-    /// after it (the broker's time index); the caller still filters by timestamp.
-    pub(crate) async fn open(
-        consumer: &'c StreamConsumer,
-        topic: &str,
-        opts: Option<&ReadOptions>,
-    ) -> Result<Self, ReadError> {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| ReadError(format!("topic {topic}: {e}")))?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .filter(|p| opts.is_none_or(|o| o.partitions.is_empty() || o.partitions.contains(p)))
-            .collect();
-        if partitions.is_empty() {
-            return Err(ReadError(format!(
-                "topic {topic} does not exist or has no partition to read"
-            )));
-        }
-        let from_time = opts
-            .filter(|o| o.from_offset.is_none())
-            .and_then(|o| o.from_time_ms);
-        let by_time = match from_time {
-            Some(ms) => Some(start_offsets_at(consumer, topic, &partitions, ms)?),
-            None => None,
-        };
-        let mut tpl = TopicPartitionList::new();
-        let mut ends: HashMap<i32, i64> = HashMap::new();
-        let mut total = 0u64;
-        for p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, *p, Duration::from_secs(10))
-                .map_err(|e| ReadError(format!("{topic}/{p}: {e}")))?;
-            let from = match &by_time {
-                // no record at or after the start time in this partition
-                Some(m) => match m.get(p) {
-                    Some(o) => Some(*o),
-                    None => continue,
-                },
-                None => opts.and_then(|o| o.start_offsets.get(p).copied().or(o.from_offset)),
-            };
-            let start = from.map_or(low, |o| o.max(low));
-            let end = opts.and_then(|o| o.to_offset).map_or(high, |o| o.min(high));
-            if start < end {
-                ends.insert(*p, end);
-                total += (end - start) as u64;
-                // From the beginning unless an offset was asked for: a broker's low watermark
-                // may not be a fetchable offset (then the consumer would reset to the end).
-                let offset = match from {
-                    Some(_) => Offset::Offset(start),
-                    None => Offset::Beginning,
-                };
-                let _ = tpl.add_partition_offset(topic, *p, offset);
-            }
-        }
-        if !ends.is_empty() {
-            consumer
-                .assign(&tpl)
-                .map_err(|e| ReadError(format!("assign {topic}: {e}")))?;
-        }
-        Ok(Self {
-            consumer,
-            topic: topic.to_owned(),
-            ends,
-            total,
-        })
-    }
-
-    /// The next record in range, or `None` when every partition reached its end.
-    pub(crate) async fn next(
-        &mut self,
-    ) -> Result<Option<rdkafka::message::BorrowedMessage<'c>>, ReadError> {
-        while !self.ends.is_empty() {
-            let m = tokio::time::timeout(Duration::from_secs(120), self.consumer.recv())
-                .await
-                .map_err(|_| {
-                    ReadError(format!(
-                        "no record from {} for 120 s; partitions left: {:?}",
-                        self.topic,
-                        self.ends.keys().collect::<Vec<_>>()
-                    ))
-                })?
-                .map_err(|e| ReadError(format!("read {}: {e}", self.topic)))?;
-            let p = m.partition();
-            let Some(end) = self.ends.get(&p).copied() else {
-                continue;
-            };
-            if m.offset() + 1 >= end {
-                self.ends.remove(&p);
-            }
-            if m.offset() < end {
-                return Ok(Some(m));
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// The first offset of each partition whose timestamp is at or after `ms` (partitions with
-/// none are left out).
-fn start_offsets_at(
-    consumer: &StreamConsumer,
-    topic: &str,
-    partitions: &[i32],
-    ms: i64,
-) -> Result<HashMap<i32, i64>, ReadError> {
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(ms));
-    }
-    let found = consumer
-        .offsets_for_times(tpl, Duration::from_secs(10))
-        .map_err(|e| ReadError(format!("{topic}: offsets for time {ms}: {e}")))?;
-    Ok(offsets_of(&found))
-}
-
-/// The partitions of a list that have an offset, with it.
-fn offsets_of(tpl: &TopicPartitionList) -> HashMap<i32, i64> {
-    tpl.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Reads every record of `topic` from the beginning to the current end, as (key, value, headers).
-pub(crate) async fn read_all<F>(
-    consumer: &StreamConsumer,
-    topic: &str,
-    opts: Option<&ReadOptions>,
-    mut f: F,
-) -> Result<(), ReadError>
-where
-    F: FnMut(&rdkafka::message::BorrowedMessage<'_>),
-{
-    let mut reader = TopicReader::open(consumer, topic, opts).await?;
-    while let Some(m) = reader.next().await? {
-        f(&m);
-    }
-    Ok(())
-}
-
-/// The offsets `consumer`'s group committed for `topic`, per partition (partitions without one
-/// left out).
-pub(crate) fn committed(
-    consumer: &StreamConsumer,
-    topic: &str,
-) -> Result<HashMap<i32, i64>, ReadError> {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| ReadError(format!("topic {topic}: {e}")))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            let _ = tpl.add_partition(topic, p.id());
-        }
-    }
-    let got = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .map_err(|e| ReadError(format!("committed offsets of {topic}: {e}")))?;
-    Ok(offsets_of(&got))
-}
-
-/// A record's headers as owned (name, value) pairs.
-pub(crate) fn owned_headers<M: Message + ?Sized>(m: &M) -> Vec<(String, Option<Vec<u8>>)> {
-    m.headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Loads the DEK registry (latest record per DEK; tombstones remove).

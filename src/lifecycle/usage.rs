@@ -9,9 +9,10 @@ use rdkafka::Message;
 use rdkafka::message::Headers;
 use serde::Serialize;
 
-use super::reader::{ReadError, load_registry, read_all, reader_consumer};
+use crate::archive::{ReadError, load_registry};
 use crate::config::Config;
 use crate::dek::DekId;
+use crate::kafka::{read_all, reader_consumer};
 
 /// Offsets of one topic partition sealed with a DEK.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

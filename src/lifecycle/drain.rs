@@ -26,14 +26,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-use super::keys::DekSet;
-use super::reader::{ReadError, ReadOptions, load_registry, read_all, reader_consumer};
+use crate::archive::{ReadError, ReadOptions, load_registry};
 use crate::config::{Config, TenantId};
 use crate::dek::DekId;
+use crate::deks::DekSet;
 use crate::envelope::{
     self,
     headers::{ArchiveHeaders, QuarantineHeaders},
 };
+use crate::kafka::{read_all, reader_consumer};
 use crate::kms::KeyProvider;
 use crate::registry::QUARANTINE_TENANT;
 
@@ -98,9 +99,9 @@ pub async fn drain_quarantine(
     .map_err(|e| ReadError(e.to_string()))?;
 
     // the quarantine, from the first record an earlier drain left unresolved
-    let group = super::reader::group_consumer(config, &drain_group(config))?;
+    let group = crate::kafka::group_consumer(config, &drain_group(config))?;
     let q_topic = config.kafka.quarantine_topic.clone();
-    let starts = super::reader::committed(&group, &q_topic)?;
+    let starts = crate::kafka::committed(&group, &q_topic)?;
     let mut records = Vec::new();
     let mut read_to: HashMap<i32, i64> = HashMap::new();
     let consumer = reader_consumer(config)?;
@@ -119,7 +120,7 @@ pub async fn drain_quarantine(
                 timestamp: m.timestamp().to_millis(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().unwrap_or_default().to_vec(),
-                headers: super::reader::owned_headers(m),
+                headers: crate::kafka::owned_headers(m),
             });
         },
     )
@@ -175,12 +176,12 @@ pub async fn drain_quarantine(
         }
     }
 
-    let producer: FutureProducer = super::worker::tool_producer_config(config)
+    let producer: FutureProducer = crate::kafka::tool_producer_config(config)
         .create()
         .map_err(|e| ReadError(format!("Kafka producer: {e}")))?;
     let mut deks = DekSet::new(
         config.dek.limits,
-        format!("drain-{}", super::worker::worker_id(config)),
+        format!("drain-{}", crate::kafka::worker_id(config)),
         config.kafka.registry_topic.clone(),
     );
     let mut proven: HashMap<DekId, bool> = HashMap::new();

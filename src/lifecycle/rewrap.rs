@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-use super::reader::{ReadError, load_registry};
+use crate::archive::{ReadError, load_registry};
 use crate::config::{Config, TenantId};
 use crate::kms::{KeyProvider, KeyState};
 use crate::registry::DekRecord;
@@ -58,7 +58,7 @@ pub async fn rewrap(
             "tenant {t:?} is not configured with BYOK enabled"
         )));
     }
-    let producer: FutureProducer = super::worker::tool_producer_config(config)
+    let producer: FutureProducer = crate::kafka::tool_producer_config(config)
         .create()
         .map_err(|e| ReadError(format!("Kafka producer: {e}")))?;
     let mut by_tenant: BTreeMap<&str, Vec<&DekRecord>> = BTreeMap::new();

@@ -25,16 +25,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-use super::keys::DekSet;
-use super::reader::{
-    ReadError, ReadOptions, TopicReader, Unopened, load_registry, reader_consumer,
-};
+use crate::archive::{ReadError, ReadOptions, Unopened, load_registry};
 use crate::config::{Config, Delivery, TenantId, TopicTemplate};
 use crate::dek::{DataKey, DekId};
+use crate::deks::DekSet;
 use crate::envelope::{
     self,
     headers::{ArchiveHeaders, QuarantineHeaders},
 };
+use crate::kafka::{TopicReader, reader_consumer};
 use crate::kms::{KeyProvider, TenantKms};
 use crate::registry::QUARANTINE_TENANT;
 
@@ -108,6 +107,12 @@ pub struct ReplayStats {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ReplayError(pub String);
+
+impl From<crate::kafka::TopicError> for ReplayError {
+    fn from(e: crate::kafka::TopicError) -> Self {
+        ReplayError(e.to_string())
+    }
+}
 
 impl From<ReadError> for ReplayError {
     fn from(e: ReadError) -> Self {
@@ -187,7 +192,7 @@ pub async fn replay(
     // twice. Otherwise writes are idempotent, and a write cut off by a crash that lands after the
     // next run read the target is a duplicate (same byok.src), which readers drop.
     let transactional = config.kafka.delivery == Delivery::ExactlyOnce && !opts.dry_run;
-    let mut pc = super::worker::tool_producer_config(config);
+    let mut pc = crate::kafka::tool_producer_config(config);
     if transactional {
         pc.set("transactional.id", format!("byok-replay-{}", opts.to));
     }
@@ -250,7 +255,7 @@ pub async fn replay(
         keys: HashMap::new(),
         deks: DekSet::new(
             config.dek.limits,
-            format!("replay-{}", super::worker::worker_id(config)),
+            format!("replay-{}", crate::kafka::worker_id(config)),
             config.kafka.registry_topic.clone(),
         ),
         producer,
@@ -295,7 +300,7 @@ pub async fn replay(
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
-                headers: super::reader::owned_headers(&m),
+                headers: crate::kafka::owned_headers(&m),
             });
         }
         if raws.is_empty() {

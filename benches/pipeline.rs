@@ -1,6 +1,6 @@
 //! Load harness: the worker on librdkafka's mock cluster (in-process) with the Key Vault emulator
 //! (in-process, HTTPS), sealing, next to a plaintext pass-through through the same consume,
-//! batch and produce code (`Stage::PassThrough`, not reachable from `byok run`), in the same
+//! batch and produce code (`Arm::PassThrough`, not reachable from `byok run`), in the same
 //! process, alternating, for each message size and tenant count. Prints records/s, MB/s and
 //! CPU seconds per GB for both, and the cost of sealing as a share of pass-through throughput.
 //!
@@ -30,8 +30,11 @@ use std::time::{Duration, Instant};
 use byok::config::Config;
 use byok::loadgen::{LoadOptions, Size, TenantIn};
 use byok::pipeline::health::Health;
-use byok::pipeline::worker::{Stage, run_with};
+use byok::pipeline::route::HeaderCache;
+use byok::pipeline::{Stage, Wiring, WorkerError, run_with, seal_stage};
 use rdkafka::mocking::MockCluster;
+
+mod common;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -124,11 +127,27 @@ authority_host = "https://127.0.0.1:{port}"
     t
 }
 
+/// Which arm of the harness runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    /// The worker's sealer.
+    Seal,
+    /// The plaintext pass-through baseline (benches/common).
+    PassThrough,
+}
+
+fn pass_through_stage(w: &Wiring<'_>) -> Result<Box<dyn Stage>, WorkerError> {
+    Ok(Box::new(common::PassThrough {
+        config: w.config.clone(),
+        cache: HeaderCache::default(),
+    }))
+}
+
 /// One run of the worker in `stage` over a fresh backlog of `records` messages of `size` bytes.
 async fn run_cell(
     dir: &Path,
     port: u16,
-    stage: Stage,
+    stage: Arm,
     size: usize,
     tenants: usize,
     records: u64,
@@ -167,7 +186,15 @@ async fn run_cell(
 
     let health = Arc::new(Health::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(run_with(config, stopped, stage, Arc::clone(&health)));
+    let worker = match stage {
+        Arm::Seal => tokio::spawn(run_with(config, stopped, Arc::clone(&health), seal_stage)),
+        Arm::PassThrough => tokio::spawn(run_with(
+            config,
+            stopped,
+            Arc::clone(&health),
+            pass_through_stage,
+        )),
+    };
     // BYOK_BENCH_WARM: percent of the backlog processed before the measured window (default 50:
     // with 1000 tenants the cold start, 1000 DEKs wrapped through the in-process emulator, each a
     // token, a TLS handshake and an RSA operation, lasts past 10%)
@@ -327,14 +354,14 @@ async fn main() {
             (true, false) => 200_000,
         });
         // one unmeasured run first: the process's allocator and the broker's memory warm up
-        let _ = run_cell(dir.path(), port, Stage::PassThrough, size, 1, records / 4).await;
+        let _ = run_cell(dir.path(), port, Arm::PassThrough, size, 1, records / 4).await;
         for &tenants in &tenant_counts {
             let (mut pass, mut seal) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 pass.push(
-                    run_cell(dir.path(), port, Stage::PassThrough, size, tenants, records).await,
+                    run_cell(dir.path(), port, Arm::PassThrough, size, tenants, records).await,
                 );
-                seal.push(run_cell(dir.path(), port, Stage::Seal, size, tenants, records).await);
+                seal.push(run_cell(dir.path(), port, Arm::Seal, size, tenants, records).await);
             }
             let m = |v: &[Measured], f: fn(&Measured) -> f64| median(v.iter().map(f).collect());
             let (p_rps, s_rps) = (m(&pass, Measured::rps), m(&seal, Measured::rps));

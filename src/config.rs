@@ -319,6 +319,9 @@ pub struct WorkerConfig {
     pub id: Option<String>,
     /// How long SIGTERM waits for in-flight batches to be produced and committed.
     pub drain_deadline: Duration,
+    /// How long the worker may go without completing a batch while records wait on its
+    /// partitions before `/live` turns 503 (liveness is progress).
+    pub stall_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -570,6 +573,9 @@ fn default_metrics_listen() -> String {
 const fn default_drain_deadline() -> Duration {
     Duration::from_secs(30)
 }
+const fn default_stall_timeout() -> Duration {
+    Duration::from_secs(120)
+}
 const fn default_log_format() -> LogFormat {
     LogFormat::Text
 }
@@ -716,6 +722,8 @@ struct WorkerRaw {
     id: Option<String>,
     #[serde(default = "default_drain_deadline", with = "humantime_serde")]
     drain_deadline: Duration,
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    stall_timeout: Duration,
     #[serde(default = "default_log_format")]
     log_format: LogFormat,
 }
@@ -1282,9 +1290,17 @@ impl Loader {
                 "use \"30s\" (the default)",
             );
         }
+        if raw.stall_timeout < Duration::from_secs(10) {
+            self.error(
+                "worker.stall_timeout",
+                "is under 10 s: a slow vault or a rebalance would look like a stall and restart the worker",
+                "use \"120s\" (the default), well above batch.max_wait and a vault round trip",
+            );
+        }
         (!self.has_errors_since(before)).then_some(WorkerConfig {
             id: raw.id,
             drain_deadline: raw.drain_deadline,
+            stall_timeout: raw.stall_timeout,
             log_format: raw.log_format,
         })
     }

@@ -26,6 +26,7 @@ pub mod emulator;
 pub mod envelope;
 pub mod inspect;
 pub mod kafka;
+pub mod keyring;
 pub mod kms;
 pub mod lifecycle;
 pub mod loadgen;

@@ -850,14 +850,9 @@ async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
         stopping.set_stopping();
         let _ = stop.send(true);
     });
-    let stats = byok::pipeline::worker::run_with(
-        config,
-        stopped,
-        byok::pipeline::worker::Stage::Seal,
-        health,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let stats = byok::pipeline::run_with(config, stopped, health, byok::pipeline::seal_stage)
+        .await
+        .map_err(|e| e.to_string())?;
     eprintln!("{stats:?}");
     Ok(ExitCode::SUCCESS)
 }

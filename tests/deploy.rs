@@ -106,11 +106,11 @@ async fn the_dashboard_only_queries_metrics_a_running_worker_exports() {
         n += 1;
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::worker::run_with(
+    let worker = tokio::spawn(byok::pipeline::run_with(
         config,
         stopped,
-        byok::pipeline::worker::Stage::Seal,
         Arc::clone(&health),
+        byok::pipeline::seal_stage,
     ));
     let deadline = Instant::now() + Duration::from_secs(60);
     while health.records_done() < n || health.ready().is_err() {

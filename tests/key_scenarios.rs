@@ -256,17 +256,15 @@ fn start_worker(
 ) -> (
     tokio::sync::watch::Sender<bool>,
     Arc<Health>,
-    tokio::task::JoinHandle<
-        Result<byok::pipeline::worker::RunStats, byok::pipeline::worker::WorkerError>,
-    >,
+    tokio::task::JoinHandle<Result<byok::pipeline::RunStats, byok::pipeline::WorkerError>>,
 ) {
     let health = Arc::new(Health::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::worker::run_with(
+    let worker = tokio::spawn(byok::pipeline::run_with(
         config.clone(),
         stopped,
-        byok::pipeline::worker::Stage::Seal,
         Arc::clone(&health),
+        byok::pipeline::seal_stage,
     ));
     (stop, health, worker)
 }

@@ -171,7 +171,7 @@ async fn every_message_is_archived_or_quarantined_and_decrypts_to_the_original()
     }
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::worker::run(config.clone(), stopped));
+    let worker = tokio::spawn(byok::pipeline::run(config.clone(), stopped));
     let total = bodies.len() as i64;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -343,7 +343,7 @@ async fn bad_input_is_quarantined_or_archived_never_lost_and_never_crashes_the_w
         producer.send(rec, Timeout::Never).await.unwrap();
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::worker::run(config.clone(), stopped));
+    let worker = tokio::spawn(byok::pipeline::run(config.clone(), stopped));
     wait_out(&r.bootstrap, cases.len() as i64, 120).await;
     stop.send(true).unwrap();
     let stats = worker.await.unwrap().unwrap();
@@ -451,7 +451,7 @@ async fn sigterm_with_a_batch_in_flight_loses_nothing() {
     let after_term = count(&r.bootstrap, "archive.messages");
     // a second worker finishes from the committed offsets
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::worker::run(r.config.clone(), stopped));
+    let worker = tokio::spawn(byok::pipeline::run(r.config.clone(), stopped));
     wait_out(&r.bootstrap, total as i64, 120).await;
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
@@ -554,11 +554,11 @@ async fn archive_exactly_once(r: &Rig, total: usize) -> (Config, Vec<String>, Fu
     }
     let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::worker::run_with(
+    let worker = tokio::spawn(byok::pipeline::run_with(
         config.clone(),
         stopped,
-        byok::pipeline::worker::Stage::Seal,
         std::sync::Arc::clone(&health),
+        byok::pipeline::seal_stage,
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while health.records_done() < total as u64 {

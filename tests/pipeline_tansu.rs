@@ -288,7 +288,7 @@ async fn a_4_mib_value_and_bad_input_on_a_real_broker() {
         producer.send(rec, Timeout::Never).await.unwrap();
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::worker::run(config.clone(), stopped));
+    let worker = tokio::spawn(byok::pipeline::run(config.clone(), stopped));
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let out: i64 = watermarks(&tansu.bootstrap(), "archive.messages", 2)

@@ -5,6 +5,7 @@
 //! These run beside the worker or as operator tools; none of them is on the per-record path, and
 //! none may write an archive record that is not sealed under its tenant's key.
 
+pub mod autodrain;
 pub mod drain;
 pub mod monitor;
 pub mod replay;

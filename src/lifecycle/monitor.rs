@@ -260,3 +260,56 @@ async fn verify(tenant: &str, kms: &TenantKms, views: &KeyViews) {
         }
     }
 }
+
+/// Runs [`check_all`] every `interval`, or at once when woken (a vault error, a DEK to verify).
+pub fn spawn(
+    keyring: &crate::keyring::Keyring,
+    views: Arc<KeyViews>,
+    producer: FutureProducer,
+    interval: Duration,
+    keks_topic: String,
+) -> tokio::task::JoinHandle<()> {
+    let tenants: Vec<(String, Arc<TenantKms>)> = keyring
+        .tenants()
+        .iter()
+        .map(|(id, k)| (id.to_string(), Arc::clone(k)))
+        .collect();
+    tokio::spawn(async move {
+        loop {
+            check_all(&tenants, &views, &producer, &keks_topic).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = views.wake.notified() => {}
+            }
+        }
+    })
+}
+
+/// Asks each distinct vault for its key's state once; marks the worker's vaults checked when all
+/// answered (any answer, a revoked key included: the vault is reachable). Retries the ones that
+/// did not.
+pub async fn check_vaults(tenants: Vec<Arc<TenantKms>>, ready: impl FnOnce()) {
+    use crate::kms::{KeyProvider, KeyState};
+    let mut pending = tenants;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let states = futures::future::join_all(pending.iter().map(|t| t.key_state())).await;
+        pending = pending
+            .into_iter()
+            .zip(states)
+            .filter_map(|(t, s)| match s {
+                KeyState::Unavailable { why, detail, .. } => {
+                    tracing::warn!(tenant = t.tenant(), outage = ?why, detail, "key vault not reachable yet");
+                    Some(t)
+                }
+                _ => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            ready();
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}

@@ -1,18 +1,62 @@
-//! What `/health` reports and what a load harness watches: shared, lock-free state of a worker.
+//! What `/health` and `/live` report and what a load harness watches: shared, lock-free state of
+//! a worker.
+//!
+//! Ready (`/health`): joined its group, its vaults answered, not stopping. Live (`/live`): making
+//! progress: a worker with assigned partitions, records waiting on them (paused partitions
+//! aside) and no batch completed for `worker.stall_timeout` is stalled, whatever the reason (a
+//! hung stage, a broker that never acknowledges), and an orchestrator should restart it. This
+//! module must never block: the HTTP handlers and the consumer's callbacks read it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// No time recorded.
+const NEVER: u64 = u64::MAX;
 
 /// The state a worker publishes while it runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     joined: AtomicBool,
     vaults_checked: AtomicBool,
     stopping: AtomicBool,
     records_done: AtomicU64,
     batches_done: AtomicU64,
+    /// Partitions assigned to this member.
+    assigned: AtomicU64,
+    /// Records waiting on the assigned partitions that are not paused.
+    lag: AtomicU64,
+    born: Instant,
+    /// Milliseconds since `born` of the last completed batch.
+    last_progress_ms: AtomicU64,
+    /// Milliseconds since `born` since which records have been waiting, or [`NEVER`].
+    waiting_since_ms: AtomicU64,
+    stall_timeout_ms: AtomicU64,
+    stalled: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            joined: AtomicBool::new(false),
+            vaults_checked: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            records_done: AtomicU64::new(0),
+            batches_done: AtomicU64::new(0),
+            assigned: AtomicU64::new(0),
+            lag: AtomicU64::new(0),
+            born: Instant::now(),
+            last_progress_ms: AtomicU64::new(0),
+            waiting_since_ms: AtomicU64::new(NEVER),
+            stall_timeout_ms: AtomicU64::new(120_000),
+            stalled: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Health {
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
     /// The consumer got its first assignment: it is a member of the group.
     pub fn set_joined(&self) {
         self.joined.store(true, Ordering::Release);
@@ -25,10 +69,26 @@ impl Health {
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
     }
+    /// How long without progress, with records waiting, is a stall.
+    pub fn set_stall_timeout(&self, timeout: Duration) {
+        self.stall_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+    /// The number of partitions assigned to this member.
+    pub fn set_assigned(&self, partitions: u64) {
+        self.assigned.store(partitions, Ordering::Relaxed);
+    }
+    /// Records waiting on the assigned partitions that are not paused.
+    pub fn set_lag(&self, records: u64) {
+        self.lag.store(records, Ordering::Relaxed);
+    }
     /// A batch of `records` was produced and committed.
     pub fn batch_done(&self, records: u64) {
         self.records_done.fetch_add(records, Ordering::Relaxed);
         self.batches_done.fetch_add(1, Ordering::Relaxed);
+        self.last_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        self.stalled.store(false, Ordering::Relaxed);
     }
     /// Records processed (produced and acknowledged) so far.
     pub fn records_done(&self) -> u64 {
@@ -49,5 +109,110 @@ impl Health {
         } else {
             Ok(())
         }
+    }
+
+    /// Looks for a stall now (the worker's watchdog calls it every second); returns true when
+    /// a stall has just begun (counted once per stall).
+    pub fn watch(&self) -> bool {
+        self.watch_at(self.now_ms())
+    }
+
+    fn watch_at(&self, now: u64) -> bool {
+        let waiting = self.assigned.load(Ordering::Relaxed) > 0
+            && self.lag.load(Ordering::Relaxed) > 0
+            && !self.stopping.load(Ordering::Relaxed);
+        if !waiting {
+            self.waiting_since_ms.store(NEVER, Ordering::Relaxed);
+            self.stalled.store(false, Ordering::Relaxed);
+            return false;
+        }
+        let _ = self.waiting_since_ms.compare_exchange(
+            NEVER,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        // progress is counted from the later of the last batch and the start of the wait (an
+        // idle worker that gets records is not stalled at once)
+        let since = self
+            .waiting_since_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_progress_ms.load(Ordering::Relaxed));
+        let stall = now.saturating_sub(since) > self.stall_timeout_ms.load(Ordering::Relaxed);
+        if !stall {
+            self.stalled.store(false, Ordering::Relaxed);
+            return false;
+        }
+        !self.stalled.swap(true, Ordering::Relaxed)
+    }
+
+    /// Live: not stalled.
+    pub fn live(&self) -> Result<(), String> {
+        if !self.stalled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let idle_s = self
+            .now_ms()
+            .saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
+            / 1000;
+        Err(format!(
+            "stalled: no batch completed for {idle_s} s with {} records waiting on {} partitions (worker.stall_timeout {} s)",
+            self.lag.load(Ordering::Relaxed),
+            self.assigned.load(Ordering::Relaxed),
+            self.stall_timeout_ms.load(Ordering::Relaxed) / 1000
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> Health {
+        let h = Health::default();
+        h.set_stall_timeout(Duration::from_secs(120));
+        h
+    }
+
+    #[test]
+    fn records_waiting_without_progress_past_the_timeout_is_a_stall_counted_once() {
+        let h = health();
+        h.set_assigned(4);
+        h.set_lag(10);
+        assert!(!h.watch_at(1_000));
+        assert!(h.live().is_ok());
+        assert!(!h.watch_at(100_000));
+        assert!(h.watch_at(121_001), "the stall begins");
+        assert!(h.live().unwrap_err().contains("stalled"));
+        assert!(!h.watch_at(200_000), "counted once");
+        assert!(h.live().is_err());
+        // a batch completes: live again
+        h.batch_done(5);
+        assert!(h.live().is_ok());
+    }
+
+    #[test]
+    fn idle_paused_or_unassigned_is_not_a_stall() {
+        let h = health();
+        h.set_assigned(4);
+        h.set_lag(0); // idle
+        assert!(!h.watch_at(1_000_000));
+        h.set_lag(7); // records arrive after a long idle: the wait starts now
+        assert!(!h.watch_at(1_000_100));
+        assert!(!h.watch_at(1_100_000));
+        assert!(h.live().is_ok());
+        h.set_assigned(0); // a rebalance took every partition
+        assert!(!h.watch_at(5_000_000));
+        assert!(h.live().is_ok());
+    }
+
+    #[test]
+    fn stopping_is_not_a_stall() {
+        let h = health();
+        h.set_assigned(1);
+        h.set_lag(1);
+        h.set_stopping();
+        assert!(!h.watch_at(10_000_000));
+        assert!(h.live().is_ok());
     }
 }

@@ -1,6 +1,6 @@
 //! The worker's `/metrics` (Prometheus text), `/health` (ready: joined its consumer group, its
-//! vaults answered, not stopping; 503 with the reason otherwise) and `/live` (the process
-//! serves) endpoints.
+//! vaults answered, not stopping; 503 with the reason otherwise) and `/live` (making progress:
+//! 503 when stalled, see [`Health::live`]) endpoints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,7 +55,13 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Soc
                                         format!("not ready: {why}\n"),
                                     ),
                                 },
-                                "/live" => (StatusCode::OK, "live\n".to_owned()),
+                                "/live" => match health.live() {
+                                    Ok(()) => (StatusCode::OK, "live\n".to_owned()),
+                                    Err(why) => (
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        format!("not live: {why}\n"),
+                                    ),
+                                },
                                 _ => (
                                     StatusCode::NOT_FOUND,
                                     "try /metrics, /health or /live\n".to_owned(),

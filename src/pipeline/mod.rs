@@ -1,10 +1,537 @@
-//! The pipeline: captured messages in, sealed archive records out.
+//! `byok run`: a consumer-group member that reads captured messages in batches, seals each under
+//! its tenant's DEK, produces the sealed records, and commits the source offsets only after every
+//! record produced from them was acknowledged (at-least-once; duplicates after a crash carry the
+//! same `byok.src`, which readers drop), or in one transaction per batch (exactly-once).
 //!
-//! - [`scan`]: which tenant a message belongs to (header, or the JSON `tenant_id`).
-//! - [`worker`]: `byok run`, the consumer-group member.
-//! - [`health`] and [`http`]: `/health`, `/live` and `/metrics`.
+//! ```text
+//!  input topics ──► source ──► route ──► seal ───────────► sink ──► archive / quarantine
+//!                   collect    tenant    DEK per owner      produce, in flight,
+//!                   pause      scan      (deks, keyring)    commit points
+//!                   offsets                 │
+//!                      ▲                    └──► registry (byok.deks) first
+//!                      └──────── commit once acknowledged ◄──┘
+//!  beside it: lifecycle::monitor (key states, byok.keks), lifecycle::autodrain, watchdog (/live)
+//! ```
+//!
+//! - [`source`]: the consumer's context, batch collection, paused partitions, offset tracker.
+//! - [`scan`] and [`route`]: which tenant a record belongs to, and where it goes.
+//! - [`seal`]: the sealing stage ([`Sealer`]), the [`Stage`] the loop drives.
+//! - [`sink`]: producing, the batches in flight, commits and transactions.
+//! - [`health`], [`http`], [`metrics`]: `/health`, `/live`, `/metrics`.
+//!
+//! This module is the loop only: it must never seal, route or parse a record itself. A record
+//! that waits (its tenant's vault is unreachable and no public key is known) pauses its
+//! partition; a batch that cannot be sealed now is retried, never dropped and never committed.
 
 pub mod health;
 pub mod http;
+pub mod metrics;
+pub mod route;
 pub mod scan;
-pub mod worker;
+pub mod seal;
+pub mod sink;
+pub mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::util::Timeout;
+use tokio::sync::watch;
+
+pub use seal::{Out, Sealer};
+
+use self::health::Health;
+use self::sink::{Sink, SinkError};
+use self::source::{OffsetTracker, Offsets, Paused, SourceContext, TrackerPoisoned, holds};
+use crate::config::{Config, Delivery};
+use crate::deks::DekError;
+use crate::kafka::{consumer_config, producer_config};
+use crate::keyring::Keyring;
+use crate::kms::{KmsError, TenantKms};
+use crate::lifecycle::autodrain::AutoDrain;
+use crate::lifecycle::monitor::KeyViews;
+
+/// The worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A Kafka client could not be made or set up.
+    #[error("Kafka {client}: {source}")]
+    Client {
+        /// Which client.
+        client: &'static str,
+        /// Cause.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A key provider could not be set up.
+    #[error(transparent)]
+    Keys(#[from] KmsError),
+    /// The sealing thread pool could not start.
+    #[error("the sealing pool could not start: {0}")]
+    SealingPool(#[from] rayon::ThreadPoolBuildError),
+    /// Producing or committing failed for good.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A batch could still not be sealed when the stop's drain deadline passed.
+    #[error("a batch could not be sealed before the drain deadline: {0}")]
+    Stage(#[source] StageError),
+    /// The offset bookkeeping cannot be trusted.
+    #[error(transparent)]
+    Tracker(#[from] TrackerPoisoned),
+}
+
+/// Counts of a worker run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Records consumed.
+    pub records_in: u64,
+    /// Records sealed into the archive.
+    pub archived: u64,
+    /// Records sealed into the quarantine, by reason.
+    pub quarantined: BTreeMap<String, u64>,
+    /// Batches committed.
+    pub batches: u64,
+    /// DEKs made.
+    pub deks_created: u64,
+    /// Quarantine records this worker drained into the archive (`keys.drain_on_restore`).
+    pub drained: u64,
+}
+
+/// A batch could not be turned into output records now.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageError {
+    /// These owners' vaults do not answer and no public key of theirs is known: their records
+    /// (`held`: batch index and owner) wait, their partitions paused; the rest goes on.
+    #[error("vault unavailable and no public key known for {tenants:?}: {detail}")]
+    Waiting {
+        /// The tenants.
+        tenants: Vec<String>,
+        /// The first vault error.
+        detail: String,
+        /// The records that wait.
+        held: Vec<(usize, String)>,
+    },
+    /// Retry the whole batch later (nothing of it was committed).
+    #[error(transparent)]
+    Retry(DekError),
+}
+
+/// What the worker does to a batch between consuming and producing: [`Sealer`] in `byok run`;
+/// the load harness drives a plaintext pass-through through the same loop.
+#[async_trait::async_trait]
+pub trait Stage: Send {
+    /// The output records of `batch`, one per record, in order.
+    async fn process(&mut self, batch: &Arc<Vec<OwnedMessage>>) -> Result<Vec<Out>, StageError>;
+    /// A transaction was opened (exactly-once).
+    fn begin_transaction(&mut self) {}
+    /// The open transaction was aborted: forget what was made in it.
+    fn abort_transaction(&mut self) {}
+    /// Adds the stage's counts to the run's.
+    fn report(&self, _stats: &mut RunStats) {}
+}
+
+/// What a stage is made from: the worker's configuration, keys, producer and key views.
+#[allow(missing_debug_implementations)]
+pub struct Wiring<'a> {
+    /// Configuration.
+    pub config: &'a Config,
+    /// Key providers.
+    pub keyring: &'a Arc<Keyring>,
+    /// The worker's producer (registry records go through it, in its transactions).
+    pub producer: &'a FutureProducer,
+    /// The tenants' key states.
+    pub views: &'a Arc<KeyViews>,
+}
+
+/// The sealing stage of `byok run`.
+pub fn seal_stage(w: &Wiring<'_>) -> Result<Box<dyn Stage>, WorkerError> {
+    Ok(Box::new(Sealer::new(
+        w.config,
+        Arc::clone(w.keyring),
+        w.producer.clone(),
+        Arc::clone(w.views),
+    )?))
+}
+
+/// Runs the worker until `shutdown` turns true, then drains: the batches in flight are produced
+/// and committed, the producer flushed, within the configured drain deadline.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<RunStats, WorkerError> {
+    run_with(config, shutdown, Arc::new(Health::default()), seal_stage).await
+}
+
+/// [`run`] with the health state shared with `/health` and `/live`, and the stage made by
+/// `make_stage`.
+pub async fn run_with<F>(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    health: Arc<Health>,
+    make_stage: F,
+) -> Result<RunStats, WorkerError>
+where
+    F: FnOnce(&Wiring<'_>) -> Result<Box<dyn Stage>, WorkerError>,
+{
+    metrics::describe();
+    health.set_stall_timeout(config.worker.stall_timeout);
+    let (done0, batches0) = (health.records_done(), health.batches_done());
+    let keyring = Arc::new(Keyring::new(&config)?);
+    let client = |client: &'static str| move |source| WorkerError::Client { client, source };
+    let producer: FutureProducer = producer_config(&config)
+        .create()
+        .map_err(client("producer"))?;
+    let transactional = config.kafka.delivery == Delivery::ExactlyOnce;
+    if transactional {
+        producer
+            .init_transactions(Timeout::After(Duration::from_secs(60)))
+            .map_err(client("producer (init transactions)"))?;
+    }
+    let tracker = Arc::new(OffsetTracker::default());
+    let paused = Paused::default();
+    let consumer: StreamConsumer<SourceContext> = consumer_config(&config)
+        .create_with_context(SourceContext {
+            health: Arc::clone(&health),
+            tracker: Arc::clone(&tracker),
+            producer: producer.clone(),
+            drain_deadline: config.worker.drain_deadline,
+            transactional,
+            paused: paused.shared(),
+        })
+        .map_err(client("consumer"))?;
+    let topics: Vec<&str> = config
+        .kafka
+        .input_topics
+        .iter()
+        .map(String::as_str)
+        .collect();
+    consumer.subscribe(&topics).map_err(client("consumer"))?;
+    let views = Arc::new(KeyViews::default());
+    match crate::archive::load_keks(&config).await {
+        Ok(keys) => views.seed_public(keys),
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %config.kafka.keks_topic, "last known public keys not loaded (they are read again from Key Vault)")
+        }
+    }
+    let background = [
+        spawn_vault_check(&config, &keyring, &health),
+        crate::lifecycle::monitor::spawn(
+            &keyring,
+            Arc::clone(&views),
+            producer.clone(),
+            config.keys.check_interval,
+            config.kafka.keks_topic.clone(),
+        ),
+        spawn_watchdog(Arc::clone(&health)),
+    ];
+    let stage = make_stage(&Wiring {
+        config: &config,
+        keyring: &keyring,
+        producer: &producer,
+        views: &views,
+    })?;
+    tracing::info!(group = %config.kafka.group_id, topics = ?topics, tenants = keyring.tenants().len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
+    let max_in_flight = if transactional {
+        1
+    } else {
+        config.batch.in_flight.get()
+    };
+    let mut worker = Worker {
+        sink: Sink::new(producer, tracker, Arc::clone(&health), max_in_flight),
+        config: &config,
+        consumer,
+        stage,
+        paused,
+        drains: AutoDrain::default(),
+        drained: 0,
+        views,
+        health: Arc::clone(&health),
+        shutdown,
+        transactional,
+    };
+    let ended = worker.run_loop().await;
+    let stopped = worker.stop().await;
+    for task in background {
+        task.abort();
+    }
+    ended?;
+    stopped?;
+    let mut stats = RunStats {
+        records_in: health.records_done() - done0,
+        batches: health.batches_done() - batches0,
+        drained: worker.drained,
+        ..RunStats::default()
+    };
+    worker.stage.report(&mut stats);
+    tracing::info!(?stats, "worker stopped");
+    Ok(stats)
+}
+
+/// Asks each distinct vault for its key's state once (one tenant per vault and key is enough),
+/// marking the worker's vaults checked for `/health` when all answered.
+fn spawn_vault_check(
+    config: &Config,
+    keyring: &Keyring,
+    health: &Arc<Health>,
+) -> tokio::task::JoinHandle<()> {
+    let mut per_vault: BTreeMap<(String, String), Arc<TenantKms>> = BTreeMap::new();
+    for (id, kms) in keyring.tenants() {
+        if let Some(k) = config.tenants.get(id).and_then(|t| t.key.as_ref()) {
+            per_vault
+                .entry((k.vault_url.to_string(), k.key_name.clone()))
+                .or_insert_with(|| Arc::clone(kms));
+        }
+    }
+    let health = Arc::clone(health);
+    tokio::spawn(crate::lifecycle::monitor::check_vaults(
+        per_vault.into_values().collect(),
+        move || health.set_vaults_checked(),
+    ))
+}
+
+/// Looks for a stall once a second: counts it and logs it when it begins (`/live` reports it).
+fn spawn_watchdog(health: Arc<Health>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if health.watch() {
+                ::metrics::counter!("byok_stalls_total").increment(1);
+                tracing::error!(
+                    reason = health.live().err().unwrap_or_default(),
+                    "worker stalled: /live turns 503"
+                );
+            }
+        }
+    })
+}
+
+/// The batch loop's state.
+struct Worker<'c> {
+    config: &'c Config,
+    consumer: StreamConsumer<SourceContext>,
+    sink: Sink,
+    stage: Box<dyn Stage>,
+    paused: Paused,
+    drains: AutoDrain,
+    drained: u64,
+    views: Arc<KeyViews>,
+    health: Arc<Health>,
+    shutdown: watch::Receiver<bool>,
+    transactional: bool,
+}
+
+impl Worker<'_> {
+    /// Collects and processes batches until a stop is requested.
+    async fn run_loop(&mut self) -> Result<(), WorkerError> {
+        let topics: Vec<&str> = self
+            .config
+            .kafka
+            .input_topics
+            .iter()
+            .map(String::as_str)
+            .collect();
+        loop {
+            self.paused.resume_ready(&self.consumer, &self.views);
+            if self.config.keys.drain_on_restore {
+                self.drains.look(
+                    self.config,
+                    &self.consumer,
+                    &topics,
+                    &self.views,
+                    &mut self.drained,
+                );
+            }
+            // commit what the broker acknowledged, oldest batch first
+            self.sink.settle_ready(&self.consumer, false).await?;
+            if *self.shutdown.borrow() {
+                return Ok(());
+            }
+            if self.sink.full() {
+                tokio::select! {
+                    _ = self.sink.wait_oldest() => {}
+                    _ = self.shutdown.changed() => {}
+                }
+                continue;
+            }
+            // paused partitions and keys that came back are looked at every second, traffic
+            // or not
+            let tick = !self.paused.is_empty() || self.config.keys.drain_on_restore;
+            // wait for a first record, a stop, or the oldest batch's acknowledgement
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => None,
+                _ = self.sink.wait_oldest() => None,
+                m = self.consumer.recv() => Some(m),
+                _ = tokio::time::sleep(Duration::from_secs(1)), if tick => None,
+            };
+            let Some(first) = first else { continue };
+            // from here the batch is collected to its end (never cancelled: its records are
+            // consumed)
+            let batch = source::collect(first, &self.consumer, self.config).await;
+            if !batch.is_empty() {
+                self.process(batch).await?;
+            }
+        }
+    }
+
+    /// Seals and produces one batch, retrying while it cannot be sealed or its transaction
+    /// aborts (Kafka keeps the data; nothing is committed meanwhile).
+    async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let mut batch = Arc::new(batch);
+        let mut backoff = Duration::from_millis(200);
+        let mut retried = false;
+        loop {
+            if retried {
+                // partitions revoked meanwhile belong to their new owner now
+                batch = self.keep_assigned(batch);
+                if batch.is_empty() {
+                    return Ok(());
+                }
+            }
+            retried = true;
+            if self.transactional {
+                self.sink.begin_transaction()?;
+                self.stage.begin_transaction();
+            }
+            let failed = match self.stage.process(&batch).await {
+                Ok(outs) => match self.produce(outs, &batch, started).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if !self.transactional || matches!(e, SinkError::Tracker(_)) => {
+                        return Err(e.into());
+                    }
+                    Err(e) => {
+                        ::metrics::counter!("byok_transactions_aborted_total").increment(1);
+                        tracing::warn!(error = %e, "transaction aborted; the batch is sealed again under new nonces");
+                        WorkerError::Sink(e)
+                    }
+                },
+                Err(StageError::Waiting {
+                    tenants,
+                    detail,
+                    held,
+                }) => {
+                    self.abort();
+                    let before = batch.len();
+                    let kept = self
+                        .paused
+                        .hold_back(&self.consumer, &batch, &held, &detail);
+                    tracing::debug!(?tenants, kept = kept.len(), "records held back");
+                    if kept.is_empty() {
+                        return Ok(());
+                    }
+                    let stuck = kept.len() == before;
+                    batch = Arc::new(kept);
+                    if !stuck {
+                        continue;
+                    }
+                    WorkerError::Stage(StageError::Waiting {
+                        tenants,
+                        detail,
+                        held: Vec::new(),
+                    })
+                }
+                Err(e) => {
+                    self.abort();
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not sealed; retrying (nothing is committed)");
+                    WorkerError::Stage(e)
+                }
+            };
+            if *self.shutdown.borrow() && started.elapsed() > self.config.worker.drain_deadline {
+                return Err(failed);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Hands the outputs to the sink: in flight (at-least-once), or produced and committed in
+    /// the open transaction (exactly-once; aborted on failure).
+    async fn produce(
+        &mut self,
+        outs: Vec<Out>,
+        batch: &[OwnedMessage],
+        started: Instant,
+    ) -> Result<(), SinkError> {
+        let next = Offsets::of_batch(batch);
+        if !self.transactional {
+            return self.sink.send(outs, next, batch.len(), started);
+        }
+        let deadline = self.config.worker.drain_deadline;
+        let r = self
+            .sink
+            .commit_transaction(
+                &outs,
+                &next,
+                &self.consumer,
+                self.shutdown.clone(),
+                deadline,
+            )
+            .await;
+        match r {
+            Ok(()) => {
+                metrics::batch_done(&self.health, batch.len(), started);
+                Ok(())
+            }
+            Err(e) => {
+                self.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// Aborts the open transaction, if any, and what the stage made in it.
+    fn abort(&mut self) {
+        if self.transactional {
+            self.sink.abort_transaction();
+            self.stage.abort_transaction();
+        }
+    }
+
+    /// The records of `batch` whose partitions are still assigned to this member.
+    fn keep_assigned(&self, batch: Arc<Vec<OwnedMessage>>) -> Arc<Vec<OwnedMessage>> {
+        let assigned = self.consumer.assignment().unwrap_or_default();
+        if batch
+            .iter()
+            .all(|m| holds(&assigned, m.topic(), m.partition()))
+        {
+            return batch;
+        }
+        let kept: Vec<OwnedMessage> = batch
+            .iter()
+            .filter(|m| holds(&assigned, m.topic(), m.partition()))
+            .cloned()
+            .collect();
+        let mut gone: HashMap<(String, i32), usize> = HashMap::new();
+        for m in batch.iter() {
+            if !holds(&assigned, m.topic(), m.partition()) {
+                *gone
+                    .entry((m.topic().to_owned(), m.partition()))
+                    .or_default() += 1;
+            }
+        }
+        tracing::info!(
+            ?gone,
+            "records of partitions revoked during the retry left to their new owner"
+        );
+        Arc::new(kept)
+    }
+
+    /// Drains: every batch in flight gets `worker.drain_deadline` to be acknowledged (past it
+    /// the worker exits without committing it: its records are redelivered, nothing is lost);
+    /// a drain of the quarantine still running gets as long; the producer is flushed.
+    async fn stop(&mut self) -> Result<(), WorkerError> {
+        self.health.set_stopping();
+        let deadline = self.config.worker.drain_deadline;
+        let drained = self.sink.drain(&self.consumer, deadline).await;
+        if let Err(e) = &drained {
+            tracing::warn!(error = %e, "stopping with records unacknowledged");
+        }
+        self.drains.stop(deadline, &mut self.drained).await;
+        self.sink.flush(deadline);
+        Ok(drained?)
+    }
+}

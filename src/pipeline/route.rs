@@ -1,0 +1,251 @@
+//! Where each captured record goes, and whose DEK seals it: the tenant's archive, the quarantine
+//! under the tenant's own key (revoked), or the quarantine under the operator's key (no usable
+//! tenant). Pure: no I/O, no keys; the header values shared by many records are cached here.
+//!
+//! This module must never decide anything from bytes it did not read through [`super::scan`], and
+//! never route a configured BYOK tenant's record to the operator's key except as
+//! [`crate::lifecycle::monitor::Revoked`] says (no public key ever seen).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rdkafka::Message;
+use rdkafka::message::{Headers, OwnedMessage};
+
+use super::scan::{TenantOf, tenant_of};
+use crate::config::{Config, TenantId};
+use crate::dek::DekId;
+use crate::envelope::headers::QuarantineReason;
+use crate::lifecycle::monitor::Revoked;
+use crate::registry::QUARANTINE_TENANT;
+
+/// Where a record goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The tenant's archive, sealed under its DEK.
+    Archive(TenantId),
+    /// The tenant's key is revoked: quarantine, sealed under a DEK of the tenant wrapped
+    /// locally with its last known public key.
+    Revoked {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why its key cannot be used.
+        reason: QuarantineReason,
+        /// What the vault said.
+        detail: String,
+    },
+    /// The quarantine under the operator's key.
+    Quarantine {
+        /// Why.
+        reason: QuarantineReason,
+        /// The tenant the record claims, if any.
+        tenant: Option<String>,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl Route {
+    /// Whose DEK seals the record: the tenant's, or the operator's quarantine DEK.
+    pub fn owner(&self) -> &str {
+        match self {
+            Route::Archive(t) | Route::Revoked { tenant: t, .. } => t.as_str(),
+            Route::Quarantine { .. } => QUARANTINE_TENANT,
+        }
+    }
+}
+
+/// The route of one record.
+pub fn route(m: &OwnedMessage, config: &Config, revoked: &Revoked) -> Route {
+    let headers: Vec<(&str, Option<&[u8]>)> = m
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    let t = match tenant_of(headers, m.payload()) {
+        TenantOf::Missing(why) => {
+            return Route::Quarantine {
+                reason: QuarantineReason::Malformed,
+                tenant: None,
+                detail: why.to_owned(),
+            };
+        }
+        TenantOf::Found(t) => t,
+    };
+    let Some(tenant) = TenantId::parse(&t)
+        .ok()
+        .and_then(|id| config.tenants.get(&id))
+    else {
+        return Route::Quarantine {
+            reason: QuarantineReason::UnknownTenant,
+            detail: "tenant is not configured".to_owned(),
+            tenant: Some(t),
+        };
+    };
+    if !tenant.byok_enabled {
+        return Route::Quarantine {
+            reason: QuarantineReason::ByokDisabled,
+            detail: "BYOK is not enabled for this tenant".to_owned(),
+            tenant: Some(t),
+        };
+    }
+    match revoked.get(tenant.id.as_str()) {
+        None => Route::Archive(tenant.id.clone()),
+        Some((reason, detail, Some(_))) => Route::Revoked {
+            tenant: tenant.id.clone(),
+            reason: *reason,
+            detail: detail.clone(),
+        },
+        // no public key ever seen for it: only the operator's key can take it
+        Some((reason, detail, None)) => Route::Quarantine {
+            reason: *reason,
+            detail: format!(
+                "{detail}; no public key of the tenant known, sealed under the operator's quarantine key"
+            ),
+            tenant: Some(t),
+        },
+    }
+}
+
+/// Routes every record and groups the record indices by DEK owner (tenant or quarantine).
+pub fn route_all(
+    batch: &[OwnedMessage],
+    config: &Config,
+    revoked: &Revoked,
+) -> (Vec<Route>, BTreeMap<String, Vec<usize>>) {
+    let routes: Vec<Route> = batch.iter().map(|m| route(m, config, revoked)).collect();
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        groups.entry(r.owner().to_owned()).or_default().push(i);
+    }
+    (routes, groups)
+}
+
+/// Kept across batches: each (owner, route kind)'s output topic and tenant header value, each
+/// DEK's id header value (the DEK map is cleared when it grows past a bound).
+#[derive(Debug, Default)]
+pub struct HeaderCache {
+    /// [quarantine routes, archive routes], by owner.
+    owners: [HashMap<String, (Arc<str>, Bytes)>; 2],
+    deks: HashMap<DekId, Bytes>,
+}
+
+impl HeaderCache {
+    /// The output topic of `route` and its owner as a header value.
+    pub fn owner(&mut self, route: &Route, config: &Config) -> (Arc<str>, Bytes) {
+        let map = &mut self.owners[usize::from(matches!(route, Route::Archive(_)))];
+        if let Some((topic, tenant)) = map.get(route.owner()) {
+            return (Arc::clone(topic), tenant.clone());
+        }
+        let topic = match route {
+            Route::Archive(t) => config.kafka.archive_topic.topic_for(t),
+            Route::Quarantine { .. } | Route::Revoked { .. } => {
+                config.kafka.quarantine_topic.clone()
+            }
+        };
+        let entry = (
+            Arc::<str>::from(topic),
+            Bytes::copy_from_slice(route.owner().as_bytes()),
+        );
+        map.insert(route.owner().to_owned(), entry.clone());
+        entry
+    }
+
+    /// The id of `dek` as a header value.
+    pub fn dek(&mut self, id: DekId) -> Bytes {
+        if self.deks.len() > 65_536 {
+            self.deks.clear();
+        }
+        self.deks
+            .entry(id)
+            .or_insert_with(|| Bytes::from(id.to_string()))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    fn config() -> Config {
+        Config::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/byok.example.toml"
+        )))
+        .unwrap()
+    }
+
+    fn msg(value: &str, tenant_header: Option<&str>) -> OwnedMessage {
+        let headers = tenant_header.map(|t| {
+            OwnedHeaders::new().insert(Header {
+                key: "tenant-id",
+                value: Some(t),
+            })
+        });
+        OwnedMessage::new(
+            Some(value.as_bytes().to_vec()),
+            None,
+            "in".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            0,
+            headers,
+        )
+    }
+
+    #[test]
+    fn routes_by_tenant_and_key_state() {
+        let c = config();
+        let known = c.tenants.keys().next().unwrap().clone();
+        let json = format!(r#"{{"tenant_id":"{known}","body":"x"}}"#);
+        let none = Revoked::new();
+        assert_eq!(
+            route(&msg(&json, None), &c, &none),
+            Route::Archive(known.clone())
+        );
+        assert!(matches!(
+            route(&msg(r#"{"tenant_id":"nobody"}"#, None), &c, &none),
+            Route::Quarantine {
+                reason: QuarantineReason::UnknownTenant,
+                ..
+            }
+        ));
+        assert!(matches!(
+            route(&msg(r#"{"a":[}"#, None), &c, &none),
+            Route::Quarantine {
+                reason: QuarantineReason::Malformed,
+                tenant: None,
+                ..
+            }
+        ));
+        // the header wins over the body
+        assert_eq!(
+            route(
+                &msg(r#"{"tenant_id":"nobody"}"#, Some(known.as_str())),
+                &c,
+                &none
+            ),
+            Route::Archive(known.clone())
+        );
+        let mut revoked = Revoked::new();
+        revoked.insert(
+            known.to_string(),
+            (QuarantineReason::KeyDisabled, "disabled".into(), None),
+        );
+        let r = route(&msg(&json, None), &c, &revoked);
+        assert_eq!(r.owner(), QUARANTINE_TENANT);
+    }
+
+    #[test]
+    fn groups_indices_by_owner_in_batch_order() {
+        let c = config();
+        let known = c.tenants.keys().next().unwrap().clone();
+        let json = format!(r#"{{"tenant_id":"{known}"}}"#);
+        let batch = vec![msg(&json, None), msg("junk", None), msg(&json, None)];
+        let (routes, groups) = route_all(&batch, &c, &Revoked::new());
+        assert_eq!(routes.len(), 3);
+        assert_eq!(groups[known.as_str()], vec![0, 2]);
+        assert_eq!(groups[QUARANTINE_TENANT], vec![1]);
+    }
+}

@@ -1,0 +1,320 @@
+//! The producing side: output records handed to the idempotent producer, the batches in flight
+//! (at-least-once: several, committed oldest first once acknowledged), and the exactly-once
+//! path (one transaction per batch: outputs, registry records and offsets together).
+//!
+//! This module must never commit an offset before every record produced from the records before
+//! it was acknowledged, and never commit a partition that is no longer assigned (its new owner
+//! has it).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio::sync::watch;
+
+use super::health::Health;
+use super::seal::Out;
+use super::source::{OffsetTracker, Offsets, SourceContext, TrackerPoisoned, holds};
+
+/// Producing or committing failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// A record was not acknowledged (the batch is not committed; it is redelivered).
+    #[error("produce to {topic} failed: {source}; the batch's offsets were not committed")]
+    Produce {
+        /// Topic.
+        topic: String,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// A step of a transaction failed (the transaction is aborted and the batch retried).
+    #[error("transaction {step} failed: {source}")]
+    Transaction {
+        /// begin, send offsets, commit.
+        step: &'static str,
+        /// Cause.
+        source: KafkaError,
+    },
+    /// The consumer has no group metadata (it left its group): the transaction cannot carry
+    /// the offsets.
+    #[error("no consumer group metadata for the transaction (the consumer is not in its group)")]
+    NoGroupMetadata,
+    /// A produce task ended without an answer.
+    #[error("a produce task ended: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The stop's drain deadline passed with records unacknowledged.
+    #[error(
+        "drain deadline passed before the broker acknowledged {batches} batch(es); exiting without committing them (they are redelivered)"
+    )]
+    DrainDeadline {
+        /// Batches not acknowledged.
+        batches: usize,
+    },
+    /// The offset bookkeeping cannot be trusted.
+    #[error(transparent)]
+    Tracker(#[from] TrackerPoisoned),
+}
+
+/// Produces `outs` and waits for every acknowledgement; the first refusal fails the whole.
+pub async fn produce_all(producer: &FutureProducer, outs: &[Out]) -> Result<(), SinkError> {
+    let sends = outs.iter().map(|o| {
+        let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+        for (k, v) in &o.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_ref()),
+            });
+        }
+        let mut rec = FutureRecord::to(&o.topic)
+            .payload(&o.value)
+            .headers(headers);
+        if let Some(k) = &o.key {
+            rec = rec.key(k);
+        }
+        producer.send(rec, Timeout::Never)
+    });
+    for (r, o) in futures::future::join_all(sends).await.into_iter().zip(outs) {
+        if let Err((source, _)) = r {
+            return Err(SinkError::Produce {
+                topic: o.topic.to_string(),
+                source,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A batch produced and not yet settled.
+struct InFlight {
+    done: tokio::task::JoinHandle<Result<(), SinkError>>,
+    /// The task's answer, once seen (kept here so that waiting for it can be cancelled).
+    answer: Option<Result<Result<(), SinkError>, tokio::task::JoinError>>,
+    seq: u64,
+    next: Offsets,
+    records: usize,
+    started: Instant,
+}
+
+/// The producer and the batches in flight.
+#[allow(missing_debug_implementations)] // the producer has no Debug
+pub struct Sink {
+    producer: FutureProducer,
+    tracker: Arc<OffsetTracker>,
+    health: Arc<Health>,
+    in_flight: VecDeque<InFlight>,
+    max_in_flight: usize,
+}
+
+impl Sink {
+    /// A sink of at most `max_in_flight` batches in flight.
+    pub fn new(
+        producer: FutureProducer,
+        tracker: Arc<OffsetTracker>,
+        health: Arc<Health>,
+        max_in_flight: usize,
+    ) -> Self {
+        Self {
+            producer,
+            tracker,
+            health,
+            in_flight: VecDeque::new(),
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+
+    /// As many batches in flight as allowed.
+    pub fn full(&self) -> bool {
+        self.in_flight.len() >= self.max_in_flight
+    }
+
+    /// Hands a sealed batch to the producer (at-least-once); its offsets are committed once it
+    /// and every batch before it are acknowledged.
+    pub fn send(
+        &mut self,
+        outs: Vec<Out>,
+        next: Offsets,
+        records: usize,
+        started: Instant,
+    ) -> Result<(), SinkError> {
+        let seq = self.tracker.start(next.clone())?;
+        let (producer, tracker) = (self.producer.clone(), Arc::clone(&self.tracker));
+        let done = tokio::spawn(async move {
+            let r = produce_all(&producer, &outs).await;
+            tracker.finish(seq, r.is_ok())?;
+            r
+        });
+        self.in_flight.push_back(InFlight {
+            done,
+            answer: None,
+            seq,
+            next,
+            records,
+            started,
+        });
+        Ok(())
+    }
+
+    /// Resolves when the oldest batch in flight has its answer (never when none is in flight).
+    /// Cancel-safe: the answer is kept.
+    pub async fn wait_oldest(&mut self) {
+        match self.in_flight.front_mut() {
+            Some(f) if f.answer.is_none() => {
+                let r = (&mut f.done).await;
+                f.answer = Some(r);
+            }
+            Some(_) => {}
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Commits the batches at the front that have their answer, oldest first.
+    pub async fn settle_ready(
+        &mut self,
+        consumer: &StreamConsumer<SourceContext>,
+        stopping: bool,
+    ) -> Result<(), SinkError> {
+        while let Some(f) = self.in_flight.front_mut() {
+            if f.answer.is_none() {
+                if !f.done.is_finished() {
+                    break;
+                }
+                let r = (&mut f.done).await;
+                f.answer = Some(r);
+            }
+            if let Some(f) = self.in_flight.pop_front() {
+                self.settle(f, consumer, stopping)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a stop request: every batch in flight gets `deadline` to be acknowledged and is
+    /// committed; past it the worker exits without committing them (they are redelivered).
+    pub async fn drain(
+        &mut self,
+        consumer: &StreamConsumer<SourceContext>,
+        deadline: Duration,
+    ) -> Result<(), SinkError> {
+        let waited = tokio::time::timeout(deadline, async {
+            while !self.in_flight.is_empty() {
+                self.wait_oldest().await;
+                self.settle_ready(consumer, true).await?;
+            }
+            Ok::<_, SinkError>(())
+        })
+        .await;
+        match waited {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::DrainDeadline {
+                batches: self.in_flight.len(),
+            }),
+        }
+    }
+
+    fn settle(
+        &mut self,
+        f: InFlight,
+        consumer: &StreamConsumer<SourceContext>,
+        stopping: bool,
+    ) -> Result<(), SinkError> {
+        if let Some(answer) = f.answer {
+            answer??;
+        }
+        // only partitions still assigned: a revoked one was committed by the rebalance, and a
+        // late commit here could move its new owner's offset back
+        let assigned = consumer.assignment().unwrap_or_default();
+        let commit = f.next.filtered(|t, p| holds(&assigned, t, p));
+        self.tracker.settle(f.seq, &commit)?;
+        if !commit.is_empty() {
+            let mode = if stopping {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
+            if let Err(e) = consumer.commit(&commit.to_list(), mode) {
+                // Not fatal: the records are archived; another member may own the partition.
+                tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (same byok.src)");
+            }
+        }
+        super::metrics::batch_done(&self.health, f.records, f.started);
+        Ok(())
+    }
+
+    /// Exactly-once: produces `outs` in the open transaction, then sends the batch's offsets of
+    /// partitions still assigned and commits. After a stop request the batch gets
+    /// `drain_deadline` to be acknowledged.
+    pub async fn commit_transaction(
+        &self,
+        outs: &[Out],
+        next: &Offsets,
+        consumer: &StreamConsumer<SourceContext>,
+        shutdown: watch::Receiver<bool>,
+        drain_deadline: Duration,
+    ) -> Result<(), SinkError> {
+        tokio::select! {
+            r = produce_all(&self.producer, outs) => r?,
+            _ = after_stop(shutdown, drain_deadline) => {
+                return Err(SinkError::DrainDeadline { batches: 1 });
+            }
+        }
+        let meta = consumer
+            .group_metadata()
+            .ok_or(SinkError::NoGroupMetadata)?;
+        let assigned = consumer.assignment().unwrap_or_default();
+        let commit = next.filtered(|t, p| holds(&assigned, t, p));
+        let t = Timeout::After(Duration::from_secs(60));
+        self.producer
+            .send_offsets_to_transaction(&commit.to_list(), &meta, t)
+            .map_err(|source| SinkError::Transaction {
+                step: "send offsets",
+                source,
+            })?;
+        self.producer
+            .commit_transaction(t)
+            .map_err(|source| SinkError::Transaction {
+                step: "commit",
+                source,
+            })
+    }
+
+    /// Opens a transaction (exactly-once).
+    pub fn begin_transaction(&self) -> Result<(), SinkError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|source| SinkError::Transaction {
+                step: "begin",
+                source,
+            })
+    }
+
+    /// Aborts the open transaction (exactly-once).
+    pub fn abort_transaction(&self) {
+        if let Err(e) = self
+            .producer
+            .abort_transaction(Timeout::After(Duration::from_secs(60)))
+        {
+            tracing::warn!(error = %e, "aborting the transaction failed");
+        }
+    }
+
+    /// Flushes the producer (at the end of a run).
+    pub fn flush(&self, deadline: Duration) {
+        let _ = self.producer.flush(Timeout::After(deadline));
+    }
+}
+
+/// Resolves `deadline` after a stop is requested (never if none is).
+async fn after_stop(mut shutdown: watch::Receiver<bool>, deadline: Duration) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    tokio::time::sleep(deadline).await;
+}

@@ -635,3 +635,89 @@ async fn replay_killed_midway_resumes_exactly_once() {
     drop(producer);
     drop(r.cluster);
 }
+
+/// A stage that never returns: the batch loop hangs inside it, as it did on the tenant scan's
+/// infinite loop before 2026-12.
+struct Hangs;
+
+#[async_trait::async_trait]
+impl byok::pipeline::Stage for Hangs {
+    async fn process(
+        &mut self,
+        _batch: &std::sync::Arc<Vec<rdkafka::message::OwnedMessage>>,
+    ) -> Result<Vec<byok::pipeline::Out>, byok::pipeline::StageError> {
+        std::future::pending().await
+    }
+}
+
+/// Liveness is progress: with partitions assigned, records waiting and a stage that never
+/// returns, `/live` turns 503 after `worker.stall_timeout` and the stall is counted, while
+/// `/health` (ready) stays 200 as it did when a 7-byte value hung the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_blocks_forever_makes_live_fail() {
+    let r = rig(
+        "\n[worker]\nstall_timeout = \"10s\"\n\n[kafka.consumer]\n\"statistics.interval.ms\" = \"500\"\n",
+    )
+    .await;
+    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
+    let addr = byok::pipeline::http::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        std::sync::Arc::clone(&health),
+    )
+    .await
+    .unwrap();
+    let get = |path: &'static str| async move {
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..50 {
+        let body = format!(r#"{{"tenant_id":"acme","body":"m{i}"}}"#);
+        producer
+            .send(
+                FutureRecord::<(), _>::to("capture.messages").payload(&body),
+                Timeout::Never,
+            )
+            .await
+            .unwrap();
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(byok::pipeline::run_with(
+        r.config.clone(),
+        stopped,
+        std::sync::Arc::clone(&health),
+        |_| Ok(Box::new(Hangs)),
+    ));
+    let started = std::time::Instant::now();
+    let mut went_503 = None;
+    while started.elapsed() < Duration::from_secs(90) {
+        let (status, body) = get("/live").await;
+        if status == 503 {
+            went_503 = Some((started.elapsed(), body));
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (after, body) = went_503.expect("/live never turned 503 with the stage hung");
+    eprintln!("/live turned 503 after {after:?}: {body}");
+    assert!(after >= Duration::from_secs(10), "not before stall_timeout");
+    assert!(
+        body.contains("stalled") && body.contains("records waiting"),
+        "{body}"
+    );
+    assert_eq!(health.records_done(), 0);
+    let (_, metrics) = get("/metrics").await;
+    let stalls = metrics
+        .lines()
+        .find(|l| l.starts_with("byok_stalls_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(stalls, Some(1.0), "one stall counted");
+    stop.send(true).unwrap();
+    worker.abort();
+    drop(r.cluster);
+}

@@ -25,6 +25,8 @@ pub struct Health {
     assigned: AtomicU64,
     /// Records waiting on the assigned partitions that are not paused.
     lag: AtomicU64,
+    /// Records consumed and not yet committed (the batch being sealed, the batches in flight).
+    in_hand: AtomicU64,
     born: Instant,
     /// Milliseconds since `born` of the last completed batch.
     last_progress_ms: AtomicU64,
@@ -44,6 +46,7 @@ impl Default for Health {
             batches_done: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
             lag: AtomicU64::new(0),
+            in_hand: AtomicU64::new(0),
             born: Instant::now(),
             last_progress_ms: AtomicU64::new(0),
             waiting_since_ms: AtomicU64::new(NEVER),
@@ -78,9 +81,23 @@ impl Health {
     pub fn set_assigned(&self, partitions: u64) {
         self.assigned.store(partitions, Ordering::Relaxed);
     }
+    /// Partitions added to (positive) or taken from (negative) this member's assignment.
+    pub fn add_assigned(&self, delta: i64) {
+        let _ = self
+            .assigned
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add_signed(delta))
+            });
+    }
     /// Records waiting on the assigned partitions that are not paused.
     pub fn set_lag(&self, records: u64) {
         self.lag.store(records, Ordering::Relaxed);
+    }
+    /// Records consumed and not yet committed: the batch being sealed and the batches in
+    /// flight (the batch loop sets it; the lag from librdkafka's statistics stops moving when
+    /// the loop stops polling, this does not).
+    pub fn set_in_hand(&self, records: u64) {
+        self.in_hand.store(records, Ordering::Relaxed);
     }
     /// A batch of `records` was produced and committed.
     pub fn batch_done(&self, records: u64) {
@@ -119,7 +136,7 @@ impl Health {
 
     fn watch_at(&self, now: u64) -> bool {
         let waiting = self.assigned.load(Ordering::Relaxed) > 0
-            && self.lag.load(Ordering::Relaxed) > 0
+            && (self.lag.load(Ordering::Relaxed) > 0 || self.in_hand.load(Ordering::Relaxed) > 0)
             && !self.stopping.load(Ordering::Relaxed);
         if !waiting {
             self.waiting_since_ms.store(NEVER, Ordering::Relaxed);
@@ -156,7 +173,8 @@ impl Health {
             .saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
             / 1000;
         Err(format!(
-            "stalled: no batch completed for {idle_s} s with {} records waiting on {} partitions (worker.stall_timeout {} s)",
+            "stalled: no batch completed for {idle_s} s with records waiting ({} consumed and not committed, {} behind) on {} partitions (worker.stall_timeout {} s)",
+            self.in_hand.load(Ordering::Relaxed),
             self.lag.load(Ordering::Relaxed),
             self.assigned.load(Ordering::Relaxed),
             self.stall_timeout_ms.load(Ordering::Relaxed) / 1000
@@ -203,6 +221,18 @@ mod tests {
         assert!(h.live().is_ok());
         h.set_assigned(0); // a rebalance took every partition
         assert!(!h.watch_at(5_000_000));
+        assert!(h.live().is_ok());
+    }
+
+    #[test]
+    fn a_batch_in_hand_without_progress_is_a_stall_even_without_lag_figures() {
+        let h = health();
+        h.set_assigned(2);
+        h.set_in_hand(500);
+        assert!(!h.watch_at(1_000));
+        assert!(h.watch_at(122_000));
+        h.set_in_hand(0);
+        assert!(!h.watch_at(123_000));
         assert!(h.live().is_ok());
     }
 

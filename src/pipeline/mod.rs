@@ -346,6 +346,8 @@ impl Worker<'_> {
             }
             // commit what the broker acknowledged, oldest batch first
             self.sink.settle_ready(&self.consumer, false).await?;
+            self.health
+                .set_in_hand(self.sink.records_in_flight() as u64);
             if *self.shutdown.borrow() {
                 return Ok(());
             }
@@ -371,6 +373,8 @@ impl Worker<'_> {
             // from here the batch is collected to its end (never cancelled: its records are
             // consumed)
             let batch = source::collect(first, &self.consumer, self.config).await;
+            self.health
+                .set_in_hand((self.sink.records_in_flight() + batch.len()) as u64);
             if !batch.is_empty() {
                 self.process(batch).await?;
             }

@@ -128,6 +128,11 @@ impl Sink {
         }
     }
 
+    /// Records in the batches in flight.
+    pub fn records_in_flight(&self) -> usize {
+        self.in_flight.iter().map(|f| f.records).sum()
+    }
+
     /// As many batches in flight as allowed.
     pub fn full(&self) -> bool {
         self.in_flight.len() >= self.max_in_flight

@@ -297,22 +297,39 @@ impl rdkafka::ClientContext for SourceContext {
         let (mut total, mut waiting) = (0i64, 0i64);
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
-                // librdkafka reports -1 for partitions it does not consume, and "-1" is the
-                // internal unassigned partition
-                if *id < 0 || p.consumer_lag < 0 {
+                // "-1" is librdkafka's internal unassigned partition; `desired` marks the ones
+                // this member consumes
+                let Some(lag) = records_behind(p).filter(|_| *id >= 0 && p.desired) else {
                     continue;
-                }
-                total += p.consumer_lag;
+                };
+                total += lag;
                 if !paused.contains(&(topic.clone(), *id)) {
-                    waiting += p.consumer_lag;
+                    waiting += lag;
                 }
                 metrics::gauge!("byok_consumer_lag_records", "topic" => topic.clone(), "partition" => id.to_string())
-                    .set(p.consumer_lag as f64);
+                    .set(lag as f64);
             }
         }
         metrics::gauge!("byok_consumer_lag_records_total").set(total as f64);
         self.health.set_lag(waiting.max(0) as u64);
     }
+}
+
+/// Records of a partition not yet committed: from the committed offset (or, before the group
+/// committed anything, the log start: librdkafka's own `consumer_lag` is -1 then) to the end of
+/// the log (the last stable offset, for a read_committed consumer).
+fn records_behind(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    let end = if p.ls_offset >= 0 {
+        p.ls_offset
+    } else {
+        p.hi_offset
+    };
+    let start = if p.committed_offset >= 0 {
+        p.committed_offset
+    } else {
+        p.lo_offset
+    };
+    (end >= 0 && start >= 0).then(|| (end - start).max(0))
 }
 
 impl ConsumerContext for SourceContext {
@@ -349,14 +366,20 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = r {
-            self.health.set_joined();
-            metrics::counter!("byok_rebalances_total", "kind" => "assign").increment(1);
-            tracing::info!(partitions = tpl.count(), "partitions assigned");
+    fn post_rebalance(&self, _c: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        // Cooperative rebalancing: the lists are what was added or taken away. Never call into
+        // the consumer here (asking it for its assignment inside the callback hangs when the
+        // consumer is closing).
+        match r {
+            Rebalance::Assign(tpl) => {
+                self.health.set_joined();
+                self.health.add_assigned(tpl.count() as i64);
+                metrics::counter!("byok_rebalances_total", "kind" => "assign").increment(1);
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => self.health.add_assigned(-(tpl.count() as i64)),
+            Rebalance::Error(_) => {}
         }
-        let assigned = c.assignment().map_or(0, |a| a.count());
-        self.health.set_assigned(assigned as u64);
     }
 
     fn commit_callback(

@@ -22,45 +22,7 @@ use crate::kafka::{owned_headers, read_all, reader_consumer};
 use crate::kms::{KeyProvider, TenantKms};
 use crate::registry::{DekRecord, QUARANTINE_TENANT, RegistryEntry};
 
-/// What to read.
-#[derive(Debug, Clone)]
-pub struct ReadOptions {
-    /// Topic.
-    pub topic: String,
-    /// Only these partitions (all when empty).
-    pub partitions: Vec<i32>,
-    /// First offset per partition (inclusive).
-    pub from_offset: Option<i64>,
-    /// First offset of these partitions (inclusive), over `from_offset`.
-    pub start_offsets: HashMap<i32, i64>,
-    /// Last offset per partition (exclusive).
-    pub to_offset: Option<i64>,
-    /// Only records with a timestamp at or after this (ms since the epoch).
-    pub from_time_ms: Option<i64>,
-    /// Only records with a timestamp before this (ms since the epoch).
-    pub to_time_ms: Option<i64>,
-    /// Only this tenant.
-    pub tenant: Option<String>,
-    /// Keep duplicates (same byok.src).
-    pub duplicates: bool,
-}
-
-impl ReadOptions {
-    /// The whole of `topic`: every partition, every offset, every tenant, duplicates dropped.
-    pub fn topic(topic: impl Into<String>) -> Self {
-        Self {
-            topic: topic.into(),
-            partitions: Vec::new(),
-            from_offset: None,
-            start_offsets: HashMap::new(),
-            to_offset: None,
-            from_time_ms: None,
-            to_time_ms: None,
-            tenant: None,
-            duplicates: false,
-        }
-    }
-}
+pub use crate::kafka::ReadOptions;
 
 /// One opened record.
 #[derive(Debug, Clone, Serialize)]

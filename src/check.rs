@@ -1,6 +1,9 @@
 //! `byok check-key`: the customer's setup guide (seed 000) as a command. For each tenant it walks
 //! the guide's checklist against the real vault and prints one line per check, pass, warn or
 //! fail, with the fix in the guide's own terms.
+//!
+//! It must never change the vault (only the round trip's encrypt and decrypt) and never print a
+//! secret, a token or the round trip's plaintext.
 
 use std::time::Duration;
 

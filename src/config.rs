@@ -21,7 +21,7 @@ use url::Url;
 
 use crate::dek::{DekLimits, InvalidDekLimits, MAX_MESSAGES_CEILING};
 use crate::envelope::{Compression, DEFAULT_ZSTD_LEVEL};
-use crate::registry::QUARANTINE_TENANT;
+pub use crate::tenant::TenantId;
 
 /// Default Entra ID authority host (public cloud).
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
@@ -334,44 +334,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// A tenant id: 1-64 of `A-Z a-z 0-9 . _ -`, not starting with `_` (reserved for
-/// `_quarantine`). Safe in topic names and headers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(String);
-
-impl TenantId {
-    /// Checks and wraps a tenant id.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s.is_empty() || s.len() > 64 {
-            return Err(format!("tenant id {s:?} must be 1 to 64 characters"));
-        }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(format!(
-                "tenant id {s:?} has {c:?}; only letters, digits, '.', '_' and '-' are allowed"
-            ));
-        }
-        if s.starts_with('_') {
-            return Err(format!(
-                "tenant id {s:?} starts with '_', which is reserved (the operator's quarantine uses {QUARANTINE_TENANT:?})"
-            ));
-        }
-        Ok(Self(s.to_owned()))
-    }
-    /// The id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// One tenant.

@@ -1,7 +1,7 @@
 //! The worker's DEKs: one active DEK per tenant (and one for the operator's quarantine), made
 //! in this process, wrapped by the tenant's key provider, and published to the registry topic.
 //! A DEK is used only after the broker acknowledged its registry record, so a reader never meets
-//! a record whose DEK is missing (ENVELOPE.md §2).
+//! a record whose DEK is missing (docs/envelope-v1.md §2).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -200,7 +200,7 @@ impl DekSet {
 
     /// A new DEK for `tenant` wrapped locally with `version`'s public key (the key is revoked,
     /// or the vault unavailable): its registry record says `"wrapped_locally": true`, and only
-    /// Key Vault `decrypt` on that version can open it (ENVELOPE.md §3).
+    /// Key Vault `decrypt` on that version can open it (docs/envelope-v1.md §3).
     pub async fn make_local(
         &self,
         tenant: &str,

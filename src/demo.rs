@@ -2,6 +2,9 @@
 //! in-process Kafka (librdkafka's mock cluster), the Key Vault emulator over HTTPS with three
 //! tenants' RSA-4096 keys, synthetic chat traffic, the worker, and a check that every message
 //! decrypts back to the original. Exits non-zero on any mismatch.
+//!
+//! It must never need anything outside the process (no broker, no Azure, no files but a temporary
+//! folder), and never count a message as checked that it did not decrypt.
 
 use std::collections::HashMap;
 use std::path::Path;

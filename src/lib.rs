@@ -4,31 +4,61 @@
 //!
 //! # Layout
 //!
-//! - [`envelope`]: the v1 wire format (sealed value, AAD, record headers). Pure, no I/O.
-//! - [`dek`]: data keys, their nonce sequence and retirement limits.
-//! - [`registry`]: the `byok.deks` record that holds each DEK wrapped by its tenant's KEK.
-//! - [`kms`]: the KEK side (Key Vault key identifiers, and the tenant key provider).
-//! - [`config`]: the worker's configuration, loaded into typed values and checked as a whole.
-//! - [`inspect`]: what `byok inspect` says about a sealed value.
+//! Every module, in flow order: a module uses only modules above it (no import circle).
 //!
-//! `src/main.rs` is the `byok` command line; it only parses arguments and calls in here.
+//! - [`tenant`]: tenant ids and the owner of a record (a tenant, or the operator).
+//! - [`dek`]: one data key, its nonce sequence and retirement limits. No I/O.
+//! - [`envelope`]: the v1 wire format (sealed value, AAD, record headers). Pure, no I/O.
+//! - [`config`]: the worker's configuration, loaded into typed values and checked as a whole.
+//! - [`cert`]: certificate credentials for the customers' app registrations.
+//! - [`kms`]: the KEK side: Key Vault key ids, the key provider trait, Azure, caching, retries,
+//!   rate limits, metrics, local wraps.
+//! - [`registry`]: the `byok.deks` record that holds each DEK wrapped by its owner's KEK.
+//! - [`keyring`]: the process's key providers (tenants and operator), one limiter per vault.
+//! - [`deks`]: the DEKs a process makes, published to the registry before use.
+//! - [`kafka`]: every Kafka client configuration, and reading a topic's partitions.
+//! - [`archive`]: opening archive and quarantine records (`byok cat`), the registry, `byok.keks`.
+//! - [`lifecycle`]: following keys (monitor), draining the quarantine, replay, rewrap, usage.
+//! - [`pipeline`]: `byok run`: source, route, seal, sink, health.
+//! - [`check`]: `byok check-key`, the customer's setup guide as a command.
+//! - [`inspect`]: what `byok inspect` says about a sealed value.
+//! - [`emulator`]: the local Key Vault + Entra ID emulator (independent of everything above).
+//! - [`loadgen`]: synthetic capture traffic (independent of everything above).
+//! - [`demo`]: `byok demo`, the whole pipeline in one process.
+//!
+//! `src/main.rs` is the `byok` command line; it only parses arguments and calls in here. The
+//! wire format is documented in `docs/envelope-v1.md`, the pipeline in `docs/pipeline.md`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod archive;
-pub mod cert;
-pub mod check;
-pub mod config;
+pub mod tenant;
+
 pub mod dek;
-pub mod deks;
-pub mod demo;
-pub mod emulator;
 pub mod envelope;
-pub mod inspect;
-pub mod kafka;
-pub mod keyring;
+
+pub mod config;
+
+pub mod cert;
 pub mod kms;
-pub mod lifecycle;
-pub mod loadgen;
-pub mod pipeline;
+
 pub mod registry;
+
+pub mod keyring;
+
+pub mod deks;
+
+pub mod kafka;
+
+pub mod archive;
+
+pub mod lifecycle;
+
+pub mod pipeline;
+
+pub mod check;
+pub mod inspect;
+
+pub mod emulator;
+pub mod loadgen;
+
+pub mod demo;

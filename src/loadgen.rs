@@ -2,6 +2,9 @@
 //! compose deployment. Chat-like JSON messages (channel, conversation, sender, body, sent_at)
 //! of a fixed size or of realistic sizes, spread over tenants, produced at a rate, as fast as
 //! possible, or as fast as a consumer group keeps up (bounded lag).
+//!
+//! It must never be part of the worker: it writes capture traffic, as a producer of the platform
+//! would.
 
 use std::time::{Duration, Instant};
 

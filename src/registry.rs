@@ -1,9 +1,11 @@
-//! The DEK registry (ENVELOPE.md §2): topic `byok.deks`, compacted, keyed by DEK id, one JSON
+//! The DEK registry (docs/envelope-v1.md §2): topic `byok.deks`, compacted, keyed by DEK id, one JSON
 //! record per DEK holding the DEK wrapped by the tenant's KEK.
 //!
 //! This module is the record's codec. The worker publishes a record and waits for the broker's
 //! acknowledgement before sealing anything with that DEK, so a reader never meets a record whose
 //! DEK is missing. A null value (tombstone) means the DEK was destroyed.
+//!
+//! It must never accept a record whose fields it does not know how to check.
 
 use std::fmt;
 
@@ -16,8 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::dek::DekId;
 use crate::kms::KekId;
 
-/// The tenant of DEKs wrapped by the operator's quarantine key (ENVELOPE.md §3).
-pub const QUARANTINE_TENANT: &str = "_quarantine";
+pub use crate::tenant::QUARANTINE_TENANT;
 /// The `suite` of v1 DEKs.
 pub const SUITE: &str = "AES-256-GCM";
 /// The `alg` of wrapped DEKs.
@@ -78,7 +79,7 @@ pub enum RegistryError {
         /// The key, lossily as text.
         key: String,
     },
-    /// The value is not the JSON object of ENVELOPE.md §2.
+    /// The value is not the JSON object of docs/envelope-v1.md §2.
     #[error("registry record {dek}: {reason}")]
     Value {
         /// The DEK id from the key.
@@ -105,7 +106,7 @@ struct Json {
     wrapped_locally: bool,
 }
 
-/// RFC 3339 in UTC to the second, as in ENVELOPE.md: `2026-11-29T17:00:00Z`.
+/// RFC 3339 in UTC to the second, as in docs/envelope-v1.md: `2026-11-29T17:00:00Z`.
 pub fn format_time(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     let t = t.replace_nanosecond(0).unwrap_or(t);

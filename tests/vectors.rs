@@ -1,4 +1,4 @@
-//! Conformance: envelope v1 vectors made by an independent implementation of ENVELOPE.md, and
+//! Conformance: envelope v1 vectors made by an independent implementation of docs/envelope-v1.md, and
 //! every Wycheproof AES-256-GCM case (96-bit IV, 128-bit tag) through both of our AEAD paths.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
@@ -104,11 +104,7 @@ fn wycheproof_aes_256_gcm_through_both_implementations() {
                 .map(|()| buf);
             match result {
                 "valid" => {
-                    assert_eq!(
-                        ring_open.as_deref().ok(),
-                        Some(&msg[..]),
-                        "tcId {id}: ring open"
-                    );
+                    assert_eq!(ring_open.as_deref(), Some(&msg[..]), "tcId {id}: ring open");
                     assert_eq!(
                         rc_open.as_deref().ok(),
                         Some(&msg[..]),
@@ -123,7 +119,7 @@ fn wycheproof_aes_256_gcm_through_both_implementations() {
                 }
                 "invalid" => {
                     assert!(
-                        ring_open.is_err(),
+                        ring_open.is_none(),
                         "tcId {id}: ring accepted an invalid case"
                     );
                     assert!(

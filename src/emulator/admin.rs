@@ -2,6 +2,9 @@
 //! (disable a key, delete and recover it, rotate it, remove a role, rotate a client secret,
 //! upload a certificate) and injects faults. JSON in and out; documented in
 //! `docs/vault-emulator.md`; `byok vault-emulator admin` wraps it.
+//!
+//! It must never be reachable without its token when one is configured, and never hand out a
+//! private key.
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};

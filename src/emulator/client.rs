@@ -1,4 +1,6 @@
 //! A client of the emulator's admin API, for `byok vault-emulator admin`, the demo and tests.
+//!
+//! It must never be used by the worker: the emulator is a development and test tool.
 
 use reqwest::Method;
 use serde_json::{Value, json};

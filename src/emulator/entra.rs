@@ -4,6 +4,9 @@
 //!
 //! Errors carry Entra's real AADSTS codes and JSON shape, so SDKs surface the same messages as
 //! against Azure.
+//!
+//! It must never issue a token for a credential it did not verify (secret, or an assertion signed
+//! by an uploaded certificate).
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};

@@ -14,6 +14,9 @@
 //! - [`seed`]: the seed file.
 //! - [`tls`]: CA and server certificate.
 //! - `entra`, `vault`, `admin`: the three HTTP surfaces.
+//!
+//! It must never listen beyond loopback unless told to, and never serve plain HTTP (the SDKs refuse
+//! bearer tokens over it).
 
 mod admin;
 pub mod client;

@@ -2,6 +2,8 @@
 //! certificates), and vaults with RSA keys (versions, attributes, soft delete), role assignments
 //! and request budgets. Plain data behind one lock; RSA work is done outside the lock on cloned
 //! `Arc` keys. Serializable, so a restart with `--state FILE` keeps keys, apps and roles.
+//!
+//! It must never do RSA work or I/O while holding its lock.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

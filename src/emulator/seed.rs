@@ -2,6 +2,8 @@
 //! with client secrets and uploaded certificates, vaults, keys and role assignments. Loading it
 //! builds a fresh [`World`]; keys given as PEM files are imported (so start-up is fast), others
 //! are generated.
+//!
+//! It must never accept a seed silently: an unknown field or a bad key file is an error naming it.
 
 use std::path::{Path, PathBuf};
 

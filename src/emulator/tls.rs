@@ -1,6 +1,8 @@
 //! TLS for the emulator: a CA (generated once, or kept in the state file so clients' CA files
 //! stay valid across restarts) and a server certificate it signs at each start, with SANs for
 //! 127.0.0.1, ::1, localhost, every Key Vault host suffix (wildcards) and any extra host names.
+//!
+//! It must never write the CA's private key anywhere but the state file the operator chose.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! and the RSA crypto operations, with the checks the real service makes in its order: token
 //! (401 with challenge), request budget (429), RBAC data action (403 ForbiddenByRbac), key
 //! existence (404), `key_ops` (403 KeyOperationForbidden), state (403 KeyDisabled, expiry).
+//!
+//! It must never answer an operation the real service would refuse, in a different order of
+//! checks than the real service.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,9 +1,12 @@
-//! Kafka record headers of archive and quarantine records (ENVELOPE.md §1 and §3).
+//! Kafka record headers of archive and quarantine records (docs/envelope-v1.md §1 and §3).
 //!
 //! Headers are routing and audit metadata; they are not authenticated (the AAD binds the tenant
 //! and the record key, not the headers). Types here encode to `(name, bytes)` pairs and decode
 //! from them, so the Kafka client stays out of this module. Decoding is strict: a missing,
 //! repeated or malformed `byok.*` header is an error naming the header.
+//!
+//! It must never be trusted for what the AAD covers: headers are claims, checked against the AAD
+//! and the registry by readers.
 
 use std::fmt;
 use std::str::FromStr;
@@ -135,7 +138,7 @@ pub struct ArchiveHeaders {
 }
 
 impl ArchiveHeaders {
-    /// The headers as `(name, value)` pairs, in the order of ENVELOPE.md.
+    /// The headers as `(name, value)` pairs, in the order of docs/envelope-v1.md.
     pub fn to_pairs(&self) -> [(&'static str, Vec<u8>); 4] {
         [
             (names::VERSION, VERSION_VALUE.to_vec()),
@@ -200,7 +203,7 @@ pub enum QuarantineReason {
 }
 
 impl QuarantineReason {
-    /// Every reason, in the order of ENVELOPE.md.
+    /// Every reason, in the order of docs/envelope-v1.md.
     pub const ALL: [QuarantineReason; 9] = [
         Self::KeyDisabled,
         Self::KeyExpired,
@@ -229,7 +232,7 @@ impl QuarantineReason {
     }
 
     /// Whether the record is sealed under the tenant's own key (wrapped locally with its public
-    /// key) rather than the operator's quarantine key (ENVELOPE.md §3).
+    /// key) rather than the operator's quarantine key (docs/envelope-v1.md §3).
     pub const fn sealed_for_tenant(self) -> bool {
         matches!(
             self,

@@ -1,4 +1,4 @@
-//! The sealed envelope v1 (ENVELOPE.md §1): the bytes of every archive and quarantine value.
+//! The sealed envelope v1 (docs/envelope-v1.md §1): the bytes of every archive and quarantine value.
 //!
 //! ```text
 //! offset  size   field
@@ -21,6 +21,8 @@
 //! reserved flag, wrong DEK, bad tag, bad zstd frame), so a failure tells an attacker nothing.
 //! [`Header::parse`] is the one place that says *why* bytes are not a v1 value: it reads only the
 //! public header, for `byok inspect`.
+//!
+//! It must never do I/O, log, or reveal in an error why an open failed.
 
 pub mod headers;
 pub mod reference;
@@ -264,7 +266,7 @@ fn seal_core(
 /// Largest AAD built on the stack; longer ones (a long tenant or record key) go to the heap.
 const STACK_AAD: usize = 160;
 
-/// Calls `f` with the AAD of ENVELOPE.md §1. Lengths were checked by the caller.
+/// Calls `f` with the AAD of docs/envelope-v1.md §1. Lengths were checked by the caller.
 #[inline]
 fn with_aad<R>(header: &[u8], tenant: &[u8], key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     let total = header.len() + 2 + tenant.len() + 4 + key.len();
@@ -530,7 +532,7 @@ mod tests {
 
     #[test]
     fn null_key_and_empty_key_share_an_aad() {
-        // ENVELOPE.md: "length 0 when null"
+        // docs/envelope-v1.md: "length 0 when null"
         let h = [1u8; HEADER_LEN];
         assert_eq!(aad(&h, "x", None), aad(&h, "x", Some(b"")));
     }

@@ -1,9 +1,11 @@
 //! A second, independent implementation of envelope v1 over RustCrypto's `aes-gcm`, written
-//! straight from ENVELOPE.md without sharing the ring path's AAD or layout code.
+//! straight from docs/envelope-v1.md without sharing the ring path's AAD or layout code.
 //!
 //! Tests seal with one implementation and open with the other, and the bench runs both, so a
 //! bug in either (or in ring) shows up as a disagreement. It is slower than the ring path and
 //! not used by the worker.
+//!
+//! It must never be used on the worker's path.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};

@@ -6,6 +6,8 @@
 //! The SDK's own retries are turned off: [`super::resilience`] retries, honouring
 //! `Retry-After`, in one place. Private Link hosts turn the SDK's challenge-resource check off
 //! (their host is not under `vault.azure.net`, so the check would always fail).
+//!
+//! It must never log a token, a secret, a wrapped or unwrapped DEK.
 
 use std::path::Path;
 use std::sync::Arc;

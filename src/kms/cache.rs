@@ -2,6 +2,8 @@
 //! however many records or threads ask for it at once; entries expire after a TTL and the
 //! oldest are evicted past the bound. Evicted keys are zeroized when their last user drops them
 //! (`DataKey` wipes itself).
+//!
+//! It must never hand out a DEK whose unwrap failed, nor keep one past its TTL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

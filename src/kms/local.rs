@@ -1,11 +1,13 @@
 //! Wrapping a DEK without Key Vault: RSA-OAEP-256 (SHA-256, MGF1 with SHA-256, empty label) with
 //! a version's public key, the bytes Key Vault `encrypt` would produce, so Key Vault `decrypt`
-//! on that version opens them (ENVELOPE.md §3). Used while the tenant's key is revoked (the
+//! on that version opens them (docs/envelope-v1.md §3). Used while the tenant's key is revoked (the
 //! records go to the quarantine, readable only by the tenant's key) or the vault unavailable
 //! (the worker keeps archiving; the DEK is proven through Key Vault once it answers).
 //!
 //! Also the `byok.keks` record: each tenant's last known public key, so that a worker starting
 //! while a key is already revoked can still seal for that tenant.
+//!
+//! It must never wrap with a public key that is not the tenant's last known one from its vault.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

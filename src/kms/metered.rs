@@ -1,5 +1,7 @@
 //! Metrics of KEK operations, as a decorator of any [`KeyProvider`]: calls by tenant, operation
 //! and outcome (`byok_vault_calls_total`), and their latency (`byok_vault_call_seconds`).
+//!
+//! It must never label a metric with anything but a configured tenant, an operation and an outcome.
 
 use std::sync::Arc;
 use std::time::Instant;

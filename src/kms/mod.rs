@@ -9,6 +9,8 @@
 //!
 //! Key state is classified by Key Vault's `innererror.code` and Entra's AADSTS codes, never by
 //! the coarse `Forbidden`: see [`classify`].
+//!
+//! It must never treat an outage as a revocation, or a revocation as an outage.
 
 pub mod azure;
 pub mod cache;
@@ -94,7 +96,7 @@ impl VersionInfo {
     }
 }
 
-/// Why a key cannot be used: the tenant said no (ARCHITECTURE.md "Key states").
+/// Why a key cannot be used: the tenant said no (docs/pipeline.md "Key states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Revocation {

@@ -1,6 +1,8 @@
 //! Retries with jitter that honour `Retry-After`, and a per-vault rate limit kept below Key
 //! Vault's own budget, as a decorator of any [`KeyProvider`]. Only outages are retried; a
 //! revoked key is an answer, not a failure.
+//!
+//! It must never retry a revocation, nor exceed the vault's budget to retry.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

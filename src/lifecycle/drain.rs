@@ -1,5 +1,5 @@
 //! `byok replay --quarantine`: drains the quarantine into the archive for tenants whose keys are
-//! usable again (ENVELOPE.md §3).
+//! usable again (docs/envelope-v1.md §3).
 //!
 //! - A record sealed under a DEK of its tenant (wrapped locally while the key was revoked, or by
 //!   Key Vault): the DEK is first opened through Key Vault `decrypt` (proof the record can be
@@ -14,6 +14,9 @@
 //! oldest record that could move (not from its beginning). Progress is kept as offsets of the
 //! consumer group `<group_id>.drain` on the quarantine topic: each partition's first record not
 //! yet resolved (moved, re-sealed or found archived), so a later drain starts there.
+//!
+//! It must never move a record into the archive without first proving its DEK through Key Vault,
+//! and never write one twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The worker's view of each tenant's key, kept by a monitor task: `GET key` per tenant every
-//! `keys.check_interval` and right after a vault error (ARCHITECTURE.md "Key states").
+//! `keys.check_interval` and right after a vault error (docs/pipeline.md "Key states").
 //!
 //! - usable: seal under the version in use; a new version (rotation) makes new DEKs under it.
 //! - revoked (disabled, expired, deleted, not found, access denied): the tenant's DEKs are
@@ -7,6 +7,8 @@
 //!   known public key (kept in `byok.keks`), so only its key can open them.
 //! - unavailable: keep sealing; a new DEK is wrapped locally and proven through Key Vault
 //!   `decrypt` once the vault answers.
+//!
+//! It must never call the vault per record: it checks each key on a schedule and after errors.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,6 +2,8 @@
 //! (and quarantine) partitions and offset ranges sealed with them. Answers "can the customer
 //! retire version V?" (no DEK left under it: yes, after `byok rewrap`) and "which records does
 //! this key protect?". Reads the registry and the topics' headers only; no key is used.
+//!
+//! It must never open a record or call a vault.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,6 +1,8 @@
 //! The worker's `/metrics` (Prometheus text), `/health` (ready: joined its consumer group, its
 //! vaults answered, not stopping; 503 with the reason otherwise) and `/live` (making progress:
 //! 503 when stalled, see [`Health::live`]) endpoints.
+//!
+//! It must never block on the worker: it only reads [`Health`] and the metrics recorder.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

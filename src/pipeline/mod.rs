@@ -15,7 +15,7 @@
 //!
 //! - [`source`]: the consumer's context, batch collection, paused partitions, offset tracker.
 //! - [`scan`] and [`route`]: which tenant a record belongs to, and where it goes.
-//! - [`seal`]: the sealing stage ([`Sealer`]), the [`Stage`] the loop drives.
+//! - [`stage`]: the [`Stage`] the loop drives; [`seal`]: the sealing stage ([`Sealer`]).
 //! - [`sink`]: producing, the batches in flight, commits and transactions.
 //! - [`health`], [`http`], [`metrics`]: `/health`, `/live`, `/metrics`.
 //!
@@ -31,6 +31,7 @@ pub mod scan;
 pub mod seal;
 pub mod sink;
 pub mod source;
+pub mod stage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -43,13 +44,13 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
-pub use seal::{Out, Sealer};
+pub use seal::Sealer;
+pub use stage::{Out, RunStats, Stage, StageError};
 
 use self::health::Health;
 use self::sink::{Sink, SinkError};
 use self::source::{OffsetTracker, Offsets, Paused, SourceContext, TrackerPoisoned, holds};
 use crate::config::{Config, Delivery};
-use crate::deks::DekError;
 use crate::kafka::{consumer_config, producer_config};
 use crate::keyring::Keyring;
 use crate::kms::{KmsError, TenantKms};
@@ -83,57 +84,6 @@ pub enum WorkerError {
     /// The offset bookkeeping cannot be trusted.
     #[error(transparent)]
     Tracker(#[from] TrackerPoisoned),
-}
-
-/// Counts of a worker run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunStats {
-    /// Records consumed.
-    pub records_in: u64,
-    /// Records sealed into the archive.
-    pub archived: u64,
-    /// Records sealed into the quarantine, by reason.
-    pub quarantined: BTreeMap<String, u64>,
-    /// Batches committed.
-    pub batches: u64,
-    /// DEKs made.
-    pub deks_created: u64,
-    /// Quarantine records this worker drained into the archive (`keys.drain_on_restore`).
-    pub drained: u64,
-}
-
-/// A batch could not be turned into output records now.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StageError {
-    /// These owners' vaults do not answer and no public key of theirs is known: their records
-    /// (`held`: batch index and owner) wait, their partitions paused; the rest goes on.
-    #[error("vault unavailable and no public key known for {tenants:?}: {detail}")]
-    Waiting {
-        /// The tenants.
-        tenants: Vec<String>,
-        /// The first vault error.
-        detail: String,
-        /// The records that wait.
-        held: Vec<(usize, String)>,
-    },
-    /// Retry the whole batch later (nothing of it was committed).
-    #[error(transparent)]
-    Retry(DekError),
-}
-
-/// What the worker does to a batch between consuming and producing: [`Sealer`] in `byok run`;
-/// the load harness drives a plaintext pass-through through the same loop.
-#[async_trait::async_trait]
-pub trait Stage: Send {
-    /// The output records of `batch`, one per record, in order.
-    async fn process(&mut self, batch: &Arc<Vec<OwnedMessage>>) -> Result<Vec<Out>, StageError>;
-    /// A transaction was opened (exactly-once).
-    fn begin_transaction(&mut self) {}
-    /// The open transaction was aborted: forget what was made in it.
-    fn abort_transaction(&mut self) {}
-    /// Adds the stage's counts to the run's.
-    fn report(&self, _stats: &mut RunStats) {}
 }
 
 /// What a stage is made from: the worker's configuration, keys, producer and key views.

@@ -16,7 +16,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 
 use super::route::{HeaderCache, Route, route_all};
-use super::{RunStats, Stage, StageError};
+use super::stage::{Out, RunStats, Stage, StageError};
 use crate::config::Config;
 use crate::dek::{ActiveDek, DekId};
 use crate::deks::{DekError, DekSet};
@@ -26,37 +26,6 @@ use crate::keyring::Keyring;
 use crate::kms::KmsError;
 use crate::lifecycle::monitor::{KeyView, KeyViews, Revoked};
 use crate::registry::QUARANTINE_TENANT;
-
-/// One output record. Topic names and the tenant and DEK header values are shared by every
-/// record of a tenant in a batch.
-#[derive(Debug)]
-pub struct Out {
-    /// Topic.
-    pub topic: Arc<str>,
-    /// Record key (the captured record's).
-    pub key: Option<Vec<u8>>,
-    /// Value (sealed, except in a benchmark's pass-through).
-    pub value: Vec<u8>,
-    /// Headers.
-    pub headers: Vec<(&'static str, Bytes)>,
-}
-
-impl Out {
-    /// Bytes of the value and headers.
-    pub fn len(&self) -> usize {
-        self.value.len()
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-    }
-
-    /// No bytes at all.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// Records sealed per pool task: big enough to amortise the hand-over, small enough to spread a
 /// batch over the pool's threads.

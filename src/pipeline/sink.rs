@@ -18,8 +18,8 @@ use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
 use super::health::Health;
-use super::seal::Out;
 use super::source::{OffsetTracker, Offsets, SourceContext, TrackerPoisoned, holds};
+use super::stage::Out;
 
 /// Producing or committing failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,95 @@
+//! Who a record belongs to: a tenant id (checked: safe in topic names and headers) or the
+//! operator, whose quarantine key seals what has no usable tenant key.
+//!
+//! This module must never accept a tenant string without [`TenantId::parse`]: every id that
+//! reaches a topic name, a header, a metric label or an AAD went through it.
+
+use std::fmt;
+
+/// The tenant of DEKs wrapped by the operator's quarantine key (docs/envelope-v1.md §3).
+pub const QUARANTINE_TENANT: &str = "_quarantine";
+
+/// A tenant id: 1-64 of `A-Z a-z 0-9 . _ -`, not starting with `_` (reserved for
+/// `_quarantine`). Safe in topic names and headers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Checks and wraps a tenant id.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(format!("tenant id {s:?} must be 1 to 64 characters"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "tenant id {s:?} has {c:?}; only letters, digits, '.', '_' and '-' are allowed"
+            ));
+        }
+        if s.starts_with('_') {
+            return Err(format!(
+                "tenant id {s:?} starts with '_', which is reserved (the operator's quarantine uses {QUARANTINE_TENANT:?})"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whose DEK seals a record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Owner {
+    /// A tenant with BYOK: its own key.
+    Tenant(TenantId),
+    /// The operator's quarantine key.
+    Operator,
+}
+
+impl Owner {
+    /// The owner of a registry record's `tenant` field.
+    pub fn of(tenant: &str) -> Option<Self> {
+        if tenant == QUARANTINE_TENANT {
+            Some(Owner::Operator)
+        } else {
+            TenantId::parse(tenant).ok().map(Owner::Tenant)
+        }
+    }
+
+    /// The registry's name of the owner.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Owner::Tenant(t) => t.as_str(),
+            Owner::Operator => QUARANTINE_TENANT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids_are_checked_and_the_operator_is_reserved() {
+        assert!(TenantId::parse("acme-01.eu_west").is_ok());
+        for bad in ["", "a b", "_quarantine", "x/y", "é", &"a".repeat(65)] {
+            assert!(TenantId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Owner::of(QUARANTINE_TENANT), Some(Owner::Operator));
+        assert_eq!(
+            Owner::of("acme").map(|o| o.as_str().to_owned()),
+            Some("acme".to_owned())
+        );
+        assert_eq!(Owner::of("../etc"), None);
+    }
+}

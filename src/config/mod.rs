@@ -1,0 +1,499 @@
+//! The worker's configuration: a TOML file (documented field by field in
+//! `config/byok.example.toml`), plus optionally a directory of one TOML file per tenant.
+//!
+//! Loading parses each section into typed values (durations, sizes, URLs, tenant ids) and then
+//! checks the whole, collecting **every** problem with the field, the reason and the fix, so that
+//! `byok config check` reports them all at once and a bad config never starts the worker.
+//! Secrets never sit in the TOML: a client secret comes from an environment variable or a file,
+//! a certificate from a file with its password in an environment variable. Loading checks that
+//! they are there, never reads them into the config, and never prints them.
+
+mod keys;
+mod load;
+mod raw;
+
+use load::Loader;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::dek::DekLimits;
+use crate::envelope::Compression;
+pub use crate::tenant::TenantId;
+
+/// Default Entra ID authority host (public cloud).
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+
+/// Host suffixes of Azure Key Vault endpoints (public and sovereign clouds, Private Link).
+pub const KEY_VAULT_SUFFIXES: [&str; 5] = [
+    ".vault.azure.net",
+    ".privatelink.vaultcore.azure.net",
+    ".vault.azure.cn",
+    ".vault.usgovcloudapi.net",
+    ".vault.microsoftazure.de",
+];
+
+/// Settings of the Kafka clients that the worker owns: setting them in a passthrough table would
+/// break the delivery guarantee, so they are refused with the reason.
+pub const OWNED_CONSUMER_SETTINGS: [(&str, &str); 8] = [
+    ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
+    ("group.id", "set kafka.group_id instead"),
+    (
+        "enable.auto.commit",
+        "the worker commits offsets itself, only after every record produced from them is acknowledged",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the worker stores offsets itself, only after the producer acknowledged their records",
+    ),
+    (
+        "isolation.level",
+        "the worker reads read_committed; with delivery = \"exactly-once\" anything else would read aborted records",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the worker uses cooperative-sticky so a rebalance drains only the partitions that move",
+    ),
+    (
+        "group.protocol",
+        "the worker relies on the classic group protocol's rebalance callbacks",
+    ),
+    (
+        "enable.partition.eof",
+        "the worker's consume loop sets this itself",
+    ),
+];
+
+/// Producer settings the worker owns.
+pub const OWNED_PRODUCER_SETTINGS: [(&str, &str); 6] = [
+    ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
+    (
+        "enable.idempotence",
+        "the producer is always idempotent so retries never duplicate or reorder archive records",
+    ),
+    (
+        "acks",
+        "the producer always waits for acks=all before an offset is committed",
+    ),
+    (
+        "transactional.id",
+        "set kafka.delivery = \"exactly-once\"; the worker derives transactional ids itself",
+    ),
+    (
+        "max.in.flight.requests.per.connection",
+        "idempotence needs at most 5; the worker sets it",
+    ),
+    (
+        "retries",
+        "the producer retries until delivery.timeout.ms; the worker relies on that",
+    ),
+];
+
+/// How sure a problem is to stop the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The worker will not start.
+    Error,
+    /// The worker starts, but this is probably not what was meant, or is unsafe.
+    Warning,
+}
+
+/// One thing wrong with a configuration: which field, why, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Where: `file: section.field` or `file: tenants[2].vault_url`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{tag}: {}: {}", self.field, self.reason)?;
+        if !self.fix.is_empty() {
+            write!(f, "\n  fix: {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Every problem, errors first.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let errors = self
+            .problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .count();
+        writeln!(f, "the configuration has {errors} error(s):")?;
+        for p in &self.problems {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of checking a configuration: the config when it has no errors, and every problem.
+#[derive(Debug)]
+pub struct Checked {
+    /// The configuration, if it has no errors.
+    pub config: Option<Config>,
+    /// Errors and warnings.
+    pub problems: Vec<Problem>,
+}
+
+/// A whole, checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was loaded from.
+    pub source: PathBuf,
+    /// Kafka topics and clients.
+    pub kafka: KafkaConfig,
+    /// Batching.
+    pub batch: BatchConfig,
+    /// DEK limits and compression.
+    pub dek: DekConfig,
+    /// Key Vault access.
+    pub keys: KeysConfig,
+    /// Metrics and health endpoint.
+    pub metrics: MetricsConfig,
+    /// Process settings.
+    pub worker: WorkerConfig,
+    /// The operator's quarantine key.
+    pub quarantine: KeyVaultKey,
+    /// Tenants by id, in id order.
+    pub tenants: BTreeMap<TenantId, Tenant>,
+}
+
+/// Kafka settings.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Topics of captured plaintext messages.
+    pub input_topics: Vec<String>,
+    /// Archive topic, or a template with `{tenant}`.
+    pub archive_topic: TopicTemplate,
+    /// DEK registry topic (compacted).
+    pub registry_topic: String,
+    /// Tenants' last known public keys (compacted).
+    pub keks_topic: String,
+    /// Quarantine topic.
+    pub quarantine_topic: String,
+    /// Delivery guarantee.
+    pub delivery: Delivery,
+    /// Copy the source record's headers onto archive records.
+    pub copy_source_headers: bool,
+    /// librdkafka consumer passthrough.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka producer passthrough.
+    pub producer: BTreeMap<String, String>,
+}
+
+/// The archive topic: one name, or a template where `{tenant}` is replaced by the tenant id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate(String);
+
+impl TopicTemplate {
+    /// A topic name, or a template with `{tenant}`, checked for what Kafka allows in a name.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let name = text.replace("{tenant}", "t");
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if name.contains(['{', '}']) {
+            Err(format!("{text:?} has a placeholder other than {{tenant}}"))
+        } else if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
+            Err(format!(
+                "{text:?} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')"
+            ))
+        } else if let Some(c) = name.chars().find(|c| !legal(*c)) {
+            Err(format!(
+                "topic {text:?} has {c:?}, which Kafka does not allow (letters, digits, '.', '_', '-')"
+            ))
+        } else {
+            Ok(Self(text.to_owned()))
+        }
+    }
+
+    /// The topic for a tenant.
+    pub fn topic_for(&self, tenant: &TenantId) -> String {
+        self.0.replace("{tenant}", tenant.as_str())
+    }
+    /// Whether the name depends on the tenant.
+    pub fn is_per_tenant(&self) -> bool {
+        self.0.contains("{tenant}")
+    }
+    /// The template text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Delivery guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Offsets committed after outputs are acknowledged; duplicates carry the same `byok.src`.
+    AtLeastOnce,
+    /// Outputs and offsets in one Kafka transaction (needs a broker with transactions).
+    ExactlyOnce,
+}
+
+/// Batching of captured messages.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Most records in one batch.
+    pub max_records: NonZeroUsize,
+    /// Most value bytes in one batch.
+    pub max_bytes: u64,
+    /// Longest a batch waits to fill.
+    pub max_wait: Duration,
+    /// Batches with at least this many value bytes are sealed on the sealing pool.
+    pub parallel_min_bytes: u64,
+    /// Threads of the sealing pool.
+    pub seal_threads: NonZeroUsize,
+    /// Batches produced and not yet acknowledged at once (offsets are committed in order as
+    /// each is acknowledged); 1 with exactly-once delivery.
+    pub in_flight: NonZeroUsize,
+}
+
+/// DEK limits and compression.
+#[derive(Debug, Clone, Copy)]
+pub struct DekConfig {
+    /// Retirement limits.
+    pub limits: DekLimits,
+    /// When to zstd-compress before sealing.
+    pub compression: Compression,
+}
+
+/// Key Vault access shared by all tenants.
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    /// How often each tenant's key state is read (`GET key`).
+    pub check_interval: Duration,
+    /// Most Key Vault requests per vault per 10 s (Key Vault's own budget is higher).
+    pub vault_requests_per_10s: u32,
+    /// Most unwrapped DEKs kept in memory.
+    pub unwrapped_cache_entries: usize,
+    /// How long an unwrapped DEK stays in memory unused.
+    pub unwrapped_cache_ttl: Duration,
+    /// Extra CA certificate (PEM) to trust for vault and Entra endpoints, e.g. the emulator's.
+    pub ca_file: Option<PathBuf>,
+    /// Host names resolved to fixed addresses instead of DNS (like curl --resolve), for the
+    /// local emulator or split-horizon DNS.
+    pub resolve: BTreeMap<String, std::net::IpAddr>,
+    /// The worker drains the quarantine into the archive by itself when a tenant's key comes
+    /// back (one member of the group does: the one assigned partition 0 of the first input
+    /// topic), as `byok replay --quarantine` does.
+    pub drain_on_restore: bool,
+}
+
+/// Metrics and health endpoint.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Address `/metrics` and `/health` listen on.
+    pub listen: SocketAddr,
+}
+
+/// Process settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This process's id in registry records; default `<hostname>-<pid>`.
+    pub id: Option<String>,
+    /// How long SIGTERM waits for in-flight batches to be produced and committed.
+    pub drain_deadline: Duration,
+    /// How long the worker may go without completing a batch while records wait on its
+    /// partitions before `/live` turns 503 (liveness is progress).
+    pub stall_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// Tenant id.
+    pub id: TenantId,
+    /// Whether BYOK is enabled (off: its messages go to the quarantine, reason `byok-disabled`).
+    pub byok_enabled: bool,
+    /// Its key, required when BYOK is enabled.
+    pub key: Option<KeyVaultKey>,
+    /// Where it was defined (config file or a file of the tenants directory).
+    pub defined_in: PathBuf,
+}
+
+/// An RSA key in Azure Key Vault and the Entra ID app that may use it.
+#[derive(Debug, Clone)]
+pub struct KeyVaultKey {
+    /// `https://<vault>.vault.azure.net` or the Private Link host.
+    pub vault_url: Url,
+    /// Key name.
+    pub key_name: String,
+    /// Pinned key version; latest enabled version when absent.
+    pub key_version: Option<String>,
+    /// Entra ID (directory) tenant id.
+    pub entra_tenant_id: String,
+    /// Application (client) id of the app registration.
+    pub client_id: String,
+    /// How the app authenticates.
+    pub credential: Credential,
+    /// Entra ID authority host.
+    pub authority_host: Url,
+    /// Extra CA to trust for this vault (overrides `keys.ca_file`).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl KeyVaultKey {
+    /// Whether the vault URL is a Private Link host.
+    pub fn is_private_link(&self) -> bool {
+        self.vault_url
+            .host_str()
+            .is_some_and(|h| h.ends_with(".privatelink.vaultcore.azure.net"))
+    }
+}
+
+/// How an app registration authenticates to Entra ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A certificate uploaded to the app registration (recommended by the setup guide).
+    Certificate {
+        /// The certificate and its private key.
+        path: PathBuf,
+        /// The next certificate during a rotation (same format and password): the credential
+        /// uses the newest certificate Entra ID accepts.
+        next: Option<PathBuf>,
+        /// PEM or PKCS#12.
+        format: CertFormat,
+        /// Where the PKCS#12 or encrypted-PEM password comes from.
+        password: Option<SecretSource>,
+    },
+    /// A client secret.
+    ClientSecret(SecretSource),
+}
+
+/// Certificate file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertFormat {
+    /// PEM: certificate and private key in one file.
+    Pem,
+    /// PKCS#12 (`.pfx`, `.p12`).
+    Pfx,
+}
+
+/// Where a secret is read from. The secret itself never sits in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable.
+    Env(String),
+    /// A file (trailing newline ignored).
+    File(PathBuf),
+}
+
+/// A secret could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The environment variable is unset or empty.
+    #[error("environment variable {0} is not set (or empty)")]
+    EnvMissing(String),
+    /// The file cannot be read or is empty.
+    #[error("secret file {path} cannot be read: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SecretSource {
+    /// Reads the secret.
+    pub fn load(&self) -> Result<secrecy::SecretString, SecretError> {
+        match self {
+            SecretSource::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Ok(v.into()),
+                _ => Err(SecretError::EnvMissing(name.clone())),
+            },
+            SecretSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| SecretError::File {
+                    path: path.clone(),
+                    reason: e.kind().to_string(),
+                })?;
+                let trimmed = text.trim_end_matches(['\r', '\n']);
+                if trimmed.is_empty() {
+                    return Err(SecretError::File {
+                        path: path.clone(),
+                        reason: "it is empty".into(),
+                    });
+                }
+                Ok(trimmed.to_owned().into())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw sections: serde shapes of the TOML, each with its defaults.
+
+impl Config {
+    /// Loads and checks a configuration file; any error refuses the whole configuration.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let checked = Self::check(path);
+        match checked.config {
+            Some(c) => Ok(c),
+            None => Err(ConfigError {
+                problems: checked.problems,
+            }),
+        }
+    }
+
+    /// Checks a configuration file, collecting every problem.
+    pub fn check(path: &Path) -> Checked {
+        let mut l = Loader {
+            problems: Vec::new(),
+            file: path.display().to_string(),
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let config = l.load(path);
+        let mut problems = l.problems;
+        problems.sort_by_key(|p| p.severity);
+        let has_errors = problems.iter().any(|p| p.severity == Severity::Error);
+        Checked {
+            config: if has_errors { None } else { config },
+            problems,
+        }
+    }
+}

@@ -309,11 +309,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let health = std::sync::Arc::new(crate::pipeline::health::Health::default());
     let worker_started = Instant::now();
-    let worker = tokio::spawn(crate::pipeline::run_with(
+    let worker = tokio::spawn(crate::pipeline::serve(
         config.clone(),
         stopped,
         std::sync::Arc::clone(&health),
-        crate::pipeline::seal_stage,
     ));
     let wait_done = |n: u64| {
         let health = std::sync::Arc::clone(&health);

@@ -136,3 +136,38 @@ pub async fn usage(config: &Config, tenant: Option<&str>) -> Result<Usage, ReadE
     }
     Ok(out)
 }
+
+/// The text `byok keys usage` prints: per tenant and key version, its DEKs and the partitions
+/// and offset ranges they sealed.
+pub fn render_text(usage: &Usage) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    for (t, versions) in usage {
+        let _ = writeln!(s, "{t}");
+        for v in versions {
+            let _ = writeln!(
+                s,
+                "  {}: {} DEK(s), {} record(s)",
+                v.kek,
+                v.deks.len(),
+                v.records
+            );
+            for d in &v.deks {
+                let local = if d.wrapped_locally {
+                    " (wrapped locally)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(s, "    DEK {} made {}{local}", d.dek, d.created);
+                for r in &d.ranges {
+                    let _ = writeln!(
+                        s,
+                        "      {}/{} offsets {}..={} ({} records)",
+                        r.topic, r.partition, r.first, r.last, r.records
+                    );
+                }
+            }
+        }
+    }
+    s
+}

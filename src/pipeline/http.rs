@@ -83,3 +83,63 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Soc
     });
     Ok(local)
 }
+
+/// `byok healthcheck` could not ask.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthcheckError {
+    /// The URL is not a plain-http URL with a host.
+    #[error("--url {url:?}: {reason}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Connecting, sending or reading failed.
+    #[error("{url}: {source}")]
+    Io {
+        /// The URL.
+        url: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// GETs a worker's endpoint (`/health` for the container's health check, which has no curl):
+/// returns the HTTP status and the body. Plain HTTP/1.0, 3 s timeouts.
+pub fn healthcheck(url: &str) -> Result<(String, String), HealthcheckError> {
+    use std::io::{Read, Write};
+    let bad = |reason: &str| HealthcheckError::Url {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let io = |source| HealthcheckError::Io {
+        url: url.to_owned(),
+        source,
+    };
+    let u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if u.scheme() != "http" {
+        return Err(bad("only plain http (the worker's metrics endpoint)"));
+    }
+    let host = u.host_str().ok_or_else(|| bad("no host"))?;
+    let port = u.port().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| bad("the host has no address"))?;
+    let timeout = std::time::Duration::from_secs(3);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    write!(s, "GET {} HTTP/1.0\r\nHost: {host}\r\n\r\n", u.path()).map_err(io)?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(io)?;
+    let status = body.split_whitespace().nth(1).unwrap_or("?").to_owned();
+    let text = body
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    Ok((status, text))
+}

@@ -84,6 +84,14 @@ pub enum WorkerError {
     /// The offset bookkeeping cannot be trusted.
     #[error(transparent)]
     Tracker(#[from] TrackerPoisoned),
+    /// The metrics and health endpoint could not listen.
+    #[error("metrics endpoint {addr}: {source}; set metrics.listen to a free address")]
+    Endpoint {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// What a stage is made from: the worker's configuration, keys, producer and key views.
@@ -113,6 +121,21 @@ pub fn seal_stage(w: &Wiring<'_>) -> Result<Box<dyn Stage>, WorkerError> {
 /// and committed, the producer flushed, within the configured drain deadline.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<RunStats, WorkerError> {
     run_with(config, shutdown, Arc::new(Health::default()), seal_stage).await
+}
+
+/// `byok run` as a service (the command and the demo): `/metrics`, `/health` and `/live` on
+/// `metrics.listen`, then the worker with the sealing stage until `shutdown`.
+pub async fn serve(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    health: Arc<Health>,
+) -> Result<RunStats, WorkerError> {
+    let addr = config.metrics.listen;
+    let bound = http::serve(addr, Arc::clone(&health))
+        .await
+        .map_err(|source| WorkerError::Endpoint { addr, source })?;
+    tracing::info!(addr = %bound, "metrics and health on /metrics, /health (ready) and /live");
+    run_with(config, shutdown, health, seal_stage).await
 }
 
 /// [`run`] with the health state shared with `/health` and `/live`, and the stage made by

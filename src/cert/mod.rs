@@ -10,6 +10,8 @@
 //!   newest one Entra ID accepts, falling back to the other on AADSTS700027 (not uploaded yet),
 //!   so a rotation never fails a token request.
 
+pub mod guide;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -1,0 +1,213 @@
+//! The operator's tools over the archive and the registry: `keys usage`, `rewrap`, `replay`,
+//! the quarantine drain and `cat`, with their progress bars and JSON summaries.
+//!
+//! Binary only: parses, calls one library function, renders its result.
+
+use std::process::ExitCode;
+
+use byok::config::Config;
+
+use super::*;
+
+/// A progress bar on stderr with `template` (indicatif syntax).
+pub(crate) fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+pub(crate) async fn keys_usage(
+    path: &std::path::Path,
+    tenant: Option<String>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let usage = byok::lifecycle::usage::usage(&config, tenant.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&usage).map_err(|e| e.to_string())?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", byok::lifecycle::usage::render_text(&usage));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs an operator tool over the configuration at `path`: logs on, a progress bar the tool
+/// feeds (`what` names its unit), the records or DEKs it could not handle on stderr, its JSON
+/// summary on stdout; exit 1 when anything could not be handled.
+pub(crate) async fn tool<S: serde::Serialize>(
+    path: &std::path::Path,
+    what: &str,
+    run: impl AsyncFnOnce(&Config, &mut dyn FnMut(u64, u64)) -> Result<S, String>,
+    failures: impl Fn(&S) -> Vec<String>,
+) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    init_logs();
+    let bar = progress_bar(
+        0,
+        &format!(
+            "{{spinner}} {{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {what}, {{per_sec}}, ETA {{eta}}"
+        ),
+    );
+    let stats = run(&config, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let failed = failures(&stats);
+    for f in &failed {
+        eprintln!("{f}");
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub(crate) async fn rewrap(
+    path: &std::path::Path,
+    opts: byok::lifecycle::rewrap::RewrapOptions,
+) -> Result<ExitCode, String> {
+    tool(
+        path,
+        "DEKs",
+        async |config, progress| {
+            byok::lifecycle::rewrap::rewrap(config, &opts, progress)
+                .await
+                .map_err(|e| e.to_string())
+        },
+        |stats| {
+            stats
+                .iter()
+                .flat_map(|(t, s)| s.failed.iter().map(move |f| format!("{t}: {f}")))
+                .collect()
+        },
+    )
+    .await
+}
+
+pub(crate) async fn replay(
+    path: &std::path::Path,
+    opts: byok::lifecycle::replay::ReplayOptions,
+) -> Result<ExitCode, String> {
+    tool(
+        path,
+        "records",
+        async |config, progress| {
+            byok::lifecycle::replay::replay(config, &opts, progress)
+                .await
+                .map_err(|e| e.to_string())
+        },
+        |stats| {
+            stats
+                .failed
+                .iter()
+                .map(|f| {
+                    format!(
+                        "could not replay {}/{}/{}: {}",
+                        f.topic, f.partition, f.offset, f.reason
+                    )
+                })
+                .collect()
+        },
+    )
+    .await
+}
+
+pub(crate) async fn drain(
+    path: &std::path::Path,
+    tenant: Option<String>,
+    dry_run: bool,
+) -> Result<ExitCode, String> {
+    let opts = byok::lifecycle::drain::DrainOptions { tenant, dry_run };
+    tool(
+        path,
+        "quarantine records",
+        async |config, progress| {
+            byok::lifecycle::drain::drain_quarantine(config, &opts, progress)
+                .await
+                .map_err(|e| e.to_string())
+        },
+        |stats| {
+            stats
+                .failed
+                .iter()
+                .map(|f| format!("could not drain: {f}"))
+                .collect()
+        },
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn cat(
+    path: &std::path::Path,
+    topic: Option<String>,
+    partitions: Vec<i32>,
+    from_offset: Option<i64>,
+    to_offset: Option<i64>,
+    since: Option<String>,
+    until: Option<String>,
+    tenant: Option<String>,
+    duplicates: bool,
+) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let opts = byok::archive::ReadOptions {
+        topic: topic.unwrap_or_else(|| config.kafka.archive_topic.as_str().to_owned()),
+        partitions,
+        from_offset,
+        start_offsets: Default::default(),
+        to_offset,
+        from_time_ms: rfc3339_ms(since, "since")?,
+        to_time_ms: rfc3339_ms(until, "until")?,
+        tenant,
+        duplicates,
+    };
+    let stats = byok::archive::read(
+        &config,
+        &opts,
+        |o| println!("{}", serde_json::to_string(&o).unwrap_or_default()),
+        |f| {
+            eprintln!(
+                "cannot open {}/{}/{}: {}",
+                f.topic, f.partition, f.offset, f.reason
+            )
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "{}: {} read, {} opened, {} duplicates dropped, {} could not be opened",
+        opts.topic, stats.read, stats.opened, stats.duplicates, stats.failed
+    );
+    Ok(if stats.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// An RFC 3339 time given as `--flag`, in ms since the epoch.
+pub(crate) fn rfc3339_ms(v: Option<String>, flag: &str) -> Result<Option<i64>, String> {
+    v.map(|t| {
+        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+            .map(|d| (d.unix_timestamp_nanos() / 1_000_000) as i64)
+            .map_err(|_| {
+                format!("--{flag} {t:?} is not an RFC 3339 time such as 2026-11-29T17:00:00Z")
+            })
+    })
+    .transpose()
+}

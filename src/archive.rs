@@ -4,8 +4,7 @@
 //! `byok.src`) are dropped unless asked for. A record that cannot be opened is reported with the
 //! reason, never skipped silently.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -19,8 +18,8 @@ use crate::envelope::{
     headers::{ArchiveHeaders, QuarantineHeaders},
 };
 use crate::kafka::{owned_headers, read_all, reader_consumer};
-use crate::kms::{KeyProvider, TenantKms};
-use crate::registry::{DekRecord, QUARANTINE_TENANT, RegistryEntry};
+use crate::kms::KeyProvider;
+use crate::registry::{DekRecord, RegistryEntry};
 
 pub use crate::kafka::ReadOptions;
 
@@ -142,20 +141,7 @@ pub async fn read(
     mut failed: impl FnMut(Unopened),
 ) -> Result<ReadStats, ReadError> {
     let registry = load_registry(config).await?;
-    let mut providers: BTreeMap<String, Arc<TenantKms>> = crate::kms::providers(config)
-        .map_err(|e| ReadError(e.to_string()))?
-        .into_iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v))
-        .collect();
-    let mut limiters = HashMap::new();
-    let q = crate::kms::tenant_kms(
-        QUARANTINE_TENANT,
-        &config.quarantine,
-        &config.keys,
-        &mut limiters,
-    )
-    .map_err(|e| ReadError(e.to_string()))?;
-    providers.insert(QUARANTINE_TENANT.to_owned(), Arc::new(q));
+    let keyring = crate::keyring::Keyring::new(config).map_err(|e| ReadError(e.to_string()))?;
 
     // Collect the sealed records first (the callback of read_all is synchronous).
     let consumer = reader_consumer(config)?;
@@ -226,7 +212,7 @@ pub async fn read(
             )));
             continue;
         };
-        let Some(provider) = providers.get(&record.tenant) else {
+        let Some(provider) = keyring.owner(&record.tenant) else {
             stats.failed += 1;
             failed(fail(format!(
                 "no key provider for tenant {} (not configured with BYOK enabled)",

@@ -4,12 +4,14 @@
 //! It must never run two drains at once in a process, nor block the batch loop: the drain runs
 //! as a background task and the loop only looks at it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
 use super::monitor::KeyViews;
 use crate::config::Config;
+use crate::keyring::Keyring;
 
 /// Drains the quarantine when a tenant's key comes back, in one member of the group: the one
 /// assigned partition 0 of the first input topic (it also drains once on becoming that member,
@@ -32,6 +34,7 @@ impl AutoDrain {
     pub fn look<C: rdkafka::consumer::ConsumerContext>(
         &mut self,
         config: &Config,
+        keyring: &Arc<Keyring>,
         consumer: &StreamConsumer<C>,
         topics: &[&str],
         views: &KeyViews,
@@ -67,9 +70,11 @@ impl AutoDrain {
         if self.again && self.task.is_none() {
             self.again = false;
             let config = config.clone();
+            let keyring = Arc::clone(keyring);
             self.task = Some(tokio::spawn(async move {
-                super::drain::drain_quarantine(
+                super::drain::drain_quarantine_with(
                     &config,
+                    &keyring,
                     &super::drain::DrainOptions::default(),
                     |_, _| {},
                 )

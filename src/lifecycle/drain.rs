@@ -88,18 +88,23 @@ struct Quarantined {
 pub async fn drain_quarantine(
     config: &Config,
     opts: &DrainOptions,
+    progress: impl FnMut(u64, u64),
+) -> Result<DrainStats, ReadError> {
+    let keyring = crate::keyring::Keyring::new(config).map_err(|e| ReadError(e.to_string()))?;
+    drain_quarantine_with(config, &keyring, opts, progress).await
+}
+
+/// [`drain_quarantine`] with the process's keyring (the worker's automatic drain shares its
+/// rate limiters).
+pub async fn drain_quarantine_with(
+    config: &Config,
+    keyring: &crate::keyring::Keyring,
+    opts: &DrainOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<DrainStats, ReadError> {
     let registry = load_registry(config).await?;
-    let tenants = crate::kms::providers(config).map_err(|e| ReadError(e.to_string()))?;
-    let mut limiters = HashMap::new();
-    let operator = crate::kms::tenant_kms(
-        QUARANTINE_TENANT,
-        &config.quarantine,
-        &config.keys,
-        &mut limiters,
-    )
-    .map_err(|e| ReadError(e.to_string()))?;
+    let tenants = keyring.tenants();
+    let operator = keyring.operator();
 
     // the quarantine, from the first record an earlier drain left unresolved
     let group = crate::kafka::group_consumer(config, &drain_group(config))?;

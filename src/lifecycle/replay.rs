@@ -162,20 +162,14 @@ pub async fn replay(
             opts.to
         )));
     }
-    let providers: BTreeMap<String, Arc<TenantKms>> = crate::kms::providers(config)
-        .map_err(|e| ReplayError(e.to_string()))?
-        .into_iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v))
+    let keyring = crate::keyring::Keyring::new(config).map_err(|e| ReplayError(e.to_string()))?;
+    let providers: BTreeMap<String, Arc<TenantKms>> = keyring
+        .tenants()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), Arc::clone(v)))
         .collect();
     // the operator's key opens quarantine records sealed under it (never seals here)
-    let mut limiters = HashMap::new();
-    let operator = crate::kms::tenant_kms(
-        QUARANTINE_TENANT,
-        &config.quarantine,
-        &config.keys,
-        &mut limiters,
-    )
-    .map_err(|e| ReplayError(e.to_string()))?;
+    let operator = Arc::clone(keyring.operator());
     for t in &opts.tenants {
         if !providers.contains_key(t) {
             return Err(ReplayError(format!(
@@ -249,7 +243,7 @@ pub async fn replay(
         target,
         registry,
         providers,
-        operator: Arc::new(operator),
+        operator,
         done,
         written: HashSet::new(),
         keys: HashMap::new(),

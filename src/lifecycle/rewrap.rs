@@ -50,7 +50,8 @@ pub async fn rewrap(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<BTreeMap<String, RewrapStats>, ReadError> {
     let registry = load_registry(config).await?;
-    let tenants = crate::kms::providers(config).map_err(|e| ReadError(e.to_string()))?;
+    let keyring = crate::keyring::Keyring::new(config).map_err(|e| ReadError(e.to_string()))?;
+    let tenants = keyring.tenants();
     if let Some(t) = &opts.tenant
         && !TenantId::parse(t).is_ok_and(|id| tenants.contains_key(&id))
     {
@@ -72,7 +73,7 @@ pub async fn rewrap(
         .sum();
     let mut done = 0u64;
     let mut out = BTreeMap::new();
-    for (id, kms) in &tenants {
+    for (id, kms) in tenants {
         if opts.tenant.as_deref().is_some_and(|t| t != id.as_str()) {
             continue;
         }

@@ -220,6 +220,7 @@ where
         paused,
         drains: AutoDrain::default(),
         drained: 0,
+        keyring: Arc::clone(&keyring),
         views,
         health: Arc::clone(&health),
         shutdown,
@@ -290,6 +291,7 @@ struct Worker<'c> {
     paused: Paused,
     drains: AutoDrain,
     drained: u64,
+    keyring: Arc<Keyring>,
     views: Arc<KeyViews>,
     health: Arc<Health>,
     shutdown: watch::Receiver<bool>,
@@ -311,6 +313,7 @@ impl Worker<'_> {
             if self.config.keys.drain_on_restore {
                 self.drains.look(
                     self.config,
+                    &self.keyring,
                     &self.consumer,
                     &topics,
                     &self.views,

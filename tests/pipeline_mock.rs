@@ -721,3 +721,74 @@ async fn a_stage_that_blocks_forever_makes_live_fail() {
     worker.abort();
     drop(r.cluster);
 }
+
+/// At-least-once commits as it goes: while the worker still runs, the group's committed offsets
+/// reach the end of every input partition shortly after the last batch was acknowledged (a
+/// worker killed then would redo almost nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_are_committed_while_the_worker_runs() {
+    let r = rig("").await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .create()
+        .unwrap();
+    let total = 2_000u64;
+    for i in 0..total {
+        let t = ["acme", "globex"][(i % 2) as usize];
+        let body = format!(r#"{{"tenant_id":"{t}","body":"c{i}"}}"#);
+        producer
+            .send(
+                FutureRecord::to("capture.messages")
+                    .payload(&body)
+                    .key(&format!("k{}", i % 13)),
+                Timeout::Never,
+            )
+            .await
+            .unwrap();
+    }
+    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(byok::pipeline::run_with(
+        r.config.clone(),
+        stopped,
+        std::sync::Arc::clone(&health),
+        byok::pipeline::seal_stage,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while health.records_done() < total {
+        assert!(std::time::Instant::now() < deadline, "{} done", health.records_done());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .set("group.id", &r.config.kafka.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition("capture.messages", p);
+    }
+    let mut committed = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let got = probe
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .unwrap();
+        committed = got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .sum::<i64>();
+        if committed == total as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed, total as i64, "committed while running");
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    drop(r.cluster);
+}

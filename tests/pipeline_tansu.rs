@@ -231,6 +231,10 @@ async fn three_workers_one_killed_lose_nothing_on_a_real_broker() {
         stats.read,
         elapsed.as_secs_f64()
     );
+    if std::env::var("BYOK_SHOW_WORKER_LOG").is_ok() {
+        let log = std::fs::read_to_string(path.with_file_name("workers.log")).unwrap_or_default();
+        eprintln!("{log}");
+    }
     drop(producer);
 }
 

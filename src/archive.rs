@@ -80,13 +80,14 @@ pub struct ReadStats {
 
 /// Reading failed as a whole.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReadError(pub String);
-
-impl From<crate::kafka::TopicError> for ReadError {
-    fn from(e: crate::kafka::TopicError) -> Self {
-        ReadError(e.to_string())
-    }
+#[non_exhaustive]
+pub enum ReadError {
+    /// The topic could not be read.
+    #[error(transparent)]
+    Topic(#[from] crate::kafka::TopicError),
+    /// The key providers could not be set up (a credential file missing, a bad CA).
+    #[error("key providers: {0}")]
+    Keys(#[from] crate::kms::KmsError),
 }
 
 /// Loads the DEK registry (latest record per DEK; tombstones remove).
@@ -141,7 +142,7 @@ pub async fn read(
     mut failed: impl FnMut(Unopened),
 ) -> Result<ReadStats, ReadError> {
     let registry = load_registry(config).await?;
-    let keyring = crate::keyring::Keyring::new(config).map_err(|e| ReadError(e.to_string()))?;
+    let keyring = crate::keyring::Keyring::new(config)?;
 
     // Collect the sealed records first (the callback of read_all is synchronous).
     let consumer = reader_consumer(config)?;

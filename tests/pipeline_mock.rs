@@ -756,7 +756,11 @@ async fn offsets_are_committed_while_the_worker_runs() {
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while health.records_done() < total {
-        assert!(std::time::Instant::now() < deadline, "{} done", health.records_done());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} done",
+            health.records_done()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let probe: BaseConsumer = ClientConfig::new()

@@ -20,9 +20,7 @@ use crate::keyring::Keyring;
 /// mid-drain loses nothing.
 #[derive(Debug, Default)]
 pub struct AutoDrain {
-    task: Option<
-        tokio::task::JoinHandle<Result<super::drain::DrainStats, crate::archive::ReadError>>,
-    >,
+    task: Option<tokio::task::JoinHandle<Result<super::drain::DrainStats, super::LifecycleError>>>,
     again: bool,
     leader: bool,
     looked: Option<Instant>,

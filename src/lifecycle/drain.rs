@@ -29,7 +29,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-use crate::archive::{ReadError, ReadOptions, load_registry};
+use crate::archive::{ReadOptions, load_registry};
 use crate::config::{Config, TenantId};
 use crate::dek::DekId;
 use crate::deks::DekSet;
@@ -89,8 +89,8 @@ pub async fn drain_quarantine(
     config: &Config,
     opts: &DrainOptions,
     progress: impl FnMut(u64, u64),
-) -> Result<DrainStats, ReadError> {
-    let keyring = crate::keyring::Keyring::new(config).map_err(|e| ReadError(e.to_string()))?;
+) -> Result<DrainStats, super::LifecycleError> {
+    let keyring = crate::keyring::Keyring::new(config)?;
     drain_quarantine_with(config, &keyring, opts, progress).await
 }
 
@@ -101,7 +101,7 @@ pub async fn drain_quarantine_with(
     keyring: &crate::keyring::Keyring,
     opts: &DrainOptions,
     mut progress: impl FnMut(u64, u64),
-) -> Result<DrainStats, ReadError> {
+) -> Result<DrainStats, super::LifecycleError> {
     let registry = load_registry(config).await?;
     let tenants = keyring.tenants();
     let operator = keyring.operator();
@@ -186,7 +186,10 @@ pub async fn drain_quarantine_with(
 
     let producer: FutureProducer = crate::kafka::tool_producer_config(config)
         .create()
-        .map_err(|e| ReadError(format!("Kafka producer: {e}")))?;
+        .map_err(|source| super::LifecycleError::Producer {
+            step: "create",
+            source,
+        })?;
     let mut deks = DekSet::new(
         config.dek.limits,
         format!("drain-{}", crate::kafka::worker_id(config)),

@@ -11,3 +11,52 @@ pub mod monitor;
 pub mod replay;
 pub mod rewrap;
 pub mod usage;
+
+/// An operator tool (drain, replay, rewrap) could not run or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LifecycleError {
+    /// Reading a topic or the registry failed.
+    #[error(transparent)]
+    Read(#[from] crate::archive::ReadError),
+    /// Reading a topic failed.
+    #[error(transparent)]
+    Topic(#[from] crate::kafka::TopicError),
+    /// The key providers could not be set up.
+    #[error("key providers: {0}")]
+    Keys(#[from] crate::kms::KmsError),
+    /// The producer could not be made or a transaction step failed.
+    #[error("Kafka producer ({step}): {source}")]
+    Producer {
+        /// What was done.
+        step: &'static str,
+        /// Cause.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A record was not acknowledged by the target.
+    #[error("produce to {topic}: {source}")]
+    Produce {
+        /// Topic.
+        topic: String,
+        /// Cause.
+        source: rdkafka::error::KafkaError,
+    },
+    /// An option cannot be used as given.
+    #[error("{option} {value}: {fix}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong and what to do.
+        fix: String,
+    },
+    /// The target topic cannot be read.
+    #[error("target {0}; create it first (same partitions and retention as the archive)")]
+    Target(#[source] crate::kafka::TopicError),
+    /// A run stopped midway; what was acknowledged stays written.
+    #[error(
+        "{0}; records acknowledged so far are in the target: run the same command again to resume"
+    )]
+    Interrupted(#[source] Box<LifecycleError>),
+}

@@ -25,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-use crate::archive::{ReadError, ReadOptions, Unopened, load_registry};
+use crate::archive::{ReadOptions, Unopened, load_registry};
 use crate::config::{Config, Delivery, TenantId, TopicTemplate};
 use crate::dek::{DataKey, DekId};
 use crate::deks::DekSet;
@@ -104,21 +104,7 @@ pub struct ReplayStats {
 }
 
 /// Replaying failed as a whole (nothing half-done is lost: run it again to resume).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReplayError(pub String);
-
-impl From<crate::kafka::TopicError> for ReplayError {
-    fn from(e: crate::kafka::TopicError) -> Self {
-        ReplayError(e.to_string())
-    }
-}
-
-impl From<ReadError> for ReplayError {
-    fn from(e: ReadError) -> Self {
-        Self(e.0)
-    }
-}
+pub use super::LifecycleError as ReplayError;
 
 /// Records read before they are opened, re-sealed and written together.
 const CHUNK: usize = 500;
@@ -138,31 +124,44 @@ pub async fn replay(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ReplayStats, ReplayError> {
     if opts.from == opts.to {
-        return Err(ReplayError(format!(
-            "--from and --to are both {}: replay writes to another topic (then point readers at it)",
-            opts.from
-        )));
+        return Err(ReplayError::Option {
+            option: "--to",
+            value: opts.to.clone(),
+            fix: format!(
+                "--from and --to are both {}: replay writes to another topic (then point readers at it)",
+                opts.from
+            ),
+        });
     }
     if let Some(r) = opts.rate
         && !(r.is_finite() && r > 0.0)
     {
-        return Err(ReplayError(format!(
-            "--rate {r}: give records per second, above 0"
-        )));
+        return Err(ReplayError::Option {
+            option: "--rate",
+            value: r.to_string(),
+            fix: "give records per second, above 0".into(),
+        });
     }
-    let target = TopicTemplate::parse(&opts.to).map_err(|e| ReplayError(format!("--to {e}")))?;
+    let target = TopicTemplate::parse(&opts.to).map_err(|fix| ReplayError::Option {
+        option: "--to",
+        value: opts.to.clone(),
+        fix,
+    })?;
     let k = &config.kafka;
     if [&k.registry_topic, &k.keks_topic, &k.quarantine_topic]
         .into_iter()
         .chain(&k.input_topics)
         .any(|t| *t == opts.to)
     {
-        return Err(ReplayError(format!(
-            "--to {} is the registry, keks, quarantine or an input topic: replay into an archive topic",
-            opts.to
-        )));
+        return Err(ReplayError::Option {
+            option: "--to",
+            value: opts.to.clone(),
+            fix:
+                "is the registry, keks, quarantine or an input topic: replay into an archive topic"
+                    .into(),
+        });
     }
-    let keyring = crate::keyring::Keyring::new(config).map_err(|e| ReplayError(e.to_string()))?;
+    let keyring = crate::keyring::Keyring::new(config)?;
     let providers: BTreeMap<String, Arc<TenantKms>> = keyring
         .tenants()
         .iter()
@@ -172,9 +171,11 @@ pub async fn replay(
     let operator = Arc::clone(keyring.operator());
     for t in &opts.tenants {
         if !providers.contains_key(t) {
-            return Err(ReplayError(format!(
-                "--tenant {t}: not a tenant with BYOK enabled in the configuration"
-            )));
+            return Err(ReplayError::Option {
+                option: "--tenant",
+                value: t.clone(),
+                fix: "not a tenant with BYOK enabled in the configuration".into(),
+            });
         }
     }
 
@@ -190,13 +191,17 @@ pub async fn replay(
     if transactional {
         pc.set("transactional.id", format!("byok-replay-{}", opts.to));
     }
-    let producer: FutureProducer = pc
-        .create()
-        .map_err(|e| ReplayError(format!("Kafka producer: {e}")))?;
+    let producer: FutureProducer = pc.create().map_err(|source| ReplayError::Producer {
+        step: "create",
+        source,
+    })?;
     if transactional {
         producer
             .init_transactions(Timeout::After(Duration::from_secs(60)))
-            .map_err(|e| ReplayError(format!("Kafka producer (init transactions): {e}")))?;
+            .map_err(|source| ReplayError::Producer {
+                step: "init transactions",
+                source,
+            })?;
     }
 
     // What the target already holds: the progress of an earlier run.
@@ -215,11 +220,7 @@ pub async fn replay(
         let consumer = reader_consumer(config)?;
         let mut reader = TopicReader::open(&consumer, topic, None)
             .await
-            .map_err(|e| {
-                ReplayError(format!(
-                    "target {e}; create it first (same partitions and retention as the archive)"
-                ))
-            })?;
+            .map_err(ReplayError::Target)?;
         while let Some(m) = reader.next().await? {
             if let Some(src) = m
                 .headers()
@@ -266,9 +267,7 @@ pub async fn replay(
         ..ReadOptions::topic(opts.from.clone())
     };
     let consumer = reader_consumer(config)?;
-    let mut reader = TopicReader::open(&consumer, &opts.from, Some(&read_opts))
-        .await
-        .map_err(|e| ReplayError(format!("source {e}")))?;
+    let mut reader = TopicReader::open(&consumer, &opts.from, Some(&read_opts)).await?;
     let total = reader.total;
     let chunk = opts
         .rate
@@ -381,14 +380,20 @@ impl Run<'_> {
         if self.transactional {
             self.producer
                 .begin_transaction()
-                .map_err(|e| ReplayError(format!("begin transaction: {e}")))?;
+                .map_err(|source| ReplayError::Producer {
+                    step: "begin transaction",
+                    source,
+                })?;
             self.deks.begin_transaction();
         }
         let result = self.write(raws).await.and_then(|()| {
             if self.transactional {
                 self.producer
                     .commit_transaction(Timeout::After(Duration::from_secs(60)))
-                    .map_err(|e| ReplayError(format!("commit transaction: {e}")))
+                    .map_err(|source| ReplayError::Producer {
+                        step: "commit transaction",
+                        source,
+                    })
             } else {
                 Ok(())
             }
@@ -399,11 +404,7 @@ impl Run<'_> {
                 .abort_transaction(Timeout::After(Duration::from_secs(30)));
             self.deks.abort_transaction();
         }
-        result.map_err(|e| {
-            ReplayError(format!(
-                "{e}; records acknowledged so far are in the target: run the same command again to resume"
-            ))
-        })
+        result.map_err(|e| ReplayError::Interrupted(Box::new(e)))
     }
 
     /// Re-seals the records of a chunk and sends them; returns once every write is acknowledged.
@@ -427,7 +428,10 @@ impl Run<'_> {
                             .send(rec, Timeout::After(Duration::from_secs(60)))
                             .await
                             .map(|_| ())
-                            .map_err(|(e, _)| format!("produce to {topic}: {e}"))
+                            .map_err(|(source, _)| ReplayError::Produce {
+                                topic: topic.clone(),
+                                source,
+                            })
                     });
                 }
                 Ok(None) => {}
@@ -443,7 +447,7 @@ impl Run<'_> {
             }
         }
         for r in futures::future::join_all(sends).await {
-            r.map_err(ReplayError)?;
+            r?;
         }
         Ok(())
     }

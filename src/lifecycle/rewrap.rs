@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-use crate::archive::{ReadError, load_registry};
+use crate::archive::load_registry;
 use crate::config::{Config, TenantId};
 use crate::kms::{KeyProvider, KeyState};
 use crate::registry::DekRecord;
@@ -48,20 +48,25 @@ pub async fn rewrap(
     config: &Config,
     opts: &RewrapOptions,
     mut progress: impl FnMut(u64, u64),
-) -> Result<BTreeMap<String, RewrapStats>, ReadError> {
+) -> Result<BTreeMap<String, RewrapStats>, super::LifecycleError> {
     let registry = load_registry(config).await?;
-    let keyring = crate::keyring::Keyring::new(config).map_err(|e| ReadError(e.to_string()))?;
+    let keyring = crate::keyring::Keyring::new(config)?;
     let tenants = keyring.tenants();
     if let Some(t) = &opts.tenant
         && !TenantId::parse(t).is_ok_and(|id| tenants.contains_key(&id))
     {
-        return Err(ReadError(format!(
-            "tenant {t:?} is not configured with BYOK enabled"
-        )));
+        return Err(super::LifecycleError::Option {
+            option: "--tenant",
+            value: t.clone(),
+            fix: "not a tenant configured with BYOK enabled".into(),
+        });
     }
     let producer: FutureProducer = crate::kafka::tool_producer_config(config)
         .create()
-        .map_err(|e| ReadError(format!("Kafka producer: {e}")))?;
+        .map_err(|source| super::LifecycleError::Producer {
+            step: "create",
+            source,
+        })?;
     let mut by_tenant: BTreeMap<&str, Vec<&DekRecord>> = BTreeMap::new();
     for r in registry.values() {
         by_tenant.entry(r.tenant.as_str()).or_default().push(r);
@@ -98,10 +103,14 @@ pub async fn rewrap(
         if let Some(v) = &opts.to_version
             && !v.eq_ignore_ascii_case(target.kid.version())
         {
-            return Err(ReadError(format!(
-                "--to-version {v} is not tenant {id}'s newest usable version ({}); rewrap moves DEKs to that version only",
-                target.kid.version()
-            )));
+            return Err(super::LifecycleError::Option {
+                option: "--to-version",
+                value: v.clone(),
+                fix: format!(
+                    "not tenant {id}'s newest usable version ({}); rewrap moves DEKs to that version only",
+                    target.kid.version()
+                ),
+            });
         }
         stats.target = target.kid.to_string();
         let mut records = by_tenant.remove(id.as_str()).unwrap_or_default();

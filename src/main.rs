@@ -468,6 +468,12 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // `byok ... | head -1`: end quietly when the reader goes away, as Unix tools do, instead of
+    // panicking on the closed pipe (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Config {

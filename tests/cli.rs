@@ -140,6 +140,11 @@ fn broken_configs_fail_naming_the_field_and_the_fix() {
             &["dek.max_messages", "4294967296", "fix:"],
         ),
         (
+            // smaller than one sealing job: every DEK would retire before sealing anything
+            Box::new(|t| t.replace("max_bytes = \"64 GiB\"", "max_bytes = \"1 MiB\"")),
+            &["dek.max_bytes", "less than one sealing job", "fix:"],
+        ),
+        (
             Box::new(|t| {
                 t.replace(
                     "https://acme-vault.vault.azure.net",
@@ -377,4 +382,29 @@ fn replay_says_what_is_missing_or_wrong_before_touching_kafka() {
     assert!(err.contains("--tenant nobody"), "{err}");
     let err = replay(&["--quarantine", "--from", "archive.messages", "--to", "a.v2"]);
     assert!(err.contains("cannot be used with"), "{err}");
+}
+
+/// `byok ... | head -1`: the command ends quietly when its reader goes away, never with a panic
+/// and a backtrace on the closed pipe. The reader closes before the command writes anything
+/// (generating the RSA key comes first).
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = byok()
+        .args(["cert", "generate", "--tenant", "acme", "--out-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "{:?}: {err}",
+        out.status
+    );
 }

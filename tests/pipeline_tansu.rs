@@ -48,7 +48,10 @@ fn worker(config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_byok"))
         .args(["run", "--config"])
         .arg(config)
-        .env("RUST_LOG", std::env::var("BYOK_WORKER_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("BYOK_WORKER_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -25,6 +25,9 @@ pub(super) struct Loader {
     pub(super) base: PathBuf,
 }
 
+/// The sealer's job size (pipeline/seal.rs `CHUNK_BYTES`).
+const MIN_JOB_BYTES: u64 = 256 << 10;
+
 pub(super) const EXAMPLE: &str = "config/byok.example.toml";
 
 impl Loader {
@@ -165,6 +168,9 @@ impl Loader {
 
         if let (Some(k), Some(t)) = (&kafka, &tenants) {
             self.cross_checks(k, t);
+        }
+        if let (Some(b), Some(d)) = (&batch, &dek) {
+            self.dek_fits_a_job(b, d);
         }
         Some(Config {
             source: path.to_path_buf(),
@@ -419,6 +425,23 @@ impl Loader {
             limits: limits.unwrap_or_default(),
             compression,
         })
+    }
+
+    /// A DEK must take at least one sealing job (a batch's records of one tenant, up to
+    /// `batch.max_bytes` plus one record): below that, every new DEK retires before sealing
+    /// anything and the worker makes DEKs without end.
+    pub(super) fn dek_fits_a_job(&mut self, batch: &BatchConfig, dek: &DekConfig) {
+        let job = batch.max_bytes.max(MIN_JOB_BYTES).saturating_mul(2);
+        if dek.limits.max_bytes() < job {
+            self.error(
+                "dek.max_bytes",
+                format!(
+                    "{} bytes is less than one sealing job (2 x batch.max_bytes, at least 512 KiB: {job} bytes): every DEK would retire before sealing anything",
+                    dek.limits.max_bytes()
+                ),
+                "leave it out for the default (64 GiB), or raise it well above batch.max_bytes",
+            );
+        }
     }
 
     pub(super) fn keys(&mut self, raw: KeysRaw) -> Option<KeysConfig> {

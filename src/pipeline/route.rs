@@ -72,10 +72,19 @@ pub fn route(m: &OwnedMessage, config: &Config, revoked: &Revoked) -> Route {
         }
         TenantOf::Found(t) => t,
     };
-    let Some(tenant) = TenantId::parse(&t)
-        .ok()
-        .and_then(|id| config.tenants.get(&id))
-    else {
+    // A string that is not a tenant id is never echoed into a header or a log: it could be
+    // anything a producer wrote, of any length.
+    let Ok(id) = TenantId::parse(&t) else {
+        return Route::Quarantine {
+            reason: QuarantineReason::UnknownTenant,
+            detail: format!(
+                "the tenant named by the record ({} bytes) is not a valid tenant id",
+                t.len()
+            ),
+            tenant: None,
+        };
+    };
+    let Some(tenant) = config.tenants.get(&id) else {
         return Route::Quarantine {
             reason: QuarantineReason::UnknownTenant,
             detail: "tenant is not configured".to_owned(),
@@ -235,6 +244,23 @@ mod tests {
         );
         let r = route(&msg(&json, None), &c, &revoked);
         assert_eq!(r.owner(), QUARANTINE_TENANT);
+    }
+
+    #[test]
+    fn a_tenant_string_that_is_not_an_id_is_never_echoed() {
+        let c = config();
+        let long = "x".repeat(10_000);
+        for claimed in [long.as_str(), "bad tenant\r\nX-Injected: 1", "_quarantine"] {
+            let r = route(&msg(r#"{"body":"b"}"#, Some(claimed)), &c, &Revoked::new());
+            match r {
+                Route::Quarantine {
+                    reason: QuarantineReason::UnknownTenant,
+                    tenant: None,
+                    detail,
+                } => assert!(!detail.contains(claimed), "{detail}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

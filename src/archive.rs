@@ -19,7 +19,8 @@ use crate::envelope::{
 };
 use crate::kafka::{owned_headers, read_all, reader_consumer};
 use crate::kms::KeyProvider;
-use crate::registry::{DekRecord, RegistryEntry};
+use crate::registry::{DekRecord, QUARANTINE_TENANT, RegistryEntry};
+use crate::tenant::{OperatorClaim, operator_aad};
 
 pub use crate::kafka::ReadOptions;
 
@@ -34,9 +35,13 @@ pub struct Opened {
     pub offset: i64,
     /// Provenance of the captured record.
     pub src: String,
-    /// Tenant (as the header names it).
+    /// The tenant the record was sealed for, as its AAD proves (never only a header's word).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// A tenant the record names but whose claim is not bound (operator-key records sealed
+    /// before 2026-12): shown, never acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unverified_tenant: Option<String>,
     /// Quarantine reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -88,6 +93,30 @@ pub enum ReadError {
     /// The key providers could not be set up (a credential file missing, a bad CA).
     #[error("key providers: {0}")]
     Keys(#[from] crate::kms::KmsError),
+}
+
+/// Opens a record sealed under an operator DEK, proving the tenant it names: first with the
+/// claim bound in the AAD (`_quarantine.<tenant>`), then, for records sealed before claims were
+/// bound, with `_quarantine` (the claim is then [`OperatorClaim::Unbound`]). A relabelled or
+/// removed `byok.tenant` header makes a bound record fail to open.
+pub fn open_operator(
+    key: &crate::dek::DataKey,
+    claimed: Option<&str>,
+    record_key: Option<&[u8]>,
+    value: &[u8],
+) -> Result<(Vec<u8>, OperatorClaim), envelope::OpenError> {
+    if let Some(t) = claimed
+        && let Ok(p) = envelope::open(key, &operator_aad(Some(t)), record_key, value)
+    {
+        return Ok((p, OperatorClaim::Bound(t.to_owned())));
+    }
+    let p = envelope::open(key, QUARANTINE_TENANT, record_key, value)?;
+    Ok((
+        p,
+        claimed.map_or(OperatorClaim::None, |t| {
+            OperatorClaim::Unbound(t.to_owned())
+        }),
+    ))
 }
 
 /// Loads the DEK registry (latest record per DEK; tombstones remove).
@@ -166,7 +195,7 @@ pub async fn read(
     .await?;
 
     let mut stats = ReadStats::default();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<(String, Vec<u8>)> = HashSet::new();
     for (partition, offset, key, value, headers) in sealed {
         stats.read += 1;
         let fail = |reason: String| Unopened {
@@ -194,17 +223,6 @@ pub async fn read(
                 }
             },
         };
-        if opts
-            .tenant
-            .as_ref()
-            .is_some_and(|t| Some(t) != tenant.as_ref())
-        {
-            continue;
-        }
-        if !opts.duplicates && !seen.insert(src.clone()) {
-            stats.duplicates += 1;
-            continue;
-        }
         let Some(record) = registry.get(&dek) else {
             stats.failed += 1;
             failed(fail(format!(
@@ -213,6 +231,11 @@ pub async fn read(
             )));
             continue;
         };
+        // the owner in the registry is what the AAD proves, never the header
+        let operator = record.tenant == QUARANTINE_TENANT;
+        if !operator && opts.tenant.as_ref().is_some_and(|t| *t != record.tenant) {
+            continue;
+        }
         let Some(provider) = keyring.owner(&record.tenant) else {
             stats.failed += 1;
             failed(fail(format!(
@@ -234,27 +257,57 @@ pub async fn read(
             failed(fail("null value".into()));
             continue;
         };
-        match envelope::open(&key_obj, &record.tenant, key.as_deref(), &value) {
-            Ok(plain) => {
-                stats.opened += 1;
-                out(Opened {
-                    topic: opts.topic.clone(),
-                    partition,
-                    offset,
-                    src,
-                    tenant,
-                    reason,
-                    dek: dek.to_string(),
-                    key_b64: key.as_ref().map(|k| STANDARD.encode(k)),
-                    value_b64: STANDARD.encode(&plain),
-                    value: String::from_utf8(plain).ok(),
-                });
-            }
+        let opened = if operator {
+            open_operator(&key_obj, tenant.as_deref(), key.as_deref(), &value)
+        } else {
+            envelope::open(&key_obj, &record.tenant, key.as_deref(), &value)
+                .map(|p| (p, OperatorClaim::Bound(record.tenant.clone())))
+        };
+        let (plain, claim) = match opened {
+            Ok(o) => o,
             Err(e) => {
                 stats.failed += 1;
                 failed(fail(format!("{e} (DEK {dek}, tenant {})", record.tenant)));
+                continue;
             }
+        };
+        let (tenant, unverified_tenant) = match claim {
+            OperatorClaim::Bound(t) if !operator && tenant.as_deref() != Some(t.as_str()) => {
+                stats.failed += 1;
+                failed(fail(format!(
+                    "relabelled: header byok.tenant names {:?} but the record is sealed for {t}",
+                    tenant.unwrap_or_default()
+                )));
+                continue;
+            }
+            OperatorClaim::Bound(t) => (Some(t), None),
+            OperatorClaim::None => (None, None),
+            OperatorClaim::Unbound(t) => (None, Some(t)),
+        };
+        if opts.tenant.is_some() && opts.tenant != tenant {
+            continue;
         }
+        // duplicates (a batch sealed again after a crash) carry the same byok.src and the same
+        // plaintext; a record that merely copies a byok.src is not one of them
+        let digest = ring::digest::digest(&ring::digest::SHA256, &plain);
+        if !opts.duplicates && !seen.insert((src.clone(), digest.as_ref().to_vec())) {
+            stats.duplicates += 1;
+            continue;
+        }
+        stats.opened += 1;
+        out(Opened {
+            topic: opts.topic.clone(),
+            partition,
+            offset,
+            src,
+            tenant,
+            unverified_tenant,
+            reason,
+            dek: dek.to_string(),
+            key_b64: key.as_ref().map(|k| STANDARD.encode(k)),
+            value_b64: STANDARD.encode(&plain),
+            value: String::from_utf8(plain).ok(),
+        });
     }
     Ok(stats)
 }

@@ -47,6 +47,29 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// The AAD tenant of a record sealed under an operator DEK: `_quarantine.<tenant>` when the
+/// record names a tenant (its `byok.tenant` header), so the claim is bound to the ciphertext and
+/// a relabelled header makes the record fail to open; `_quarantine` when it names none. Records
+/// written before 2026-12 used `_quarantine` whatever they claimed (see [`OperatorClaim`]).
+pub fn operator_aad(claimed: Option<&str>) -> String {
+    match claimed {
+        Some(t) => format!("{QUARANTINE_TENANT}.{t}"),
+        None => QUARANTINE_TENANT.to_owned(),
+    }
+}
+
+/// What opening an operator-key record proved about the tenant it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorClaim {
+    /// The claim is bound in the AAD: the record was captured for this tenant.
+    Bound(String),
+    /// The record names no tenant.
+    None,
+    /// The record names a tenant, but was sealed before claims were bound (AAD `_quarantine`):
+    /// the claim is unverified and must not be acted on.
+    Unbound(String),
+}
+
 /// Whose DEK seals a record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Owner {

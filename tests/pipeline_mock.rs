@@ -796,3 +796,118 @@ async fn offsets_are_committed_while_the_worker_runs() {
     worker.await.unwrap().unwrap();
     drop(r.cluster);
 }
+
+/// Quarantined records are re-sealed only for the tenant they were captured for: a copy of an
+/// operator-key quarantine record (initech, BYOK off) relabelled `byok.tenant = acme` does not
+/// open (the claim is bound in the AAD), so the drain never re-seals initech's plaintext under
+/// acme's key and `byok cat` reports it instead of printing it as acme's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relabelled_quarantine_record_is_never_resealed_for_another_tenant() {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    let r = rig("\n[[tenants]]\nid = \"initech\"\nbyok_enabled = false\n").await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .create()
+        .unwrap();
+    for body in [
+        r#"{"tenant_id":"initech","body":"initech's secret"}"#,
+        r#"{"tenant_id":"acme","body":"acme's own"}"#,
+    ] {
+        producer
+            .send(
+                FutureRecord::<(), _>::to("capture.messages").payload(body),
+                Timeout::Never,
+            )
+            .await
+            .unwrap();
+    }
+    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(byok::pipeline::run_with(
+        r.config.clone(),
+        stopped,
+        std::sync::Arc::clone(&health),
+        byok::pipeline::seal_stage,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while health.records_done() < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+
+    // the attacker: copies initech's quarantine record, relabelled for acme
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .set("group.id", "attacker")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&["byok.quarantine"]).unwrap();
+    let original = loop {
+        if let Some(Ok(m)) = c.poll(Duration::from_secs(5)) {
+            break m.detach();
+        }
+    };
+    let mut headers = OwnedHeaders::new();
+    for h in original.headers().unwrap().iter() {
+        let value = if h.key == "byok.tenant" {
+            Some(&b"acme"[..])
+        } else {
+            h.value
+        };
+        headers = headers.insert(Header { key: h.key, value });
+    }
+    let mut copy = FutureRecord::<[u8], [u8]>::to("byok.quarantine")
+        .payload(original.payload().unwrap())
+        .headers(headers);
+    if let Some(k) = original.key() {
+        copy = copy.key(k);
+    }
+    producer.send(copy, Timeout::Never).await.unwrap();
+
+    let drained = byok::lifecycle::drain::drain_quarantine(
+        &r.config,
+        &byok::lifecycle::drain::DrainOptions::default(),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(drained.resealed, 0, "{drained:?}");
+    assert!(
+        drained.failed.iter().any(|f| f.contains("relabelled")),
+        "{drained:?}"
+    );
+    // nothing of initech's reached acme's archive
+    let mut archived = Vec::new();
+    reader::read(
+        &r.config,
+        &opts("archive.messages"),
+        |o| archived.push(o),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(
+        archived
+            .iter()
+            .all(|o| !o.value.as_deref().unwrap_or_default().contains("initech")),
+        "initech's plaintext in the archive"
+    );
+    // byok cat shows the original as initech's, reports the copy, never prints it as acme's
+    let (mut shown, mut failures) = (Vec::new(), Vec::new());
+    reader::read(
+        &r.config,
+        &opts("byok.quarantine"),
+        |o| shown.push(o),
+        |f| failures.push(f),
+    )
+    .await
+    .unwrap();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(shown[0].tenant.as_deref(), Some("initech"));
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    drop(r.cluster);
+}

@@ -266,19 +266,31 @@ pub async fn drain_quarantine_with(
             r.value
         } else if record.tenant == QUARANTINE_TENANT {
             // under the operator's key: open, re-seal under the tenant's key
-            let plain = match operator
+            let opened = operator
                 .unwrap(&record.kek, record.dek, &record.wrapped)
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|k| {
-                    envelope::open(&k, QUARANTINE_TENANT, r.key.as_deref(), &r.value)
-                        .map_err(|e| e.to_string())
-                }) {
-                Ok(p) => p,
+                    crate::archive::open_operator(
+                        &k,
+                        Some(tenant.as_str()),
+                        r.key.as_deref(),
+                        &r.value,
+                    )
+                    .map_err(|e| e.to_string())
+                });
+            let plain = match opened {
+                Ok((p, crate::tenant::OperatorClaim::Bound(_))) => p,
+                Ok(_) => {
+                    // sealed before claims were bound: the header's tenant is only a claim,
+                    // and re-sealing on it would hand the plaintext to whoever wrote it
+                    stay(&mut stats, "claim-not-bound");
+                    continue;
+                }
                 Err(e) => {
-                    stats
-                        .failed
-                        .push(format!("{at}: cannot open with the operator's key: {e}"));
+                    stats.failed.push(format!(
+                        "{at}: does not open with the operator's key as captured for {tenant} (relabelled or corrupt): {e}"
+                    ));
                     continue;
                 }
             };

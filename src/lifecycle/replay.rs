@@ -460,7 +460,8 @@ impl Run<'_> {
         r: Raw,
     ) -> Result<Option<(String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders)>, String> {
         let pairs = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
-        let h = if r.headers.iter().any(|(k, _)| k == "byok.reason") {
+        let quarantine = r.headers.iter().any(|(k, _)| k == "byok.reason");
+        let h = if quarantine {
             // a quarantine record: re-sealed under its tenant's key, when it has one
             let q = QuarantineHeaders::from_pairs(pairs)
                 .map_err(|e| format!("not a byok quarantine record: {e}"))?;
@@ -499,25 +500,49 @@ impl Run<'_> {
             Some(Err(e)) => return Err(e.clone()),
             None => return Err(format!("DEK {} was not looked up", h.dek)),
         };
-        // the DEK's owner is the AAD tenant: the record's tenant, or the operator's quarantine
+        // the DEK's owner is the AAD tenant: the record's tenant, or (quarantine records only)
+        // the operator's key with the tenant the record names bound in the AAD
         let owner = self
             .registry
             .get(&h.dek)
             .map(|r| r.tenant.clone())
             .unwrap_or_default();
-        if owner != h.tenant && owner != QUARANTINE_TENANT {
+        let value = r.value.ok_or("null value")?;
+        let plain = if owner == QUARANTINE_TENANT {
+            if !quarantine {
+                return Err(format!(
+                    "an archive record under the operator's DEK {}: archive records are sealed under their tenant's key only (planted?)",
+                    h.dek
+                ));
+            }
+            match crate::archive::open_operator(&key, Some(&h.tenant), r.key.as_deref(), &value) {
+                Ok((p, crate::tenant::OperatorClaim::Bound(_))) => p,
+                Ok(_) => {
+                    return Err(format!(
+                        "quarantined before tenant claims were bound: {} is only the header's claim, not re-sealed for it",
+                        h.tenant
+                    ));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "does not open with the operator's DEK {} as captured for {} (relabelled or corrupt)",
+                        h.dek, h.tenant
+                    ));
+                }
+            }
+        } else if owner != h.tenant {
             return Err(format!(
                 "header byok.tenant says {} but DEK {} belongs to {owner}",
                 h.tenant, h.dek
             ));
-        }
-        let value = r.value.ok_or("null value")?;
-        let plain = envelope::open(&key, &owner, r.key.as_deref(), &value).map_err(|_| {
-            format!(
-                "the value does not open with DEK {} of {owner} (tampered or corrupt)",
-                h.dek
-            )
-        })?;
+        } else {
+            envelope::open(&key, &owner, r.key.as_deref(), &value).map_err(|_| {
+                format!(
+                    "the value does not open with DEK {} of {owner} (tampered or corrupt)",
+                    h.dek
+                )
+            })?
+        };
         let tenant = h.tenant;
         if self.opts.dry_run {
             self.count(&tenant, src);

@@ -47,6 +47,15 @@ pub enum Route {
 }
 
 impl Route {
+    /// The tenant in the record's AAD: its owner, except under the operator's key, where the
+    /// tenant the record names is bound too ([`crate::tenant::operator_aad`]).
+    pub fn aad_tenant(&self) -> String {
+        match self {
+            Route::Quarantine { tenant, .. } => crate::tenant::operator_aad(tenant.as_deref()),
+            other => other.owner().to_owned(),
+        }
+    }
+
     /// Whose DEK seals the record: the tenant's, or the operator's quarantine DEK.
     pub fn owner(&self) -> &str {
         match self {

@@ -38,6 +38,9 @@ struct Job {
     owner: String,
     dek: Arc<ActiveDek>,
     idx: Vec<usize>,
+    /// Per record (as `idx`), the AAD tenant when it is not `owner`: operator DEKs bind the
+    /// tenant each record names.
+    aad: Option<Vec<String>>,
 }
 
 /// What sealing a job gave: sealed values by record index, and the records left unsealed
@@ -61,13 +64,14 @@ fn seal_job(job: Job, batch: &[OwnedMessage], compression: Compression) -> Done 
         Err(_) => left = job.idx,
         Ok(mut block) => {
             let take = (block.remaining() as usize).min(job.idx.len());
-            for &i in &job.idx[..take] {
+            for (n, &i) in job.idx[..take].iter().enumerate() {
                 let m = &batch[i];
                 let plain = m.payload().unwrap_or_default();
                 let mut value = Vec::with_capacity(plain.len() + envelope::OVERHEAD);
+                let aad_tenant = job.aad.as_ref().map_or(job.owner.as_str(), |a| &a[n]);
                 match envelope::seal_next(
                     &mut block,
-                    &job.owner,
+                    aad_tenant,
                     m.key(),
                     plain,
                     compression,
@@ -98,7 +102,7 @@ fn jobs_for(
     owner: &str,
     dek: &Arc<ActiveDek>,
     idx: &[usize],
-    batch: &[OwnedMessage],
+    (batch, routes): (&[OwnedMessage], &[Route]),
     out: &mut Vec<Job>,
 ) {
     let mut start = 0;
@@ -106,10 +110,14 @@ fn jobs_for(
     for (n, &i) in idx.iter().enumerate() {
         bytes += batch[i].payload().map_or(0, <[u8]>::len) as u64 + 64;
         if bytes >= CHUNK_BYTES || n + 1 == idx.len() {
+            let idx = idx[start..=n].to_vec();
+            let aad = (owner == QUARANTINE_TENANT)
+                .then(|| idx.iter().map(|&i| routes[i].aad_tenant()).collect());
             out.push(Job {
                 owner: owner.to_owned(),
                 dek: Arc::clone(dek),
-                idx: idx[start..=n].to_vec(),
+                idx,
+                aad,
             });
             start = n + 1;
             bytes = 0;
@@ -240,7 +248,7 @@ pub async fn seal_with(
     let mut jobs = Vec::new();
     for (owner, idx) in &groups {
         if let Some(dek) = deks.get(owner) {
-            jobs_for(owner, dek, idx, batch, &mut jobs);
+            jobs_for(owner, dek, idx, (batch, &routes), &mut jobs);
         }
     }
     let done = run_jobs(jobs, batch, config.dek.compression, pool).await?;
@@ -444,7 +452,7 @@ impl Stage for Sealer {
                         "the new DEK of {owner} cannot seal"
                     )))
                 })?;
-                jobs_for(owner, &dek, idx, batch, &mut jobs);
+                jobs_for(owner, &dek, idx, (batch, &routes), &mut jobs);
             }
             // small batches are sealed on the worker's task (a thread hop would cost more)
             let parallel = batch_bytes >= self.config.batch.parallel_min_bytes && jobs.len() > 1;

@@ -496,6 +496,14 @@ async fn exactly_once_puts_outputs_and_offsets_in_one_transaction() {
     let mut want = bodies.clone();
     want.sort();
     assert_eq!(seen, want, "every message exactly once, decrypted");
+    // the tenants' public keys were published outside the batches' transactions (a
+    // transactional producer refuses sends between transactions)
+    let keks = byok::archive::load_keks(&config).await.unwrap();
+    assert!(
+        keks.contains_key("acme") && keks.contains_key("globex"),
+        "byok.keks holds {:?}",
+        keks.keys().collect::<Vec<_>>()
+    );
     drop(producer);
     drop(r.cluster);
 }

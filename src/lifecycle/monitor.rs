@@ -50,6 +50,9 @@ pub struct KeyViews {
     unverified: Mutex<Vec<DekRecord>>,
     /// Tenants whose key came back (revoked, then usable) since the last look.
     restored: Mutex<Vec<String>>,
+    /// Tenants whose latest public key is not yet acknowledged in `byok.keks` (tried again at
+    /// every check until it is).
+    unpublished: Mutex<std::collections::HashSet<String>>,
     /// Wakes the monitor early (after a vault error).
     pub wake: Notify,
 }
@@ -186,8 +189,12 @@ pub async fn check_all(
             } => (KeyView::Revoked { why, detail }, last_seen),
             KeyState::Unavailable { .. } => (KeyView::Unavailable, None),
         };
+        let retry = views
+            .unpublished
+            .lock()
+            .is_ok_and(|u| u.contains(tenant.as_str()));
         if let Some(v) = &public
-            && views.remember(tenant, v)
+            && (views.remember(tenant, v) || retry)
         {
             let record = KekRecord {
                 tenant: tenant.clone(),
@@ -201,8 +208,16 @@ pub async fn check_all(
                     Timeout::After(Duration::from_secs(30)),
                 )
                 .await;
-            if let Err((e, _)) = sent {
-                tracing::warn!(tenant, error = %e, topic = keks_topic, "could not publish the tenant's public key");
+            if let Ok(mut u) = views.unpublished.lock() {
+                match sent {
+                    Ok(_) => {
+                        u.remove(tenant.as_str());
+                    }
+                    Err((e, _)) => {
+                        tracing::warn!(tenant, error = %e, topic = keks_topic, "could not publish the tenant's public key; tried again at the next check");
+                        u.insert(tenant.clone());
+                    }
+                }
             }
         }
         let previous = views.set(tenant, view.clone());
@@ -264,6 +279,8 @@ async fn verify(tenant: &str, kms: &TenantKms, views: &KeyViews) {
 }
 
 /// Runs [`check_all`] every `interval`, or at once when woken (a vault error, a DEK to verify).
+/// `producer` must not be transactional: `byok.keks` records are published on their own,
+/// outside any batch's transaction (an aborted batch must not take a public key with it).
 pub fn spawn(
     keyring: &crate::keyring::Keyring,
     views: Arc<KeyViews>,

@@ -163,6 +163,15 @@ where
             .init_transactions(Timeout::After(Duration::from_secs(60)))
             .map_err(client("producer (init transactions)"))?;
     }
+    // byok.keks records go through their own idempotent producer: a transactional one refuses
+    // sends between transactions, and an aborted batch would take them with it
+    let keks_producer: FutureProducer = if transactional {
+        crate::kafka::tool_producer_config(&config)
+            .create()
+            .map_err(client("producer (byok.keks)"))?
+    } else {
+        producer.clone()
+    };
     let tracker = Arc::new(OffsetTracker::default());
     let paused = Paused::default();
     let consumer: StreamConsumer<SourceContext> = consumer_config(&config)
@@ -194,7 +203,7 @@ where
         crate::lifecycle::monitor::spawn(
             &keyring,
             Arc::clone(&views),
-            producer.clone(),
+            keks_producer,
             config.keys.check_interval,
             config.kafka.keks_topic.clone(),
         ),

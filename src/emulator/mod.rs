@@ -102,6 +102,16 @@ pub enum StartError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The admin API would be open to anyone who can reach the emulator.
+    #[error(
+        "the admin API (keys disabled, roles removed, faults injected) would be open on {addr}: {why}; give a non-empty token with --admin-token-env, or listen on 127.0.0.1"
+    )]
+    AdminOpen {
+        /// Address.
+        addr: SocketAddr,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// The CA file cannot be written.
     #[error("cannot write the CA certificate to {path}: {source}")]
     CaOut {
@@ -275,6 +285,21 @@ impl Running {
 /// Starts the emulator: loads the state file (if it exists) or the seed, binds, and serves in
 /// the background. Returns once it accepts connections.
 pub async fn start(opts: Options) -> Result<Running, StartError> {
+    match opts.admin_token.as_deref() {
+        Some(t) if t.trim().is_empty() => {
+            return Err(StartError::AdminOpen {
+                addr: opts.listen,
+                why: "the admin token is empty",
+            });
+        }
+        None if !opts.listen.ip().is_loopback() => {
+            return Err(StartError::AdminOpen {
+                addr: opts.listen,
+                why: "no admin token and a non-loopback address",
+            });
+        }
+        _ => {}
+    }
     let (mut world, ca) = match &opts.state {
         Some(p) if p.exists() => load_state(p)?,
         _ => {
@@ -532,4 +557,34 @@ fn to_response(reply: Reply) -> Response<Full<Bytes>> {
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod admin_exposure_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_admin_api_is_never_open_to_the_network() {
+        let open = |listen: SocketAddr, admin_token: Option<&str>| Options {
+            listen,
+            admin_token: admin_token.map(str::to_owned),
+            ..Options::default()
+        };
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for (opts, what) in [
+            (open(any, None), "no admin token and a non-loopback address"),
+            (open(local, Some("")), "the admin token is empty"),
+            (open(any, Some("  ")), "the admin token is empty"),
+        ] {
+            match start(opts).await {
+                Err(StartError::AdminOpen { why, .. }) => assert_eq!(why, what),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("started with the admin API open: {what}"),
+            }
+        }
+        // loopback without a token (a developer's laptop), and any address with a token
+        start(open(local, None)).await.unwrap().stop().await;
+        start(open(any, Some("t0ken"))).await.unwrap().stop().await;
+    }
 }

@@ -196,106 +196,138 @@ pub async fn read(
 
     let mut stats = ReadStats::default();
     let mut seen: HashSet<(String, Vec<u8>)> = HashSet::new();
-    for (partition, offset, key, value, headers) in sealed {
+    let cx = OpenCx {
+        config,
+        registry: &registry,
+        keyring: &keyring,
+        opts,
+    };
+    for sealed in sealed {
         stats.read += 1;
-        let fail = |reason: String| Unopened {
-            topic: opts.topic.clone(),
-            partition,
-            offset,
-            reason,
-        };
-        let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
-        let (tenant, reason, src, dek) = match ArchiveHeaders::from_pairs(pairs.clone()) {
-            Ok(h) if !headers.iter().any(|(k, _)| k == "byok.reason") => {
-                (Some(h.tenant), None, h.src.to_string(), h.dek)
+        let (partition, offset) = (sealed.0, sealed.1);
+        match open_one(&cx, sealed).await {
+            Err(reason) => {
+                stats.failed += 1;
+                failed(Unopened {
+                    topic: opts.topic.clone(),
+                    partition,
+                    offset,
+                    reason,
+                });
             }
-            _ => match QuarantineHeaders::from_pairs(pairs) {
-                Ok(q) => (
-                    q.tenant,
-                    Some(q.reason.as_str().to_owned()),
-                    q.src.to_string(),
-                    q.dek,
-                ),
-                Err(e) => {
-                    stats.failed += 1;
-                    failed(fail(format!("not a byok record: {e}")));
+            Ok(None) => {}
+            // duplicates (a batch sealed again after a crash) carry the same byok.src and the
+            // same plaintext; a record that merely copies a byok.src is not one of them
+            Ok(Some((digest, o))) => {
+                if !opts.duplicates && !seen.insert((o.src.clone(), digest)) {
+                    stats.duplicates += 1;
                     continue;
                 }
-            },
-        };
-        let Some(record) = registry.get(&dek) else {
-            stats.failed += 1;
-            failed(fail(format!(
-                "DEK {dek} is not in the registry topic {}",
-                config.kafka.registry_topic
-            )));
-            continue;
-        };
-        // the owner in the registry is what the AAD proves, never the header
-        let operator = record.tenant == QUARANTINE_TENANT;
-        if !operator && opts.tenant.as_ref().is_some_and(|t| *t != record.tenant) {
-            continue;
+                stats.opened += 1;
+                out(o);
+            }
         }
-        let Some(provider) = keyring.owner(&record.tenant) else {
-            stats.failed += 1;
-            failed(fail(format!(
-                "no key provider for tenant {} (not configured with BYOK enabled)",
-                record.tenant
-            )));
-            continue;
-        };
-        let key_obj = match provider.unwrap(&record.kek, dek, &record.wrapped).await {
-            Ok(k) => k,
+    }
+    Ok(stats)
+}
+
+/// What opening a record needs.
+struct OpenCx<'a> {
+    config: &'a Config,
+    registry: &'a HashMap<DekId, DekRecord>,
+    keyring: &'a crate::keyring::Keyring,
+    opts: &'a ReadOptions,
+}
+
+/// A record as read: partition, offset, key, value, headers.
+type Sealed = (
+    i32,
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+/// Opens one record: the plaintext's digest and the record, `None` when the tenant filter
+/// leaves it out, or why it cannot be opened.
+async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<(Vec<u8>, Opened)>, String> {
+    let (config, registry, keyring, opts) = (cx.config, cx.registry, cx.keyring, cx.opts);
+    let (partition, offset, key, value, headers) = sealed;
+    let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+    let (tenant, reason, src, dek) = match ArchiveHeaders::from_pairs(pairs.clone()) {
+        Ok(h) if !headers.iter().any(|(k, _)| k == "byok.reason") => {
+            (Some(h.tenant), None, h.src.to_string(), h.dek)
+        }
+        _ => match QuarantineHeaders::from_pairs(pairs) {
+            Ok(q) => (
+                q.tenant,
+                Some(q.reason.as_str().to_owned()),
+                q.src.to_string(),
+                q.dek,
+            ),
             Err(e) => {
-                stats.failed += 1;
-                failed(fail(format!("DEK {dek} cannot be unwrapped: {e}")));
-                continue;
+                return Err(format!("not a byok record: {e}"));
             }
-        };
-        let Some(value) = value else {
-            stats.failed += 1;
-            failed(fail("null value".into()));
-            continue;
-        };
-        let opened = if operator {
-            open_operator(&key_obj, tenant.as_deref(), key.as_deref(), &value)
-        } else {
-            envelope::open(&key_obj, &record.tenant, key.as_deref(), &value)
-                .map(|p| (p, OperatorClaim::Bound(record.tenant.clone())))
-        };
-        let (plain, claim) = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                stats.failed += 1;
-                failed(fail(format!("{e} (DEK {dek}, tenant {})", record.tenant)));
-                continue;
-            }
-        };
-        let (tenant, unverified_tenant) = match claim {
-            OperatorClaim::Bound(t) if !operator && tenant.as_deref() != Some(t.as_str()) => {
-                stats.failed += 1;
-                failed(fail(format!(
-                    "relabelled: header byok.tenant names {:?} but the record is sealed for {t}",
-                    tenant.unwrap_or_default()
-                )));
-                continue;
-            }
-            OperatorClaim::Bound(t) => (Some(t), None),
-            OperatorClaim::None => (None, None),
-            OperatorClaim::Unbound(t) => (None, Some(t)),
-        };
-        if opts.tenant.is_some() && opts.tenant != tenant {
-            continue;
+        },
+    };
+    let Some(record) = registry.get(&dek) else {
+        return Err(format!(
+            "DEK {dek} is not in the registry topic {}",
+            config.kafka.registry_topic
+        ));
+    };
+    // the owner in the registry is what the AAD proves, never the header
+    let operator = record.tenant == QUARANTINE_TENANT;
+    if !operator && opts.tenant.as_ref().is_some_and(|t| *t != record.tenant) {
+        return Ok(None);
+    }
+    let Some(provider) = keyring.owner(&record.tenant) else {
+        return Err(format!(
+            "no key provider for tenant {} (not configured with BYOK enabled)",
+            record.tenant
+        ));
+    };
+    let key_obj = match provider.unwrap(&record.kek, dek, &record.wrapped).await {
+        Ok(k) => k,
+        Err(e) => {
+            return Err(format!("DEK {dek} cannot be unwrapped: {e}"));
         }
-        // duplicates (a batch sealed again after a crash) carry the same byok.src and the same
-        // plaintext; a record that merely copies a byok.src is not one of them
-        let digest = ring::digest::digest(&ring::digest::SHA256, &plain);
-        if !opts.duplicates && !seen.insert((src.clone(), digest.as_ref().to_vec())) {
-            stats.duplicates += 1;
-            continue;
+    };
+    let Some(value) = value else {
+        return Err("null value".into());
+    };
+    let opened = if operator {
+        open_operator(&key_obj, tenant.as_deref(), key.as_deref(), &value)
+    } else {
+        envelope::open(&key_obj, &record.tenant, key.as_deref(), &value)
+            .map(|p| (p, OperatorClaim::Bound(record.tenant.clone())))
+    };
+    let (plain, claim) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            return Err(format!("{e} (DEK {dek}, tenant {})", record.tenant));
         }
-        stats.opened += 1;
-        out(Opened {
+    };
+    let (tenant, unverified_tenant) = match claim {
+        OperatorClaim::Bound(t) if !operator && tenant.as_deref() != Some(t.as_str()) => {
+            return Err(format!(
+                "relabelled: header byok.tenant names {:?} but the record is sealed for {t}",
+                tenant.unwrap_or_default()
+            ));
+        }
+        OperatorClaim::Bound(t) => (Some(t), None),
+        OperatorClaim::None => (None, None),
+        OperatorClaim::Unbound(t) => (None, Some(t)),
+    };
+    if opts.tenant.is_some() && opts.tenant != tenant {
+        return Ok(None);
+    }
+    // duplicates (a batch sealed again after a crash) carry the same byok.src and the same
+    // plaintext; a record that merely copies a byok.src is not one of them
+    let digest = ring::digest::digest(&ring::digest::SHA256, &plain);
+    Ok(Some((
+        digest.as_ref().to_vec(),
+        Opened {
             topic: opts.topic.clone(),
             partition,
             offset,
@@ -307,7 +339,6 @@ pub async fn read(
             key_b64: key.as_ref().map(|k| STANDARD.encode(k)),
             value_b64: STANDARD.encode(&plain),
             value: String::from_utf8(plain).ok(),
-        });
-    }
-    Ok(stats)
+        },
+    )))
 }

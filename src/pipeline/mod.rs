@@ -174,23 +174,15 @@ where
     };
     let tracker = Arc::new(OffsetTracker::default());
     let paused = Paused::default();
-    let consumer: StreamConsumer<SourceContext> = consumer_config(&config)
-        .create_with_context(SourceContext {
-            health: Arc::clone(&health),
-            tracker: Arc::clone(&tracker),
-            producer: producer.clone(),
-            drain_deadline: config.worker.drain_deadline,
-            transactional,
-            paused: paused.shared(),
-        })
-        .map_err(client("consumer"))?;
-    let topics: Vec<&str> = config
-        .kafka
-        .input_topics
-        .iter()
-        .map(String::as_str)
-        .collect();
-    consumer.subscribe(&topics).map_err(client("consumer"))?;
+    let ctx = SourceContext {
+        health: Arc::clone(&health),
+        tracker: Arc::clone(&tracker),
+        producer: producer.clone(),
+        drain_deadline: config.worker.drain_deadline,
+        transactional,
+        paused: paused.shared(),
+    };
+    let consumer = subscribe(&config, ctx)?;
     let views = Arc::new(KeyViews::default());
     match crate::archive::load_keks(&config).await {
         Ok(keys) => views.seed_public(keys),
@@ -215,7 +207,7 @@ where
         producer: &producer,
         views: &views,
     })?;
-    tracing::info!(group = %config.kafka.group_id, topics = ?topics, tenants = keyring.tenants().len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
+    tracing::info!(group = %config.kafka.group_id, topics = ?config.kafka.input_topics, tenants = keyring.tenants().len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
     let max_in_flight = if transactional {
         1
     } else {
@@ -251,6 +243,28 @@ where
     worker.stage.report(&mut stats);
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// The worker's consumer, subscribed to the input topics.
+fn subscribe(
+    config: &Config,
+    ctx: SourceContext,
+) -> Result<StreamConsumer<SourceContext>, WorkerError> {
+    let client = |source| WorkerError::Client {
+        client: "consumer",
+        source,
+    };
+    let consumer: StreamConsumer<SourceContext> = consumer_config(config)
+        .create_with_context(ctx)
+        .map_err(client)?;
+    let topics: Vec<&str> = config
+        .kafka
+        .input_topics
+        .iter()
+        .map(String::as_str)
+        .collect();
+    consumer.subscribe(&topics).map_err(client)?;
+    Ok(consumer)
 }
 
 /// Asks each distinct vault for its key's state once (one tenant per vault and key is enough),

@@ -334,13 +334,7 @@ impl Sealer {
         self.generation = Some(self.views.generation());
         let snapshot = self.views.snapshot();
         for (tenant, view) in &snapshot {
-            let changed = match (self.seen.get(tenant), view) {
-                // an outage changes nothing; the first view of a usable key neither (its DEK
-                // was wrapped under the version the provider found usable)
-                (_, KeyView::Unavailable)
-                | (Some(KeyView::Unavailable) | None, KeyView::Usable(_)) => false,
-                (old, new) => old != Some(new),
-            };
+            let changed = key_changed(self.seen.get(tenant), view);
             self.seen.insert(tenant.clone(), view.clone());
             if !changed {
                 continue;
@@ -514,6 +508,18 @@ impl Stage for Sealer {
     }
 }
 
+/// Whether a tenant's DEK must be replaced when its key view moves from `old` to `new`: an
+/// outage changes nothing, nor does the first view of a usable key (the DEK was wrapped under
+/// the version the provider found usable); a rotation, a revocation or a restoration does.
+fn key_changed(old: Option<&KeyView>, new: &KeyView) -> bool {
+    match (old, new) {
+        (_, KeyView::Unavailable) | (Some(KeyView::Unavailable) | None, KeyView::Usable(_)) => {
+            false
+        }
+        (old, new) => old != Some(new),
+    }
+}
+
 /// What making a DEK needs, borrowed from the sealer.
 struct NewDek<'a> {
     revoked: &'a Revoked,
@@ -580,5 +586,39 @@ impl NewDek<'_> {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::{KekId, Revocation};
+
+    fn usable(version: &str) -> KeyView {
+        KeyView::Usable(
+            KekId::parse(&format!(
+                "https://acme-vault.vault.azure.net/keys/byok-key/{version}"
+            ))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn key_view_reconciliation_replaces_the_dek_only_when_the_key_moved() {
+        let revoked = KeyView::Revoked {
+            why: Revocation::KeyDisabled,
+            detail: "disabled".into(),
+        };
+        let (v1, v2) = (usable("1111"), usable("2222"));
+        // outages and first sightings keep the DEK
+        assert!(!key_changed(None, &v1));
+        assert!(!key_changed(Some(&v1), &KeyView::Unavailable));
+        assert!(!key_changed(Some(&KeyView::Unavailable), &v1));
+        assert!(!key_changed(Some(&v1), &v1));
+        // rotation, revocation and restoration replace it
+        assert!(key_changed(Some(&v1), &v2));
+        assert!(key_changed(Some(&v1), &revoked));
+        assert!(key_changed(None, &revoked));
+        assert!(key_changed(Some(&revoked), &v1));
     }
 }

@@ -132,6 +132,9 @@ fn outage_fix(key: &KeyVaultKey, why: Outage) -> String {
             key.authority_host
         ),
         Outage::Throttled => "the vault is throttling requests: retry later".to_owned(),
+        Outage::ClockSkew => "this machine's clock is off by more than 5 minutes (AADSTS700024): fix its time sync (NTP) and run the check again".to_owned(),
+        Outage::Unauthorized => "the vault refused the access token (401): check the app's tenant ID and the vault's tenant, then run the check again".to_owned(),
+        Outage::Unclassified => "an answer this version does not recognise: see the detail, and run the check again".to_owned(),
         _ if key.is_private_link() => format!(
             "cannot reach {}: approve the private endpoint connection (Key vault > Networking > Private endpoint connections) and check that the Private Link host resolves from here",
             key.vault_url

@@ -562,11 +562,13 @@ impl AzureKeyProvider {
                 detail,
                 retry_after,
             },
+            // an answer we cannot read, or a fault of our own set-up, is not the tenant's
+            // decision: an outage (keep archiving), never a revocation
             KmsError::Rejected { detail, .. } | KmsError::Setup { detail, .. } => {
-                KeyState::Revoked {
-                    why: Revocation::AccessDenied,
+                KeyState::Unavailable {
+                    why: super::Outage::Unclassified,
                     detail,
-                    last_seen: None,
+                    retry_after: None,
                 }
             }
         }

@@ -10,6 +10,11 @@ use azure_core::error::ErrorKind;
 
 use super::{Outage, Revocation};
 
+/// Entra ID codes that are the customer's decision (or setup) about the app's credential:
+/// invalid or expired client secret, certificate not registered or signature invalid, app not
+/// found or disabled, directory not found.
+const REJECTIONS: [u32; 7] = [7000215, 7000222, 700027, 700016, 90002, 7000112, 700023];
+
 /// What an SDK error means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
@@ -31,10 +36,21 @@ pub fn classify(err: &azure_core::Error) -> Classified {
             50058 | 90033 | 500011 | 50001 | 90015 => {
                 Classified::Unavailable(Outage::TokenEndpoint, format!("AADSTS{code}"), None)
             }
-            _ => Classified::Revoked(
+            // our clock, not the tenant's choice: keep archiving, and say so loudly
+            700024 => {
+                tracing::error!(
+                    "Entra ID refused the certificate assertion's time window (AADSTS700024): this machine's clock is off by more than 5 minutes; fix NTP (records keep being archived with locally wrapped DEKs meanwhile)"
+                );
+                Classified::Unavailable(Outage::ClockSkew, first_line(&text, code), None)
+            }
+            // the customer's side said no: wrong or expired secret, certificate not registered,
+            // app or directory gone or disabled
+            c if REJECTIONS.contains(&c) => Classified::Revoked(
                 Revocation::CredentialRejected(code),
                 first_line(&text, code),
             ),
+            // anything else is not known to be a decision: an outage until it is
+            _ => Classified::Unavailable(Outage::Unclassified, first_line(&text, code), None),
         };
     }
     match err.kind() {
@@ -79,7 +95,8 @@ pub fn classify(err: &azure_core::Error) -> Classified {
                     Classified::Unavailable(Outage::Throttled, detail, retry_after)
                 }
                 500..=599 => Classified::Unavailable(Outage::ServerError, detail, None),
-                401 => Classified::Revoked(Revocation::AccessDenied, detail),
+                // a token the vault did not take: renewed and retried, never a revocation
+                401 => Classified::Unavailable(Outage::Unauthorized, detail, None),
                 403 => {
                     let why = match inner.as_str() {
                         "KeyDisabled" => Revocation::KeyDisabled,
@@ -157,6 +174,32 @@ fn aadsts(text: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_customers_decisions_are_revocations() {
+        let entra = |code: u32| {
+            azure_core::Error::with_message(
+                ErrorKind::Credential,
+                format!("Authentication failed: AADSTS{code}: words"),
+            )
+        };
+        assert!(matches!(
+            classify(&entra(7000215)),
+            Classified::Revoked(Revocation::CredentialRejected(7000215), _)
+        ));
+        assert!(matches!(
+            classify(&entra(700024)),
+            Classified::Unavailable(Outage::ClockSkew, _, None)
+        ));
+        assert!(matches!(
+            classify(&entra(123456)),
+            Classified::Unavailable(Outage::Unclassified, _, None)
+        ));
+        assert!(matches!(
+            classify(&entra(50058)),
+            Classified::Unavailable(Outage::TokenEndpoint, _, None)
+        ));
+    }
 
     #[test]
     fn aadsts_codes_are_found() {

@@ -150,6 +150,14 @@ pub enum Outage {
     Network,
     /// Entra ID's token endpoint failed (5xx or unreachable).
     TokenEndpoint,
+    /// Entra ID refused the certificate assertion's time window (AADSTS700024): this machine's
+    /// clock is off by more than five minutes. Our fault, never the tenant's decision.
+    ClockSkew,
+    /// The vault refused the token (401): the token is renewed and the call retried.
+    Unauthorized,
+    /// An answer this version does not know how to read: treated as an outage, never as the
+    /// tenant's decision.
+    Unclassified,
 }
 
 impl fmt::Display for Outage {
@@ -159,6 +167,9 @@ impl fmt::Display for Outage {
             Outage::ServerError => "vault server error",
             Outage::Network => "network",
             Outage::TokenEndpoint => "token endpoint unavailable",
+            Outage::ClockSkew => "this machine's clock is off (AADSTS700024)",
+            Outage::Unauthorized => "the vault refused the token (401)",
+            Outage::Unclassified => "an answer not classified",
         })
     }
 }

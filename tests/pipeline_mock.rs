@@ -78,6 +78,38 @@ async fn rig(extra: &str) -> Rig {
     }
 }
 
+/// A sealing worker on `config`, run until it processed `n` records (within `secs`): its stop
+/// switch, its task and its health.
+async fn worker_until(
+    config: &Config,
+    n: u64,
+    secs: u64,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<byok::pipeline::RunStats, byok::pipeline::WorkerError>>,
+    std::sync::Arc<byok::pipeline::health::Health>,
+) {
+    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(byok::pipeline::run_with(
+        config.clone(),
+        stopped,
+        std::sync::Arc::clone(&health),
+        byok::pipeline::seal_stage,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while health.records_done() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} done",
+            health.records_done()
+        );
+        assert!(!worker.is_finished(), "the worker stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (stop, worker, health)
+}
+
 /// Waits until archive + quarantine hold at least `n` records.
 async fn wait_out(bootstrap: &str, n: i64, secs: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
@@ -560,24 +592,7 @@ async fn archive_exactly_once(r: &Rig, total: usize) -> (Config, Vec<String>, Fu
             .await
             .unwrap();
     }
-    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::run_with(
-        config.clone(),
-        stopped,
-        std::sync::Arc::clone(&health),
-        byok::pipeline::seal_stage,
-    ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while health.records_done() < total as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {total} done",
-            health.records_done()
-        );
-        assert!(!worker.is_finished(), "the worker stopped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (stop, worker, health) = worker_until(&config, total as u64, 120).await;
     assert_eq!(health.ready(), Ok(()), "joined and its vaults answered");
     stop.send(true).unwrap();
     let stats = worker.await.unwrap().unwrap();
@@ -754,23 +769,7 @@ async fn offsets_are_committed_while_the_worker_runs() {
             .await
             .unwrap();
     }
-    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::run_with(
-        r.config.clone(),
-        stopped,
-        std::sync::Arc::clone(&health),
-        byok::pipeline::seal_stage,
-    ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while health.records_done() < total {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} done",
-            health.records_done()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (stop, worker, _health) = worker_until(&r.config, total, 120).await;
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &r.bootstrap)
         .set("group.id", &r.config.kafka.group_id)
@@ -830,19 +829,7 @@ async fn a_relabelled_quarantine_record_is_never_resealed_for_another_tenant() {
             .await
             .unwrap();
     }
-    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::run_with(
-        r.config.clone(),
-        stopped,
-        std::sync::Arc::clone(&health),
-        byok::pipeline::seal_stage,
-    ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while health.records_done() < 2 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (stop, worker, _health) = worker_until(&r.config, 2, 60).await;
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
 

@@ -184,12 +184,7 @@ pub async fn drain_quarantine_with(
         }
     }
 
-    let producer: FutureProducer = crate::kafka::tool_producer_config(config)
-        .create()
-        .map_err(|source| super::LifecycleError::Producer {
-            step: "create",
-            source,
-        })?;
+    let producer: FutureProducer = super::tool_producer(config)?;
     let mut deks = DekSet::new(
         config.dek.limits,
         format!("drain-{}", crate::kafka::worker_id(config)),

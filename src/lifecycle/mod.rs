@@ -12,6 +12,19 @@ pub mod replay;
 pub mod rewrap;
 pub mod usage;
 
+/// The idempotent producer of the operator's tools (no transactional id: their writes are
+/// de-duplicated by `byok.src`).
+pub(crate) fn tool_producer(
+    config: &crate::config::Config,
+) -> Result<rdkafka::producer::FutureProducer, LifecycleError> {
+    crate::kafka::tool_producer_config(config)
+        .create()
+        .map_err(|source| LifecycleError::Producer {
+            step: "create",
+            source,
+        })
+}
+
 /// An operator tool (drain, replay, rewrap) could not run or stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

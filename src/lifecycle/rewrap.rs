@@ -61,12 +61,7 @@ pub async fn rewrap(
             fix: "not a tenant configured with BYOK enabled".into(),
         });
     }
-    let producer: FutureProducer = crate::kafka::tool_producer_config(config)
-        .create()
-        .map_err(|source| super::LifecycleError::Producer {
-            step: "create",
-            source,
-        })?;
+    let producer: FutureProducer = super::tool_producer(config)?;
     let mut by_tenant: BTreeMap<&str, Vec<&DekRecord>> = BTreeMap::new();
     for r in registry.values() {
         by_tenant.entry(r.tenant.as_str()).or_default().push(r);

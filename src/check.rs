@@ -428,15 +428,7 @@ fn certificates(r: &mut Report<'_>, key: &KeyVaultKey) -> bool {
 
 fn validity(r: &mut Report<'_>, v: &VersionInfo, key: &KeyVaultKey) {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let date = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t)
-            .ok()
-            .and_then(|d| {
-                d.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| t.to_string())
-    };
+    let date = crate::cert::rfc3339;
     let fix = format!(
         "change the Activation/Expiration dates of key {} (Objects > Keys > {} > {}), or rotate to a new version",
         key.key_name,

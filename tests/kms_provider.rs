@@ -407,8 +407,8 @@ async fn throttling_outages_and_entra_down_are_unavailable_not_revoked() {
 #[tokio::test]
 async fn the_resilient_stack_waits_out_a_429_storm() {
     let s = setup().await;
-    let providers = byok::kms::providers(&s.config).unwrap();
-    let acme = &providers[&byok::config::TenantId::parse("acme").unwrap()];
+    let keyring = byok::keyring::Keyring::new(&s.config).unwrap();
+    let acme = keyring.tenant("acme").unwrap();
     let dek = ActiveDek::generate(DekLimits::default()).unwrap();
     acme.wrap(dek.key()).await.unwrap();
     s.emu
@@ -430,8 +430,8 @@ async fn the_resilient_stack_waits_out_a_429_storm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_unwraps_of_one_dek_make_one_vault_call() {
     let s = setup().await;
-    let providers = byok::kms::providers(&s.config).unwrap();
-    let acme = Arc::clone(&providers[&byok::config::TenantId::parse("acme").unwrap()]);
+    let keyring = byok::keyring::Keyring::new(&s.config).unwrap();
+    let acme = Arc::clone(keyring.tenant("acme").unwrap());
     let dek = ActiveDek::generate(DekLimits::default()).unwrap();
     let w = acme.wrap(dek.key()).await.unwrap();
     let before = s.emu.admin.stats().await.unwrap()["calls"]["acme-vault"]["decrypt"]

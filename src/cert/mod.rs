@@ -192,7 +192,8 @@ fn asn1_unix(t: &openssl::asn1::Asn1TimeRef) -> i64 {
         .map_or(0, |d| i64::from(d.days) * 86_400 + i64::from(d.secs))
 }
 
-fn rfc3339(t: i64) -> String {
+/// A Unix time as RFC 3339 (the number itself if it is out of range).
+pub(crate) fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
         .and_then(|d| {

@@ -316,27 +316,8 @@ impl KeyProvider for WrapOnce<'_> {
     }
 }
 
-/// Builds the provider stack of every tenant with BYOK enabled, sharing one HTTP client and one
-/// rate limiter per vault host.
-pub fn providers(
-    config: &crate::config::Config,
-) -> Result<std::collections::BTreeMap<crate::config::TenantId, Arc<TenantKms>>, KmsError> {
-    let mut limiters: std::collections::HashMap<String, Arc<resilience::RateLimiter>> =
-        Default::default();
-    let mut out = std::collections::BTreeMap::new();
-    for (id, tenant) in &config.tenants {
-        let Some(key) = tenant.key.as_ref().filter(|_| tenant.byok_enabled) else {
-            continue;
-        };
-        out.insert(
-            id.clone(),
-            Arc::new(tenant_kms(id.as_str(), key, &config.keys, &mut limiters)?),
-        );
-    }
-    Ok(out)
-}
-
-/// Builds one provider stack.
+/// Builds one provider stack (through [`crate::keyring::Keyring::new`], which shares the
+/// limiters per vault host).
 pub fn tenant_kms(
     tenant: &str,
     key: &crate::config::KeyVaultKey,

@@ -163,15 +163,7 @@ where
             .init_transactions(Timeout::After(Duration::from_secs(60)))
             .map_err(client("producer (init transactions)"))?;
     }
-    // byok.keks records go through their own idempotent producer: a transactional one refuses
-    // sends between transactions, and an aborted batch would take them with it
-    let keks_producer: FutureProducer = if transactional {
-        crate::kafka::tool_producer_config(&config)
-            .create()
-            .map_err(client("producer (byok.keks)"))?
-    } else {
-        producer.clone()
-    };
+    let keks_producer = keks_producer(&config, &producer, transactional)?;
     let tracker = Arc::new(OffsetTracker::default());
     let paused = Paused::default();
     let ctx = SourceContext {
@@ -243,6 +235,25 @@ where
     worker.stage.report(&mut stats);
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// The producer of `byok.keks` records: their own idempotent one under exactly-once (a
+/// transactional producer refuses sends between transactions, and an aborted batch would take
+/// them with it), else the worker's.
+fn keks_producer(
+    config: &Config,
+    producer: &FutureProducer,
+    transactional: bool,
+) -> Result<FutureProducer, WorkerError> {
+    if !transactional {
+        return Ok(producer.clone());
+    }
+    crate::kafka::tool_producer_config(config)
+        .create()
+        .map_err(|source| WorkerError::Client {
+            client: "producer (byok.keks)",
+            source,
+        })
 }
 
 /// The worker's consumer, subscribed to the input topics.

@@ -67,10 +67,16 @@ fn seal(
 }
 
 fn bench(c: &mut Criterion) {
-    let with_zstd = Config::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/byok.example.toml"
-    )))
+    let with_zstd = Config::load_with(
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/byok.example.toml"
+        )),
+        // the checkout's example secrets have whatever mode the clone gave them
+        byok::config::LoadOptions {
+            allow_insecure_permissions: true,
+        },
+    )
     .unwrap();
     let mut config = with_zstd.clone();
     config.dek.compression = byok::envelope::Compression::off();

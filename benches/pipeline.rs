@@ -71,10 +71,22 @@ impl Measured {
     }
 }
 
+/// Writes a file readable by its owner only, as the worker requires of secrets.
+fn private_file(path: &Path, contents: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn config_text(dir: &Path, port: u16, bootstrap: &str, tenants: usize) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let d = dir.display();
-    let acme = root.join("config/example/acme.pem");
+    // secret files must be private (the checkout's copy has whatever mode the clone gave it)
+    let acme = dir.join("acme.pem");
+    private_file(
+        &acme,
+        &std::fs::read(root.join("config/example/acme.pem")).unwrap(),
+    );
     // BYOK_BENCH_BATCH: extra [batch] settings, e.g. "parallel_min_bytes = 0"
     let batch = std::env::var("BYOK_BENCH_BATCH").unwrap_or_default();
     let mut t = format!(
@@ -313,11 +325,10 @@ async fn main() {
         &format!("\"{}/config/example/", env!("CARGO_MANIFEST_DIR")),
     );
     std::fs::write(dir.path().join("emulator.toml"), seed).unwrap();
-    std::fs::write(
-        dir.path().join("operator.secret"),
-        "example-operator-secret-not-real",
-    )
-    .unwrap();
+    private_file(
+        &dir.path().join("operator.secret"),
+        b"example-operator-secret-not-real",
+    );
     let emu = byok::emulator::start(byok::emulator::Options {
         seed: Some(dir.path().join("emulator.toml")),
         ca_out: Some(dir.path().join("emulator-ca.pem")),

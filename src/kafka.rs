@@ -94,7 +94,7 @@ pub fn tool_producer_config(config: &Config) -> ClientConfig {
 /// Settings the worker owns for its consumer.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    for (k, v) in &config.kafka.consumer {
+    for (k, v) in config.kafka.consumer.iter() {
         c.set(k, v);
     }
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
@@ -117,7 +117,7 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
 /// Settings the worker owns for its producer.
 pub fn producer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
-    for (k, v) in &config.kafka.producer {
+    for (k, v) in config.kafka.producer.iter() {
         c.set(k, v);
     }
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
@@ -141,7 +141,7 @@ pub(crate) fn reader_consumer(config: &Config) -> Result<StreamConsumer, TopicEr
 /// A reader in consumer group `group`, for a tool that keeps its progress in committed offsets.
 pub(crate) fn group_consumer(config: &Config, group: &str) -> Result<StreamConsumer, TopicError> {
     let mut c = ClientConfig::new();
-    for (k, v) in &config.kafka.consumer {
+    for (k, v) in config.kafka.consumer.iter() {
         c.set(k, v);
     }
     // A reader starts on a backlog: ask for moderate fetches (some brokers, Tansu 0.6 among

@@ -20,6 +20,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Accept secret files (client secrets, certificates, `{ file = .. }` Kafka settings) that
+    /// other users can read, with a warning instead of an error: for throwaway secrets only.
+    #[arg(long, global = true)]
+    allow_insecure_permissions: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -475,6 +479,9 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    cli::set_load_options(byok::config::LoadOptions {
+        allow_insecure_permissions: cli.allow_insecure_permissions,
+    });
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { file },

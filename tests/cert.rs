@@ -50,7 +50,7 @@ fn generate(dir: &Path, tenant: &str, extra: &[&str]) -> (PathBuf, PathBuf, Stri
 fn config_with(emu: &Emu, credential: &str) -> Config {
     let path = common::emu_config::write(emu.dir.path(), emu.port(), &emu.running.ca_pem, "");
     let text = std::fs::read_to_string(&path).unwrap();
-    let acme_pem = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example/acme.pem");
+    let acme_pem = common::emu_config::acme_pem(emu.dir.path());
     let text = text.replace(
         &format!(
             "credential = {{ type = \"certificate\", path = \"{}\" }}",

@@ -97,14 +97,103 @@ fn inspect_says_why_bytes_are_not_v1() {
     assert!(!ok && err.contains("hex"), "{err}");
 }
 
+/// Copies the example configuration's credential files into `dir/example` with `mode` (git
+/// does not keep file modes, so the checkout's own are whatever the clone made).
+fn copy_example_secrets(dir: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    std::fs::create_dir(dir.join("example")).unwrap();
+    for f in ["acme.pem", "globex.secret", "operator.secret"] {
+        let to = dir.join("example").join(f);
+        std::fs::copy(root.join("example").join(f), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// The example configuration in a temp dir, its credential files with `mode`.
+fn example_copy(mode: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example_secrets(dir.path(), mode);
+    let p = dir.path().join("byok.toml");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    std::fs::copy(root.join("byok.example.toml"), &p).unwrap();
+    (dir, p)
+}
+
 #[test]
 fn the_example_config_passes() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/byok.example.toml");
+    let (_dir, example) = example_copy(0o600);
     let (ok, out, err) = run(byok().args(["config", "check"]).arg(&example));
     assert!(ok, "{out}\n{err}");
     assert!(
         out.contains("ok (3 tenant(s), 2 with BYOK enabled"),
         "{out}"
+    );
+    assert!(
+        !err.contains("warning"),
+        "the example should check clean:\n{err}"
+    );
+}
+
+#[test]
+fn secret_files_other_users_can_read_are_refused_unless_allowed() {
+    let (_dir, example) = example_copy(0o644);
+    let (ok, out, err) = run(byok().args(["config", "check"]).arg(&example));
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("operator.secret holds a secret and other users can read it (mode 644)")
+            && err.contains("chmod 600")
+            && err.contains("--allow-insecure-permissions"),
+        "{err}"
+    );
+    let (ok, out, err) = run(byok()
+        .args(["config", "check", "--allow-insecure-permissions"])
+        .arg(&example));
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        err.contains("warning") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kafka_secrets_come_from_files_and_never_from_the_config_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, example) = example_copy(0o600);
+    let text = std::fs::read_to_string(&example).unwrap();
+    let with = |extra: &str| {
+        let edited = text.replacen("[kafka.producer]", &format!("{extra}\n[kafka.producer]"), 1);
+        assert_ne!(edited, text);
+        std::fs::write(&example, edited).unwrap();
+        run(byok().args(["config", "check"]).arg(&example))
+    };
+    // inline: refused, with the fix, and the value never echoed
+    let (ok, _, err) = with("\"sasl.password\" = \"hunter2-inline\"");
+    assert!(!ok);
+    assert!(
+        err.contains("kafka.consumer.\"sasl.password\"") && err.contains("{ file ="),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    // from a private file: accepted; Debug of the loaded configuration never shows it
+    let secret = dir.path().join("kafka.password");
+    std::fs::write(&secret, "hunter2-from-file\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, out, err) = with(&format!(
+        "\"sasl.password\" = {{ file = \"{}\" }}\n\"sasl.username\" = \"worker\"",
+        secret.display()
+    ));
+    assert!(ok, "{out}\n{err}");
+    let config = byok::config::Config::load(&example).unwrap();
+    assert_eq!(
+        config.kafka.consumer.get("sasl.password"),
+        Some("hunter2-from-file")
+    );
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(
+        debug.contains("sasl.username") && debug.contains("<redacted>"),
+        "{debug}"
     );
 }
 
@@ -113,14 +202,7 @@ fn the_example_config_passes() {
 fn broken(edit: impl Fn(String) -> String) -> String {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    std::fs::create_dir(dir.path().join("example")).unwrap();
-    for f in ["acme.pem", "globex.secret", "operator.secret"] {
-        std::fs::copy(
-            root.join("example").join(f),
-            dir.path().join("example").join(f),
-        )
-        .unwrap();
-    }
+    copy_example_secrets(dir.path(), 0o600);
     let text = std::fs::read_to_string(root.join("byok.example.toml")).unwrap();
     let edited = edit(text.clone());
     assert_ne!(edited, text, "the edit changed nothing");
@@ -278,14 +360,7 @@ fn several_problems_are_reported_at_once() {
 fn tenants_come_from_a_directory_too() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    std::fs::create_dir(dir.path().join("example")).unwrap();
-    for f in ["acme.pem", "globex.secret", "operator.secret"] {
-        std::fs::copy(
-            root.join("example").join(f),
-            dir.path().join("example").join(f),
-        )
-        .unwrap();
-    }
+    copy_example_secrets(dir.path(), 0o600);
     std::fs::create_dir(dir.path().join("tenants.d")).unwrap();
     std::fs::write(
         dir.path().join("tenants.d/umbrella.toml"),
@@ -343,7 +418,7 @@ fn the_demo_passes_end_to_end() {
 
 #[test]
 fn replay_says_what_is_missing_or_wrong_before_touching_kafka() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/byok.example.toml");
+    let (_dir, example) = example_copy(0o600);
     let replay = |args: &[&str]| {
         let (ok, out, err) = run(byok().args(["replay", "--config"]).arg(&example).args(args));
         assert!(!ok, "{args:?} passed:\n{out}");

@@ -182,9 +182,15 @@ fn check_with_example_secrets(text: &str, secrets_dir: &str) {
         ("initech_secret", "initech.secret"),
         ("operator_secret", "operator.secret"),
     ] {
+        // mounted secrets are private (compose: --allow-insecure-permissions is for the
+        // checkout's throwaway files; k8s: defaultMode 0400)
+        let copy = dir.path().join(file);
+        std::fs::copy(example.join(file), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         text = text.replace(
             &format!("{secrets_dir}/{secret}"),
-            &example.join(file).display().to_string(),
+            &copy.display().to_string(),
         );
     }
     let path = dir.path().join("byok.toml");

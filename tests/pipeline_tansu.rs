@@ -85,7 +85,7 @@ async fn three_workers_one_killed_lose_nothing_on_a_real_broker() {
     tansu.create_pipeline_topics(PARTITIONS);
     let emu = Emu::start().await;
     // 20 tenants: acme and globex, and 18 more sharing acme's vault and certificate
-    let acme_pem = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example/acme.pem");
+    let acme_pem = common::emu_config::acme_pem(emu.dir.path());
     let mut extra = String::from("\n");
     for i in 0..18 {
         extra.push_str(&format!(

@@ -4,8 +4,6 @@
 
 use std::process::ExitCode;
 
-use byok::config::Config;
-
 use crate::*;
 
 pub(crate) fn cert(command: CertCommand) -> Result<ExitCode, String> {
@@ -50,7 +48,7 @@ pub(crate) fn cert(command: CertCommand) -> Result<ExitCode, String> {
             tenant,
             json,
         } => {
-            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let config = super::load_config(&config)?;
             let mut any = false;
             for t in config
                 .tenants
@@ -105,7 +103,7 @@ pub(crate) async fn check_key(
     all: bool,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let config = Config::load(config).map_err(|e| e.to_string())?;
+    let config = super::load_config(config)?;
     let selected: Vec<_> = config
         .tenants
         .values()

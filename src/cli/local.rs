@@ -123,7 +123,7 @@ pub(crate) async fn emulator_admin(a: AdminArgs) -> Result<ExitCode, String> {
 }
 
 pub(crate) fn config_check(file: &std::path::Path) -> ExitCode {
-    let checked = Config::check(file);
+    let checked = Config::check_with(file, super::load_options());
     for p in &checked.problems {
         eprintln!("{p}");
     }

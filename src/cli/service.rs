@@ -5,12 +5,10 @@
 
 use std::process::ExitCode;
 
-use byok::config::Config;
-
 use crate::*;
 
 pub(crate) async fn run_worker(path: &std::path::Path) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = super::load_config(path)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -51,7 +49,7 @@ pub(crate) async fn loadgen(a: LoadgenArgs) -> Result<ExitCode, String> {
     let config = a
         .config
         .as_ref()
-        .map(|p| Config::load(p).map_err(|e| e.to_string()))
+        .map(|p| super::load_config(p))
         .transpose()?;
     let bootstrap = a
         .bootstrap

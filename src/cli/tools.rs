@@ -24,7 +24,7 @@ pub(crate) async fn keys_usage(
     tenant: Option<String>,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = super::load_config(path)?;
     let usage = byok::lifecycle::usage::usage(&config, tenant.as_deref())
         .await
         .map_err(|e| e.to_string())?;
@@ -48,7 +48,7 @@ pub(crate) async fn tool<S: serde::Serialize>(
     run: impl AsyncFnOnce(&Config, &mut dyn FnMut(u64, u64)) -> Result<S, String>,
     failures: impl Fn(&S) -> Vec<String>,
 ) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = super::load_config(path)?;
     init_logs();
     let bar = progress_bar(
         0,
@@ -164,7 +164,7 @@ pub(crate) async fn cat(
     tenant: Option<String>,
     duplicates: bool,
 ) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = super::load_config(path)?;
     let opts = byok::archive::ReadOptions {
         topic: topic.unwrap_or_else(|| config.kafka.archive_topic.as_str().to_owned()),
         partitions,

@@ -339,15 +339,23 @@ impl Loader {
             if let Ok(m) = std::fs::metadata(path) {
                 let mode = m.permissions().mode();
                 if mode & 0o077 != 0 {
-                    self.warn(
-                        field,
-                        format!(
-                            "{} is readable by other users (mode {:o})",
-                            path.display(),
-                            mode & 0o777
-                        ),
-                        format!("chmod 600 {}", path.display()),
+                    let what = format!(
+                        "{} holds a secret and other users can read it (mode {:o})",
+                        path.display(),
+                        mode & 0o777
                     );
+                    if self.options.allow_insecure_permissions {
+                        self.warn(field, what, format!("chmod 600 {}", path.display()));
+                    } else {
+                        self.error(
+                            field,
+                            what,
+                            format!(
+                                "chmod 600 {} (or start with --allow-insecure-permissions for throwaway secrets)",
+                                path.display()
+                            ),
+                        );
+                    }
                 }
             }
         }

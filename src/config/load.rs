@@ -23,6 +23,8 @@ pub(super) struct Loader {
     pub(super) file: String,
     /// Directory relative paths are resolved against.
     pub(super) base: PathBuf,
+    /// What the caller allows.
+    pub(super) options: super::LoadOptions,
 }
 
 /// The sealer's job size (pipeline/seal.rs `CHUNK_BYTES`).
@@ -315,20 +317,71 @@ impl Loader {
         section: &str,
         raw: BTreeMap<String, PassValue>,
         owned: &[(&str, &str)],
-    ) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
+    ) -> Passthrough {
+        let mut out = Vec::new();
         for (k, v) in raw {
+            let field = format!("{section}.\"{k}\"");
             if let Some((_, why)) = owned.iter().find(|(name, _)| *name == k) {
                 self.error(
-                    format!("{section}.\"{k}\""),
+                    field,
                     format!("`{k}` is owned by the worker: {why}"),
                     format!("remove `{k}` from [{section}]"),
                 );
                 continue;
             }
-            out.insert(k, v.into_string());
+            let secret = SECRET_CLIENT_SETTINGS.contains(&k.as_str());
+            let value = match v {
+                PassValue::File { file } => match self.passthrough_file(&field, &file) {
+                    Some(v) => v,
+                    None => continue,
+                },
+                _ if secret => {
+                    self.error(
+                        field,
+                        "holds a secret written into the configuration file",
+                        format!(
+                            "put the value in a file readable only by the worker and write `\"{k}\" = {{ file = \"/run/secrets/kafka_password\" }}`"
+                        ),
+                    );
+                    continue;
+                }
+                PassValue::Text(s) => s,
+                PassValue::Int(i) => i.to_string(),
+                PassValue::Float(f) => f.to_string(),
+                PassValue::Bool(b) => b.to_string(),
+            };
+            out.push((k, value));
         }
-        out
+        out.into_iter().collect()
+    }
+
+    /// A passthrough value read from a file: private, one line (a trailing newline dropped).
+    fn passthrough_file(&mut self, field: &str, file: &Path) -> Option<String> {
+        let path = self.resolve(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                self.private_file(field, &path);
+                let value = text.strip_suffix('\n').unwrap_or(&text);
+                let value = value.strip_suffix('\r').unwrap_or(value);
+                if value.is_empty() {
+                    self.error(
+                        field,
+                        format!("{} is empty", path.display()),
+                        "write the value into the file",
+                    );
+                    return None;
+                }
+                Some(value.to_string())
+            }
+            Err(e) => {
+                self.error(
+                    field,
+                    format!("cannot read {}: {e}", path.display()),
+                    "give a readable file, relative paths from the configuration file's folder",
+                );
+                None
+            }
+        }
     }
 
     pub(super) fn batch(&mut self, raw: BatchRaw) -> Option<BatchConfig> {

@@ -208,9 +208,63 @@ pub struct KafkaConfig {
     /// Copy the source record's headers onto archive records.
     pub copy_source_headers: bool,
     /// librdkafka consumer passthrough.
-    pub consumer: BTreeMap<String, String>,
+    pub consumer: Passthrough,
     /// librdkafka producer passthrough.
-    pub producer: BTreeMap<String, String>,
+    pub producer: Passthrough,
+}
+
+/// librdkafka settings that hold a secret: never given inline in the file (a `{ file = .. }`
+/// value instead) and never shown by `Debug`.
+pub const SECRET_CLIENT_SETTINGS: [&str; 7] = [
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+];
+
+/// librdkafka passthrough settings (`[kafka.consumer]`, `[kafka.producer]`). `Debug` shows the
+/// names of secret settings, never their values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Passthrough(BTreeMap<String, String>);
+
+impl Passthrough {
+    /// A setting's value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Whether a setting is given.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The settings, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+impl FromIterator<(String, String)> for Passthrough {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Passthrough(iter.into_iter().collect())
+    }
+}
+
+impl fmt::Debug for Passthrough {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.0 {
+            if SECRET_CLIENT_SETTINGS.contains(&k.as_str()) {
+                m.entry(k, &"<redacted>");
+            } else {
+                m.entry(k, v);
+            }
+        }
+        m.finish()
+    }
 }
 
 /// The archive topic: one name, or a template where `{tenant}` is replaced by the tenant id.
@@ -468,10 +522,24 @@ impl SecretSource {
 // ---------------------------------------------------------------------------------------------
 // Raw sections: serde shapes of the TOML, each with its defaults.
 
+/// How strict loading is where the operator may choose.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Accept secret files (client secrets, certificates, passthrough `{ file = .. }` values)
+    /// that other users can read, with a warning instead of an error
+    /// (`--allow-insecure-permissions`).
+    pub allow_insecure_permissions: bool,
+}
+
 impl Config {
     /// Loads and checks a configuration file; any error refuses the whole configuration.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let checked = Self::check(path);
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    /// Loads with options (see [`LoadOptions`]).
+    pub fn load_with(path: &Path, options: LoadOptions) -> Result<Config, ConfigError> {
+        let checked = Self::check_with(path, options);
         match checked.config {
             Some(c) => Ok(c),
             None => Err(ConfigError {
@@ -482,10 +550,16 @@ impl Config {
 
     /// Checks a configuration file, collecting every problem.
     pub fn check(path: &Path) -> Checked {
+        Self::check_with(path, LoadOptions::default())
+    }
+
+    /// Checks with options (see [`LoadOptions`]).
+    pub fn check_with(path: &Path, options: LoadOptions) -> Checked {
         let mut l = Loader {
             problems: Vec::new(),
             file: path.display().to_string(),
             base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            options,
         };
         let config = l.load(path);
         let mut problems = l.problems;

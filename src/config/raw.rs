@@ -119,7 +119,8 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-/// A passthrough value: TOML strings, integers, floats and booleans become librdkafka strings.
+/// A passthrough value: TOML strings, integers, floats and booleans become librdkafka strings;
+/// `{ file = "path" }` is read from a file (for secrets such as `sasl.password`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(super) enum PassValue {
@@ -127,17 +128,7 @@ pub(super) enum PassValue {
     Int(i64),
     Float(f64),
     Bool(bool),
-}
-
-impl PassValue {
-    pub(super) fn into_string(self) -> String {
-        match self {
-            PassValue::Text(s) => s,
-            PassValue::Int(i) => i.to_string(),
-            PassValue::Float(f) => f.to_string(),
-            PassValue::Bool(b) => b.to_string(),
-        }
-    }
+    File { file: PathBuf },
 }
 
 #[derive(Debug, Deserialize)]

@@ -201,17 +201,34 @@ pub(crate) mod emu {
 pub(crate) mod emu_config {
     use std::path::{Path, PathBuf};
 
+    /// Writes a secret file readable by its owner only, as the worker requires.
+    pub(crate) fn private_file(path: &Path, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, contents).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// The example acme certificate credential, copied into `dir` with mode 0600 (the
+    /// checkout's copy has whatever mode the clone gave it); returns its path.
+    pub(crate) fn acme_pem(dir: &Path) -> PathBuf {
+        let to = dir.join("acme.pem");
+        if !to.exists() {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            private_file(&to, &std::fs::read(root.join("config/example/acme.pem")).unwrap());
+        }
+        to
+    }
+
     /// Writes a worker config for the example seed's tenants at the emulator on `port`, with
     /// its CA in `dir`. `extra` is appended (more tenants, overrides).
     pub(crate) fn write(dir: &Path, port: u16, ca_pem: &str, extra: &str) -> PathBuf {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let ca = dir.join("emulator-ca.pem");
         std::fs::write(&ca, ca_pem).unwrap();
         let secret = dir.join("globex.secret");
-        std::fs::write(&secret, "example-client-secret-not-real\n").unwrap();
+        private_file(&secret, b"example-client-secret-not-real\n");
         let operator = dir.join("operator.secret");
-        std::fs::write(&operator, "example-operator-secret-not-real\n").unwrap();
-        let acme_pem = root.join("config/example/acme.pem");
+        private_file(&operator, b"example-operator-secret-not-real\n");
+        let acme_pem = acme_pem(dir);
         let text = format!(
             r#"
 [kafka]

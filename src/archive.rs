@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::dek::DekId;
 use crate::envelope::{
     self,
-    headers::{ArchiveHeaders, QuarantineHeaders},
+    headers::{ArchiveHeaders, HeaderError, QuarantineHeaders},
 };
 use crate::kafka::{owned_headers, read_all, reader_consumer};
 use crate::kms::KeyProvider;
@@ -265,6 +265,7 @@ async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<(Vec<u8>, Op
                 q.src.to_string(),
                 q.dek,
             ),
+            Err(e @ HeaderError::Marker { .. }) => return Err(e.to_string()),
             Err(e) => {
                 return Err(format!("not a byok record: {e}"));
             }

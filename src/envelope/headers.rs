@@ -50,6 +50,14 @@ pub enum HeaderError {
         /// Header name.
         name: &'static str,
     },
+    /// A quarantine marker: nothing was sealed (the record was too large to store).
+    #[error(
+        "a {reason} marker: nothing was sealed (the original stays at its byok.src in the input topic until its retention)"
+    )]
+    Marker {
+        /// Why.
+        reason: QuarantineReason,
+    },
     /// A header's value is not what it must be.
     #[error("header {name} is invalid: {reason}")]
     Invalid {
@@ -200,11 +208,19 @@ pub enum QuarantineReason {
     ByokDisabled,
     /// No tenant could be read from the record.
     Malformed,
+    /// The broker refused the sealed record as too large: the quarantine record is a marker
+    /// with no value and no DEK (the original stays in the input topic until its retention).
+    TooLarge,
+    /// The archive topic does not exist (the record under its tenant's DEK, as it would have
+    /// been archived).
+    TopicMissing,
+    /// The worker may not write the archive topic (the record under its tenant's DEK).
+    NotAuthorized,
 }
 
 impl QuarantineReason {
     /// Every reason, in the order of docs/envelope-v1.md.
-    pub const ALL: [QuarantineReason; 9] = [
+    pub const ALL: [QuarantineReason; 12] = [
         Self::KeyDisabled,
         Self::KeyExpired,
         Self::KeyNotFound,
@@ -214,6 +230,9 @@ impl QuarantineReason {
         Self::UnknownTenant,
         Self::ByokDisabled,
         Self::Malformed,
+        Self::TooLarge,
+        Self::TopicMissing,
+        Self::NotAuthorized,
     ];
 
     /// The header text.
@@ -228,11 +247,15 @@ impl QuarantineReason {
             Self::UnknownTenant => "unknown-tenant",
             Self::ByokDisabled => "byok-disabled",
             Self::Malformed => "malformed",
+            Self::TooLarge => "too-large",
+            Self::TopicMissing => "topic-missing",
+            Self::NotAuthorized => "not-authorized",
         }
     }
 
     /// Whether the record is sealed under the tenant's own key (wrapped locally with its public
-    /// key) rather than the operator's quarantine key (docs/envelope-v1.md §3).
+    /// key, or through Key Vault for a record the archive topic refused) rather than the
+    /// operator's quarantine key (docs/envelope-v1.md §3).
     pub const fn sealed_for_tenant(self) -> bool {
         matches!(
             self,
@@ -241,7 +264,14 @@ impl QuarantineReason {
                 | Self::KeyNotFound
                 | Self::KeyDeleted
                 | Self::AccessDenied
+                | Self::TopicMissing
+                | Self::NotAuthorized
         )
+    }
+
+    /// Whether the record is a marker with nothing sealed in it (`too-large`).
+    pub const fn is_marker(self) -> bool {
+        matches!(self, Self::TooLarge)
     }
 }
 
@@ -328,6 +358,10 @@ impl QuarantineHeaders {
                 name: names::REASON,
                 reason,
             })?;
+        let reason: QuarantineReason = reason;
+        if reason.is_marker() {
+            return Err(HeaderError::Marker { reason });
+        }
         let tenant = match h.tenant {
             Some(_) => Some(h.required_str(names::TENANT, h.tenant)?.to_owned()),
             None => None,

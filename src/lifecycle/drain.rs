@@ -35,7 +35,7 @@ use crate::dek::DekId;
 use crate::deks::DekSet;
 use crate::envelope::{
     self,
-    headers::{ArchiveHeaders, QuarantineHeaders},
+    headers::{ArchiveHeaders, HeaderError, QuarantineHeaders},
 };
 use crate::kafka::{read_all, reader_consumer};
 use crate::kms::KeyProvider;
@@ -204,6 +204,12 @@ pub async fn drain_quarantine_with(
         let pairs = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
         let q = match QuarantineHeaders::from_pairs(pairs) {
             Ok(q) => q,
+            Err(HeaderError::Marker { reason }) => {
+                // nothing sealed in it: it stays, counted, and never holds the drain back
+                *stats.stayed.entry(reason.as_str().to_owned()).or_default() += 1;
+                resolved.insert((r.partition, r.offset));
+                continue;
+            }
             Err(e) => {
                 stats
                     .failed

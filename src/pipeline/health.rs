@@ -34,6 +34,8 @@ pub struct Health {
     waiting_since_ms: AtomicU64,
     stall_timeout_ms: AtomicU64,
     stalled: AtomicBool,
+    /// Produce tasks retrying records the broker refused for now.
+    backing_off: AtomicU64,
 }
 
 impl Default for Health {
@@ -52,6 +54,7 @@ impl Default for Health {
             waiting_since_ms: AtomicU64::new(NEVER),
             stall_timeout_ms: AtomicU64::new(120_000),
             stalled: AtomicBool::new(false),
+            backing_off: AtomicU64::new(0),
         }
     }
 }
@@ -115,10 +118,26 @@ impl Health {
     pub fn batches_done(&self) -> u64 {
         self.batches_done.load(Ordering::Relaxed)
     }
-    /// Ready: joined its group, its vaults answered, not stopping.
+    /// A produce task started (`1`) or stopped (`-1`) retrying records the broker refused for
+    /// now.
+    pub fn add_backing_off(&self, delta: i64) {
+        let _ = self
+            .backing_off
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add_signed(delta))
+            });
+        ::metrics::gauge!("byok_produce_backing_off")
+            .set(self.backing_off.load(Ordering::Relaxed) as f64);
+    }
+    /// Ready: joined its group, its vaults answered, not stopping, the broker accepting what it
+    /// is sent.
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.stopping.load(Ordering::Acquire) {
             Err("stopping: draining the batch in flight")
+        } else if self.backing_off.load(Ordering::Relaxed) > 0 {
+            Err(
+                "the broker refuses records for now; retrying them with backoff, nothing committed meanwhile (byok_produce_retries_total; see the log for the error)",
+            )
         } else if !self.joined.load(Ordering::Acquire) {
             Err("not yet a member of its consumer group (no partitions assigned yet)")
         } else if !self.vaults_checked.load(Ordering::Acquire) {

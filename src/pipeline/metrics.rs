@@ -16,55 +16,90 @@ pub fn batch_done(health: &Health, records: usize, started: Instant) {
     metrics::histogram!("byok_batch_seconds").record(started.elapsed().as_secs_f64());
 }
 
+/// Counters: name and help. Every one is visible from the start (at 0).
+const COUNTERS: [(&str, &str); 11] = [
+    (
+        "byok_records_in_total",
+        "captured records consumed, produced and committed",
+    ),
+    (
+        "byok_records_sealed_total",
+        "records sealed (archive and quarantine)",
+    ),
+    (
+        "byok_records_quarantined_total",
+        "records sealed into the quarantine, by reason",
+    ),
+    ("byok_deks_created_total", "DEKs made, by tenant"),
+    (
+        "byok_rebalances_total",
+        "consumer-group rebalances, by kind",
+    ),
+    (
+        "byok_commit_failures_total",
+        "offset commits that failed (records may be redelivered)",
+    ),
+    (
+        "byok_quarantine_drained_total",
+        "quarantine records moved or re-sealed into the archive by the worker's drains",
+    ),
+    (
+        "byok_transactions_aborted_total",
+        "exactly-once transactions aborted and retried",
+    ),
+    (
+        "byok_vault_calls_total",
+        "Key Vault and Entra ID calls, by tenant, operation and outcome",
+    ),
+    (
+        "byok_stalls_total",
+        "times the worker made no progress for worker.stall_timeout with records waiting (/live turned 503)",
+    ),
+    (
+        "byok_produce_retries_total",
+        "records the broker refused for now, sent again after a backoff",
+    ),
+];
+
+/// Gauges: name and help.
+const GAUGES: [(&str, &str); 5] = [
+    (
+        "byok_dek_oldest_age_seconds",
+        "age of the oldest DEK still sealing",
+    ),
+    (
+        "byok_consumer_lag_records",
+        "records behind the end of each input partition",
+    ),
+    (
+        "byok_consumer_lag_records_total",
+        "records behind, all assigned partitions",
+    ),
+    (
+        "byok_partitions_paused",
+        "input partitions paused: a tenant in them has no answering vault and no known public key",
+    ),
+    (
+        "byok_produce_backing_off",
+        "produce tasks retrying records the broker refused for now (/health is 503 meanwhile)",
+    ),
+];
+
 /// Describes the worker's metrics and makes every counter visible from the start (at 0), so
 /// dashboards and alerts see a series before the first event.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "byok_records_in_total",
-        Unit::Count,
-        "captured records consumed, produced and committed"
-    );
-    describe_counter!(
-        "byok_records_sealed_total",
-        Unit::Count,
-        "records sealed (archive and quarantine)"
-    );
-    describe_counter!(
-        "byok_records_quarantined_total",
-        Unit::Count,
-        "records sealed into the quarantine, by reason"
-    );
-    describe_counter!(
-        "byok_deks_created_total",
-        Unit::Count,
-        "DEKs made, by tenant"
-    );
-    describe_counter!(
-        "byok_rebalances_total",
-        Unit::Count,
-        "consumer-group rebalances, by kind"
-    );
-    describe_counter!(
-        "byok_commit_failures_total",
-        Unit::Count,
-        "offset commits that failed (records may be redelivered)"
-    );
-    describe_counter!(
-        "byok_quarantine_drained_total",
-        Unit::Count,
-        "quarantine records moved or re-sealed into the archive by the worker's drains"
-    );
-    describe_counter!(
-        "byok_transactions_aborted_total",
-        Unit::Count,
-        "exactly-once transactions aborted and retried"
-    );
-    describe_counter!(
-        "byok_vault_calls_total",
-        Unit::Count,
-        "Key Vault and Entra ID calls, by tenant, operation and outcome"
-    );
+    for (name, help) in COUNTERS {
+        describe_counter!(name, Unit::Count, help);
+    }
+    for (name, help) in GAUGES {
+        let unit = if name.ends_with("_seconds") {
+            Unit::Seconds
+        } else {
+            Unit::Count
+        };
+        describe_gauge!(name, unit, help);
+    }
     describe_histogram!(
         "byok_vault_call_seconds",
         Unit::Seconds,
@@ -76,41 +111,18 @@ pub fn describe() {
         Unit::Seconds,
         "batch latency from collected to acknowledged"
     );
-    describe_gauge!(
-        "byok_dek_oldest_age_seconds",
-        Unit::Seconds,
-        "age of the oldest DEK still sealing"
-    );
-    describe_gauge!(
-        "byok_consumer_lag_records",
-        Unit::Count,
-        "records behind the end of each input partition"
-    );
-    describe_gauge!(
-        "byok_consumer_lag_records_total",
-        Unit::Count,
-        "records behind, all assigned partitions"
-    );
-    describe_counter!(
-        "byok_stalls_total",
-        Unit::Count,
-        "times the worker made no progress for worker.stall_timeout with records waiting (/live turned 503)"
-    );
-    describe_gauge!(
-        "byok_partitions_paused",
-        Unit::Count,
-        "input partitions paused: a tenant in them has no answering vault and no known public key"
-    );
     metrics::gauge!("byok_partitions_paused").set(0.0);
-    for c in [
-        "byok_records_in_total",
-        "byok_records_sealed_total",
-        "byok_commit_failures_total",
-        "byok_transactions_aborted_total",
-        "byok_quarantine_drained_total",
-        "byok_stalls_total",
-    ] {
-        metrics::counter!(c).increment(0);
+    metrics::gauge!("byok_produce_backing_off").set(0.0);
+    for (c, _) in COUNTERS {
+        if !matches!(
+            c,
+            "byok_rebalances_total"
+                | "byok_records_quarantined_total"
+                | "byok_deks_created_total"
+                | "byok_vault_calls_total"
+        ) {
+            metrics::counter!(c).increment(0);
+        }
     }
     for kind in ["assign", "revoke"] {
         metrics::counter!("byok_rebalances_total", "kind" => kind).increment(0);

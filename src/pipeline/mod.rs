@@ -26,6 +26,7 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod refusal;
 pub mod route;
 pub mod scan;
 pub mod seal;
@@ -206,7 +207,19 @@ where
         config.batch.in_flight.get()
     };
     let mut worker = Worker {
-        sink: Sink::new(producer, tracker, Arc::clone(&health), max_in_flight),
+        sink: Sink::new(
+            producer,
+            tracker,
+            Arc::clone(&health),
+            max_in_flight,
+            Arc::new(refusal::Refusals::new(
+                &config.kafka.quarantine_topic,
+                vec![
+                    config.kafka.registry_topic.clone(),
+                    config.kafka.keks_topic.clone(),
+                ],
+            )),
+        ),
         config: &config,
         consumer,
         stage,
@@ -233,6 +246,12 @@ where
         ..RunStats::default()
     };
     worker.stage.report(&mut stats);
+    for (reason, n) in worker.sink.refusals().counts() {
+        *stats
+            .quarantined
+            .entry(reason.as_str().to_owned())
+            .or_default() += n;
+    }
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
 }
@@ -477,13 +496,7 @@ impl Worker<'_> {
         let deadline = self.config.worker.drain_deadline;
         let r = self
             .sink
-            .commit_transaction(
-                &outs,
-                &next,
-                &self.consumer,
-                self.shutdown.clone(),
-                deadline,
-            )
+            .commit_transaction(outs, &next, &self.consumer, self.shutdown.clone(), deadline)
             .await;
         match r {
             Ok(()) => {

@@ -18,6 +18,7 @@ use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
 use super::health::Health;
+use super::refusal::{Refusal, Refusals};
 use super::source::{OffsetTracker, Offsets, SourceContext, TrackerPoisoned, holds};
 use super::stage::Out;
 
@@ -33,6 +34,10 @@ pub enum SinkError {
         /// Cause.
         source: KafkaError,
     },
+    /// A record of the transaction was refused for good: the transaction is aborted, and the
+    /// retry sends that record to the quarantine.
+    #[error("a record was refused for good; the transaction is retried with it quarantined")]
+    Refused,
     /// A step of a transaction failed (the transaction is aborted and the batch retried).
     #[error("transaction {step} failed: {source}")]
     Transaction {
@@ -61,33 +66,141 @@ pub enum SinkError {
     Tracker(#[from] TrackerPoisoned),
 }
 
-/// Produces `outs` and waits for every acknowledgement; the first refusal fails the whole.
-pub async fn produce_all(producer: &FutureProducer, outs: &[Out]) -> Result<(), SinkError> {
-    let sends = outs.iter().map(|o| {
-        let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
-        for (k, v) in &o.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_ref()),
-            });
-        }
-        let mut rec = FutureRecord::to(&o.topic)
-            .payload(&o.value)
-            .headers(headers);
-        if let Some(k) = &o.key {
-            rec = rec.key(k);
-        }
-        producer.send(rec, Timeout::Never)
-    });
-    for (r, o) in futures::future::join_all(sends).await.into_iter().zip(outs) {
-        if let Err((source, _)) = r {
-            return Err(SinkError::Produce {
-                topic: o.topic.to_string(),
-                source,
-            });
-        }
+/// How [`produce_all`] treats a transient refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTransient {
+    /// Send the refused records again with a bounded backoff until they are acknowledged
+    /// (at-least-once: nothing is committed meanwhile).
+    Retry,
+    /// Fail at once (exactly-once: the transaction is aborted and the batch sealed again).
+    Fail,
+}
+
+/// Longest wait between two attempts at records the broker refused for now.
+pub const MAX_PRODUCE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Produces `outs` and waits for every acknowledgement. A record refused for good (too large,
+/// topic missing, not authorized) goes to the quarantine instead ([`Refusals`]); a transient
+/// refusal is retried with a bounded backoff, shown in `/health` and
+/// `byok_produce_retries_total` ([`OnTransient::Retry`]), or fails the whole
+/// ([`OnTransient::Fail`], after remembering the permanent refusals for the retry).
+pub async fn produce_all(
+    producer: &FutureProducer,
+    outs: &[Out],
+    refusals: &Refusals,
+    on_transient: OnTransient,
+    health: &Health,
+) -> Result<(), SinkError> {
+    let mut replacements = Vec::new();
+    let to = Attempt {
+        producer,
+        refusals,
+        on_transient,
+        health,
+    };
+    let refused = to
+        .send_all(outs.iter().collect(), Some(&mut replacements))
+        .await?;
+    match on_transient {
+        // the transaction holds a failed record: it is aborted and retried, and the retry
+        // sends the refused records to the quarantine (`Refusals::rewrite`)
+        OnTransient::Fail if refused => Err(SinkError::Refused),
+        OnTransient::Fail => Ok(()),
+        OnTransient::Retry => to
+            .send_all(replacements.iter().collect(), None)
+            .await
+            .map(|_| ()),
     }
-    Ok(())
+}
+
+/// One [`produce_all`]'s settings.
+struct Attempt<'a> {
+    producer: &'a FutureProducer,
+    refusals: &'a Refusals,
+    on_transient: OnTransient,
+    health: &'a Health,
+}
+
+impl Attempt<'_> {
+    /// Sends `todo` until every record is acknowledged, or refused for good and (when
+    /// `redirect` is given) redirected; returns whether any was refused for good.
+    async fn send_all(
+        &self,
+        mut todo: Vec<&Out>,
+        mut redirect: Option<&mut Vec<Out>>,
+    ) -> Result<bool, SinkError> {
+        let (mut refused, mut retrying) = (false, false);
+        let mut backoff = Duration::from_millis(100);
+        let ended = loop {
+            let sends = todo.iter().map(|o| send(self.producer, o));
+            let results = futures::future::join_all(sends).await;
+            let mut again = Vec::new();
+            let mut last = None;
+            for (r, o) in results.into_iter().zip(todo) {
+                let Err(e) = r else { continue };
+                match Refusal::classify(&e) {
+                    Some(refusal)
+                        if redirect.is_some() && self.refusals.redirectable(o, refusal) =>
+                    {
+                        refused = true;
+                        if self.on_transient == OnTransient::Fail || refusal != Refusal::TooLarge {
+                            self.refusals.learn(o, refusal);
+                        }
+                        if let Some(to) = redirect.as_mut()
+                            && self.on_transient == OnTransient::Retry
+                        {
+                            to.push(self.refusals.replacement(o, refusal));
+                        }
+                    }
+                    _ => {
+                        again.push(o);
+                        last = Some((o.topic.to_string(), e));
+                    }
+                }
+            }
+            let Some((topic, source)) = last else {
+                break Ok(refused);
+            };
+            if self.on_transient == OnTransient::Fail {
+                break Err(SinkError::Produce { topic, source });
+            }
+            if !retrying {
+                retrying = true;
+                self.health.add_backing_off(1);
+            }
+            ::metrics::counter!("byok_produce_retries_total").increment(again.len() as u64);
+            tracing::warn!(%topic, error = %source, records = again.len(), retry_in_ms = backoff.as_millis() as u64, "records refused by the broker for now; retrying (nothing is committed meanwhile)");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_PRODUCE_BACKOFF);
+            todo = again;
+        };
+        if retrying {
+            self.health.add_backing_off(-1);
+        }
+        ended
+    }
+}
+
+/// Hands one record to the producer.
+async fn send(producer: &FutureProducer, o: &Out) -> Result<(), KafkaError> {
+    let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+    for (k, v) in &o.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_ref()),
+        });
+    }
+    let mut rec = FutureRecord::to(&o.topic)
+        .payload(&o.value)
+        .headers(headers);
+    if let Some(k) = &o.key {
+        rec = rec.key(k);
+    }
+    producer
+        .send(rec, Timeout::Never)
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
 }
 
 /// A batch produced and not yet settled.
@@ -109,15 +222,18 @@ pub struct Sink {
     health: Arc<Health>,
     in_flight: VecDeque<InFlight>,
     max_in_flight: usize,
+    refusals: Arc<Refusals>,
 }
 
 impl Sink {
-    /// A sink of at most `max_in_flight` batches in flight.
+    /// A sink of at most `max_in_flight` batches in flight; records refused for good go where
+    /// `refusals` says.
     pub fn new(
         producer: FutureProducer,
         tracker: Arc<OffsetTracker>,
         health: Arc<Health>,
         max_in_flight: usize,
+        refusals: Arc<Refusals>,
     ) -> Self {
         Self {
             producer,
@@ -125,7 +241,13 @@ impl Sink {
             health,
             in_flight: VecDeque::new(),
             max_in_flight: max_in_flight.max(1),
+            refusals,
         }
+    }
+
+    /// Records quarantined because the broker refused them for good, by reason.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// Records in the batches in flight.
@@ -149,8 +271,10 @@ impl Sink {
     ) -> Result<(), SinkError> {
         let seq = self.tracker.start(next.clone())?;
         let (producer, tracker) = (self.producer.clone(), Arc::clone(&self.tracker));
+        let (refusals, health) = (Arc::clone(&self.refusals), Arc::clone(&self.health));
+        let outs = refusals.rewrite(outs);
         let done = tokio::spawn(async move {
-            let r = produce_all(&producer, &outs).await;
+            let r = produce_all(&producer, &outs, &refusals, OnTransient::Retry, &health).await;
             tracker.finish(seq, r.is_ok())?;
             r
         });
@@ -256,14 +380,22 @@ impl Sink {
     /// `drain_deadline` to be acknowledged.
     pub async fn commit_transaction(
         &self,
-        outs: &[Out],
+        outs: Vec<Out>,
         next: &Offsets,
         consumer: &StreamConsumer<SourceContext>,
         shutdown: watch::Receiver<bool>,
         drain_deadline: Duration,
     ) -> Result<(), SinkError> {
+        let outs = self.refusals.rewrite(outs);
+        let produced = produce_all(
+            &self.producer,
+            &outs,
+            &self.refusals,
+            OnTransient::Fail,
+            &self.health,
+        );
         tokio::select! {
-            r = produce_all(&self.producer, outs) => r?,
+            r = produced => r?,
             _ = after_stop(shutdown, drain_deadline) => {
                 return Err(SinkError::DrainDeadline { batches: 1 });
             }
@@ -285,7 +417,9 @@ impl Sink {
             .map_err(|source| SinkError::Transaction {
                 step: "commit",
                 source,
-            })
+            })?;
+        self.refusals.settled(&outs);
+        Ok(())
     }
 
     /// Opens a transaction (exactly-once).

@@ -1,6 +1,8 @@
 //! Helpers shared by the black-box tests.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod mock;
+
 use std::path::PathBuf;
 
 use byok::dek::{DataKey, DekId};
@@ -214,7 +216,10 @@ pub(crate) mod emu_config {
         let to = dir.join("acme.pem");
         if !to.exists() {
             let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-            private_file(&to, &std::fs::read(root.join("config/example/acme.pem")).unwrap());
+            private_file(
+                &to,
+                &std::fs::read(root.join("config/example/acme.pem")).unwrap(),
+            );
         }
         to
     }

@@ -1,0 +1,119 @@
+//! The worker's rig on librdkafka's mock cluster: the emulator, the pipeline's topics, a worker
+//! configuration, and waiting for counts.
+
+use std::time::Duration;
+
+use byok::config::Config;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+
+use super::emu::Emu;
+
+pub(crate) fn count(bootstrap: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "counter")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (lo, hi) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .unwrap();
+            hi - lo
+        })
+        .sum()
+}
+
+/// The emulator, a mock cluster with the pipeline's topics, and a worker config for them.
+pub(crate) struct Rig {
+    pub(crate) emu: Emu,
+    pub(crate) cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub(crate) bootstrap: String,
+    pub(crate) config: Config,
+    pub(crate) path: std::path::PathBuf,
+}
+
+pub(crate) async fn rig(extra: &str) -> Rig {
+    let emu = Emu::start().await;
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    for (t, p) in [
+        ("capture.messages", 4),
+        ("archive.messages", 4),
+        ("byok.deks", 1),
+        ("byok.keks", 1),
+        ("byok.quarantine", 1),
+    ] {
+        cluster.create_topic(t, p, 1).unwrap();
+    }
+    let path = super::emu_config::write(emu.dir.path(), emu.port(), &emu.running.ca_pem, extra);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "bootstrap_servers = \"127.0.0.1:9092\"",
+        &format!("bootstrap_servers = \"{bootstrap}\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    Rig {
+        emu,
+        cluster,
+        bootstrap,
+        config,
+        path,
+    }
+}
+
+/// A sealing worker on `config`, run until it processed `n` records (within `secs`): its stop
+/// switch, its task and its health.
+pub(crate) async fn worker_until(
+    config: &Config,
+    n: u64,
+    secs: u64,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<byok::pipeline::RunStats, byok::pipeline::WorkerError>>,
+    std::sync::Arc<byok::pipeline::health::Health>,
+) {
+    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(byok::pipeline::run_with(
+        config.clone(),
+        stopped,
+        std::sync::Arc::clone(&health),
+        byok::pipeline::seal_stage,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while health.records_done() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} done",
+            health.records_done()
+        );
+        assert!(!worker.is_finished(), "the worker stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (stop, worker, health)
+}
+
+/// Waits until archive + quarantine hold at least `n` records.
+pub(crate) async fn wait_out(bootstrap: &str, n: i64, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let done = count(bootstrap, "archive.messages") + count(bootstrap, "byok.quarantine");
+        if done >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {done} of {n} records out after {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+

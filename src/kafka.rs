@@ -91,6 +91,17 @@ pub fn tool_producer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// A client for looking at the cluster (metadata, topic configs): the bootstrap servers and the
+/// consumer passthrough (which carries the security settings).
+pub fn admin_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in config.kafka.consumer.iter() {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    c
+}
+
 /// Settings the worker owns for its consumer.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();

@@ -468,6 +468,11 @@ enum ConfigCommand {
     Check {
         /// The configuration file (TOML).
         file: PathBuf,
+        /// Also connect to the Kafka cluster and check the topics the worker reads and writes:
+        /// each exists, and the archive and quarantine have cleanup.policy delete, byok.deks and
+        /// byok.keks compact.
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -484,8 +489,8 @@ fn main() -> ExitCode {
     });
     match cli.command {
         Command::Config {
-            command: ConfigCommand::Check { file },
-        } => config_check(&file),
+            command: ConfigCommand::Check { file, connect },
+        } => config_check(&file, connect),
         Command::Inspect { file, hex, json } => inspect(file, hex, json),
         Command::Cert { command } => cert(command).unwrap_or_else(|e| fail(&e)),
         Command::Demo { messages } => runtime()

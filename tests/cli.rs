@@ -483,3 +483,38 @@ fn a_closed_pipe_ends_the_command_quietly() {
         out.status
     );
 }
+
+#[test]
+fn config_check_connect_finds_missing_topics_and_wrong_cleanup_policies() {
+    let tansu = common::tansu::Tansu::start();
+    tansu.create_topic("capture.messages", 2);
+    tansu.create_topic_with("archive.messages", 2, &["cleanup.policy=compact"]);
+    tansu.create_topic_with("byok.deks", 1, &["cleanup.policy=compact"]);
+    tansu.create_topic_with("byok.quarantine", 1, &["cleanup.policy=delete"]);
+    // byok.keks is not created
+    let (_dir, example) = example_copy(0o600);
+    let text = std::fs::read_to_string(&example).unwrap().replace(
+        "bootstrap_servers = \"127.0.0.1:9092\"",
+        &format!("bootstrap_servers = \"{}\"", tansu.bootstrap()),
+    );
+    std::fs::write(&example, text).unwrap();
+    let (ok, out, err) = run(byok().args(["config", "check", "--connect"]).arg(&example));
+    assert!(!ok, "{out}\n{err}");
+    assert!(
+        out.contains("ok    capture.messages: input, 2 partition(s)"),
+        "{out}"
+    );
+    assert!(out.contains("ok    byok.quarantine: quarantine"), "{out}");
+    assert!(out.contains("ok    byok.deks: registry"), "{out}");
+    assert!(
+        out.contains("FAIL  archive.messages: cleanup.policy is compact, it must be delete"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL  byok.keks: does not exist")
+            && out.contains("--create --topic byok.keks")
+            && out.contains("cleanup.policy=compact"),
+        "{out}"
+    );
+    assert!(err.contains("2 topic(s) missing or misconfigured"), "{err}");
+}

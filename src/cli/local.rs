@@ -122,7 +122,7 @@ pub(crate) async fn emulator_admin(a: AdminArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn config_check(file: &std::path::Path) -> ExitCode {
+pub(crate) fn config_check(file: &std::path::Path, connect: bool) -> ExitCode {
     let checked = Config::check_with(file, super::load_options());
     for p in &checked.problems {
         eprintln!("{p}");
@@ -144,6 +144,9 @@ pub(crate) fn config_check(file: &std::path::Path) -> ExitCode {
                 c.kafka.archive_topic.as_str(),
                 warnings
             );
+            if connect {
+                return check_topics(&c);
+            }
             ExitCode::SUCCESS
         }
         None => {
@@ -153,6 +156,49 @@ pub(crate) fn config_check(file: &std::path::Path) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `config check --connect`: one line per topic, exit 1 when one is missing or wrong.
+fn check_topics(config: &Config) -> ExitCode {
+    let checked = match super::service::runtime() {
+        Ok(rt) => rt.block_on(byok::topics::check(config)),
+        Err(e) => return fail(&e),
+    };
+    let topics = match checked {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "error: {e}; check kafka.bootstrap_servers and the security settings in [kafka.consumer]"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut bad = 0;
+    for t in &topics {
+        let detail = format!(
+            "{:?}, {} partition(s), cleanup.policy {}, max.message.bytes {}",
+            t.role,
+            t.partitions,
+            t.cleanup_policy.as_deref().unwrap_or("(not described)"),
+            t.max_message_bytes.as_deref().unwrap_or("(not described)"),
+        )
+        .to_lowercase();
+        match &t.problem {
+            None => println!("ok    {}: {detail}", t.topic),
+            Some(p) => {
+                bad += 1;
+                println!("FAIL  {}: {p}", t.topic);
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!(
+            "{bad} topic(s) missing or misconfigured; the worker would quarantine or wait on them"
+        );
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

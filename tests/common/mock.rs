@@ -117,3 +117,50 @@ pub(crate) async fn wait_out(bootstrap: &str, n: i64, secs: u64) {
     }
 }
 
+/// Every committed record of `topic` from the beginning (read until 3 s pass without one):
+/// value and headers (as text).
+pub(crate) fn records(
+    bootstrap: &str,
+    topic: &str,
+) -> Vec<(Vec<u8>, std::collections::HashMap<String, String>)> {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "records")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut idle_since = std::time::Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            idle_since = std::time::Instant::now();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    out
+}

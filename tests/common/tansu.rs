@@ -118,19 +118,25 @@ sys.exit("no header table in " + sys.argv[1])
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(&self.bin)
-            .current_dir(self.dir.path())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .output()
-            .unwrap();
+        self.create_topic_with(name, partitions, &[]);
+    }
+
+    /// Creates a topic with topic configs (`key=value`).
+    pub fn create_topic_with(&self, name: &str, partitions: u32, configs: &[&str]) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(self.dir.path()).args([
+            "topic",
+            "create",
+            name,
+            "--broker",
+            &format!("tcp://127.0.0.1:{}", self.port),
+            "--partitions",
+            &partitions.to_string(),
+        ]);
+        for c in configs {
+            cmd.args(["--config", c]);
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "tansu topic create {name}: {}{}",

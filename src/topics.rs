@@ -73,6 +73,9 @@ pub struct TopicCheck {
     /// What is wrong and the fix, or `None` when it is right.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// What may go wrong (the worker runs), and the fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The topics could not be looked at.
@@ -154,10 +157,35 @@ pub async fn check(config: &Config) -> Result<Vec<TopicCheck>, ConnectError> {
             }
         }
     }
+    let hold = config.keys.unknown_key_hold;
     Ok(wanted
         .into_iter()
-        .map(|(topic, role)| judge(topic, role, &partitions, &described))
+        .map(|(topic, role)| {
+            let mut c = judge(topic, role, &partitions, &described);
+            c.warning = retention_warning(&c, &described, hold);
+            c
+        })
         .collect())
+}
+
+/// An input topic whose retention is not well over `keys.unknown_key_hold`: records held that
+/// long could be deleted before they are sealed.
+fn retention_warning(
+    c: &TopicCheck,
+    described: &BTreeMap<String, BTreeMap<String, String>>,
+    hold: Duration,
+) -> Option<String> {
+    if c.role != Role::Input {
+        return None;
+    }
+    let ms: i64 = described.get(&c.topic)?.get("retention.ms")?.parse().ok()?;
+    if ms < 0 || u128::from(ms.unsigned_abs()) >= 2 * hold.as_millis() {
+        return None;
+    }
+    Some(format!(
+        "retention.ms {ms} is not well over keys.unknown_key_hold ({}): records of a tenant held that long could be deleted before they are sealed; keep retention at least twice the hold, or shorten the hold",
+        humantime::format_duration(hold)
+    ))
 }
 
 /// One topic's verdict.
@@ -197,6 +225,7 @@ fn judge(
         cleanup_policy,
         max_message_bytes,
         problem,
+        warning: None,
     }
 }
 
@@ -243,5 +272,22 @@ mod tests {
         // a broker that does not describe configs: existence alone is checked
         assert!(one(Role::Quarantine, 1, None).problem.is_none());
         assert!(one(Role::Input, 4, Some("compact")).problem.is_none());
+    }
+
+    #[test]
+    fn an_input_retention_not_well_over_the_hold_is_a_warning() {
+        let day = Duration::from_secs(24 * 3600);
+        let described = |ms: &str| {
+            BTreeMap::from([(
+                "t".to_owned(),
+                BTreeMap::from([("retention.ms".to_owned(), ms.to_owned())]),
+            )])
+        };
+        let c = one(Role::Input, 3, None);
+        let w = retention_warning(&c, &described("86400000"), day).unwrap();
+        assert!(w.contains("unknown_key_hold") && w.contains("1day"), "{w}");
+        assert!(retention_warning(&c, &described("604800000"), day).is_none());
+        assert!(retention_warning(&c, &described("-1"), day).is_none());
+        assert!(retention_warning(&one(Role::Archive, 3, None), &described("1"), day).is_none());
     }
 }

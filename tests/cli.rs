@@ -487,7 +487,8 @@ fn a_closed_pipe_ends_the_command_quietly() {
 #[test]
 fn config_check_connect_finds_missing_topics_and_wrong_cleanup_policies() {
     let tansu = common::tansu::Tansu::start();
-    tansu.create_topic("capture.messages", 2);
+    // a day of retention: not well over keys.unknown_key_hold (24h by default)
+    tansu.create_topic_with("capture.messages", 2, &["retention.ms=86400000"]);
     tansu.create_topic_with("archive.messages", 2, &["cleanup.policy=compact"]);
     tansu.create_topic_with("byok.deks", 1, &["cleanup.policy=compact"]);
     tansu.create_topic_with("byok.quarantine", 1, &["cleanup.policy=delete"]);

@@ -1425,3 +1425,166 @@ async fn a_worker_started_after_the_key_came_back_drains_the_quarantine() {
         "drain at start: {quarantined} quarantined records of acme drained by a worker started after the key came back"
     );
 }
+
+/// Waits until `topic` holds `n` records.
+async fn wait_count(s: &Scenario, topic: &str, n: i64, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while s.count(topic) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} in {topic} after {secs} s",
+            s.count(topic)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The quarantine opened with the operator's key: (reason, tenant) of each record, and whether
+/// each body is one that was sent.
+async fn quarantine_reasons(s: &Scenario) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut failed = Vec::new();
+    reader::read(
+        &s.config,
+        &ReadOptions::topic("byok.quarantine"),
+        |o| {
+            let v = o.value.unwrap();
+            let id = serde_json::from_str::<serde_json::Value>(&v).unwrap()["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(s.sent.get(&id), Some(&v), "{id} opens to what was sent");
+            out.push((
+                o.reason.unwrap_or_default(),
+                o.tenant.or(o.unverified_tenant),
+            ));
+        },
+        |f| failed.push(f.reason),
+    )
+    .await
+    .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    out
+}
+
+/// acme's app loses its role on the vault before any worker ever read the key (byok.keks is empty;
+/// a disabled key would still show its public key, a key the app may not read does not): no DEK
+/// can be made for acme, not even locally. Its records wait (partition paused, `/health` says so) for
+/// `keys.unknown_key_hold`, never going to the operator's key before; then, as a last resort,
+/// they are sealed under the operator's key with reason `key-unknown`. globex flows throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_tenant_whose_public_key_was_never_seen_waits_then_is_quarantined_key_unknown() {
+    let mut s = Scenario::start("").await;
+    let hold = Duration::from_secs(8);
+    s.config.keys.unknown_key_hold = hold;
+    Revoke::RemoveRole.revoke(&s.emu).await;
+    s.capture_to(0, "acme", 20).await;
+    s.capture_to(1, "globex", 30).await;
+    s.capture_to(2, "globex", 30).await;
+    let started = Instant::now();
+    let (stop, health, worker) = start_worker(&s.config);
+    wait_count(
+        &s,
+        "archive.messages",
+        60,
+        90,
+        "globex flows while acme waits",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health.notes().is_none() {
+        if Instant::now() > deadline {
+            panic!(
+                "/health never showed the hold; quarantine {:?} after {:?}",
+                quarantine_reasons(&s).await,
+                started.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let note = health.notes().unwrap();
+    assert!(note.starts_with("1 tenant(s) held"), "{note}");
+    assert!(
+        health.ready().is_ok(),
+        "a held tenant does not make the worker unready"
+    );
+    if started.elapsed() < hold {
+        assert_eq!(
+            s.count("byok.quarantine"),
+            0,
+            "quarantined before the hold was over"
+        );
+    }
+    wait_count(&s, "byok.quarantine", 20, 120, "acme after the hold").await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= hold,
+        "quarantined after {waited:?}, before the hold of {hold:?}"
+    );
+    stop.send(true).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+    assert_eq!(stats.quarantined.get("key-unknown"), Some(&20), "{stats:?}");
+    let q = quarantine_reasons(&s).await;
+    assert_eq!(q.len(), 20);
+    assert!(
+        q.iter()
+            .all(|(r, t)| r == "key-unknown" && t.as_deref() == Some("acme")),
+        "{q:?}"
+    );
+    assert_eq!(s.count("archive.messages"), 60);
+    eprintln!(
+        "key-unknown: acme's 20 records held {:.1} s (hold {} s), then quarantined under the operator's key; globex's 60 archived meanwhile",
+        waited.as_secs_f64(),
+        hold.as_secs()
+    );
+}
+
+/// globex's vault never answers and no public key of globex was ever seen: its records wait for
+/// `keys.unknown_key_hold` (not forever), then go to the quarantine under the operator's key
+/// with reason `vault-unavailable`; acme flows throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_that_never_answers_holds_its_tenant_for_the_hold_then_quarantines() {
+    let mut s = Scenario::start("").await;
+    let hold = Duration::from_secs(6);
+    s.config.keys.unknown_key_hold = hold;
+    s.emu
+        .admin
+        .set_fault(json!({"target": "globex-kv", "outage_seconds": 3600}))
+        .await
+        .unwrap();
+    s.capture_to(0, "globex", 15).await;
+    s.capture_to(1, "acme", 40).await;
+    let started = Instant::now();
+    let (stop, health, worker) = start_worker(&s.config);
+    wait_count(
+        &s,
+        "archive.messages",
+        40,
+        90,
+        "acme flows while globex waits",
+    )
+    .await;
+    if started.elapsed() < hold {
+        assert_eq!(
+            s.count("byok.quarantine"),
+            0,
+            "quarantined before the hold was over"
+        );
+    }
+    wait_count(&s, "byok.quarantine", 15, 120, "globex after the hold").await;
+    assert!(started.elapsed() >= hold);
+    stop.send(true).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+    assert_eq!(
+        stats.quarantined.get("vault-unavailable"),
+        Some(&15),
+        "{stats:?}"
+    );
+    let q = quarantine_reasons(&s).await;
+    assert!(
+        q.iter()
+            .all(|(r, t)| r == "vault-unavailable" && t.as_deref() == Some("globex")),
+        "{q:?}"
+    );
+    drop(health);
+}

@@ -185,7 +185,12 @@ fn check_topics(config: &Config) -> ExitCode {
         )
         .to_lowercase();
         match &t.problem {
-            None => println!("ok    {}: {detail}", t.topic),
+            None => {
+                println!("ok    {}: {detail}", t.topic);
+                if let Some(w) = &t.warning {
+                    println!("warn  {}: {w}", t.topic);
+                }
+            }
             Some(p) => {
                 bad += 1;
                 println!("FAIL  {}: {p}", t.topic);

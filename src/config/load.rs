@@ -542,6 +542,19 @@ impl Loader {
         if let Some(p) = &ca_file {
             self.readable_pem("keys.ca_file", p, "CERTIFICATE");
         }
+        if raw.unknown_key_hold < Duration::from_secs(1) {
+            self.error(
+                "keys.unknown_key_hold",
+                "is shorter than 1s: a vault that blinks would send a tenant's records to the operator's key",
+                "use \"24h\" (the default), well under the input topic's retention",
+            );
+        } else if raw.unknown_key_hold > Duration::from_secs(7 * 24 * 3600) {
+            self.warn(
+                "keys.unknown_key_hold",
+                "longer than 7 days, the input topics' default retention: the records it holds could be deleted before it ends",
+                "keep it well under the input topics' retention.ms (check with byok config check --connect)",
+            );
+        }
         (!self.has_errors_since(before)).then_some(KeysConfig {
             check_interval: raw.check_interval,
             vault_requests_per_10s: raw.vault_requests_per_10s,
@@ -550,6 +563,7 @@ impl Loader {
             ca_file,
             resolve: raw.resolve,
             drain_on_restore: raw.drain_on_restore,
+            unknown_key_hold: raw.unknown_key_hold,
         })
     }
 

@@ -362,6 +362,12 @@ pub struct KeysConfig {
     /// back (one member of the group does: the one assigned partition 0 of the first input
     /// topic), as `byok replay --quarantine` does.
     pub drain_on_restore: bool,
+    /// How long the records of a BYOK tenant wait (their partitions paused) when no DEK can be
+    /// made for it and no public key of it was ever seen (its vault does not answer, or its key is
+    /// revoked before any worker read it). Past this, as a last resort before the input topic's
+    /// retention deletes them, they are quarantined under the operator's key (`key-unknown`,
+    /// `vault-unavailable`).
+    pub unknown_key_hold: Duration,
 }
 
 /// Metrics and health endpoint.

@@ -66,6 +66,10 @@ pub(super) fn default_compress_min_size() -> Size {
 pub(super) const fn default_zstd_level() -> i32 {
     DEFAULT_ZSTD_LEVEL
 }
+pub(super) const fn default_unknown_key_hold() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
 pub(super) const fn default_check_interval() -> Duration {
     Duration::from_secs(60)
 }
@@ -208,6 +212,8 @@ pub(super) struct KeysRaw {
     pub(super) resolve: BTreeMap<String, std::net::IpAddr>,
     #[serde(default = "default_true")]
     pub(super) drain_on_restore: bool,
+    #[serde(default = "default_unknown_key_hold", with = "humantime_serde")]
+    pub(super) unknown_key_hold: Duration,
 }
 
 #[derive(Debug, Deserialize)]

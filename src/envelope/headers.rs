@@ -216,11 +216,14 @@ pub enum QuarantineReason {
     TopicMissing,
     /// The worker may not write the archive topic (the record under its tenant's DEK).
     NotAuthorized,
+    /// The tenant's key is revoked and no worker ever saw its public key: after waiting
+    /// `keys.unknown_key_hold`, sealed under the operator's key as a last resort.
+    KeyUnknown,
 }
 
 impl QuarantineReason {
     /// Every reason, in the order of docs/envelope-v1.md.
-    pub const ALL: [QuarantineReason; 12] = [
+    pub const ALL: [QuarantineReason; 13] = [
         Self::KeyDisabled,
         Self::KeyExpired,
         Self::KeyNotFound,
@@ -233,6 +236,7 @@ impl QuarantineReason {
         Self::TooLarge,
         Self::TopicMissing,
         Self::NotAuthorized,
+        Self::KeyUnknown,
     ];
 
     /// The header text.
@@ -250,6 +254,7 @@ impl QuarantineReason {
             Self::TooLarge => "too-large",
             Self::TopicMissing => "topic-missing",
             Self::NotAuthorized => "not-authorized",
+            Self::KeyUnknown => "key-unknown",
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod autodrain;
 pub mod drain;
+pub mod hold;
 pub mod monitor;
 pub mod replay;
 pub mod rewrap;

@@ -55,6 +55,8 @@ pub struct KeyViews {
     unpublished: Mutex<std::collections::HashSet<String>>,
     /// Wakes the monitor early (after a vault error).
     pub wake: Notify,
+    /// Tenants whose records wait with no DEK possible and no public key known.
+    pub holds: super::hold::Holds,
 }
 
 /// A batch's snapshot of the revoked tenants: reason, detail, and the public key to wrap with.

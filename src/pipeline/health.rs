@@ -36,6 +36,8 @@ pub struct Health {
     stalled: AtomicBool,
     /// Produce tasks retrying records the broker refused for now.
     backing_off: AtomicU64,
+    /// Tenants whose records wait with no DEK possible and no public key known.
+    held: AtomicU64,
 }
 
 impl Default for Health {
@@ -55,6 +57,7 @@ impl Default for Health {
             stall_timeout_ms: AtomicU64::new(120_000),
             stalled: AtomicBool::new(false),
             backing_off: AtomicU64::new(0),
+            held: AtomicU64::new(0),
         }
     }
 }
@@ -117,6 +120,20 @@ impl Health {
     /// Batches processed so far.
     pub fn batches_done(&self) -> u64 {
         self.batches_done.load(Ordering::Relaxed)
+    }
+    /// Tenants whose records wait (partitions paused) with no DEK possible and no public key
+    /// known, for at most `keys.unknown_key_hold`.
+    pub fn set_held(&self, tenants: u64) {
+        self.held.store(tenants, Ordering::Relaxed);
+    }
+    /// What `/health` adds to a ready worker's answer: tenants held, if any.
+    pub fn notes(&self) -> Option<String> {
+        let held = self.held.load(Ordering::Relaxed);
+        (held > 0).then(|| {
+            format!(
+                "{held} tenant(s) held: no DEK can be made and no public key of theirs was ever seen; their partitions are paused for at most keys.unknown_key_hold, then their records go to the quarantine under the operator's key (byok_tenants_held)"
+            )
+        })
     }
     /// A produce task started (`1`) or stopped (`-1`) retrying records the broker refused for
     /// now.

@@ -51,7 +51,10 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<Soc
                             let (status, body) = match req.uri().path() {
                                 "/metrics" => (StatusCode::OK, handle.render()),
                                 "/health" => match health.ready() {
-                                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                                    Ok(()) => match health.notes() {
+                                        None => (StatusCode::OK, "ready\n".to_owned()),
+                                        Some(n) => (StatusCode::OK, format!("ready\n{n}\n")),
+                                    },
                                     Err(why) => (
                                         StatusCode::SERVICE_UNAVAILABLE,
                                         format!("not ready: {why}\n"),

@@ -62,7 +62,7 @@ const COUNTERS: [(&str, &str); 11] = [
 ];
 
 /// Gauges: name and help.
-const GAUGES: [(&str, &str); 5] = [
+const GAUGES: [(&str, &str); 6] = [
     (
         "byok_dek_oldest_age_seconds",
         "age of the oldest DEK still sealing",
@@ -82,6 +82,10 @@ const GAUGES: [(&str, &str); 5] = [
     (
         "byok_produce_backing_off",
         "produce tasks retrying records the broker refused for now (/health is 503 meanwhile)",
+    ),
+    (
+        "byok_tenants_held",
+        "BYOK tenants whose records wait with no DEK possible and no public key known (keys.unknown_key_hold)",
     ),
 ];
 
@@ -113,6 +117,7 @@ pub fn describe() {
     );
     metrics::gauge!("byok_partitions_paused").set(0.0);
     metrics::gauge!("byok_produce_backing_off").set(0.0);
+    metrics::gauge!("byok_tenants_held").set(0.0);
     for (c, _) in COUNTERS {
         if !matches!(
             c,

@@ -177,6 +177,7 @@ where
     };
     let consumer = subscribe(&config, ctx)?;
     let views = Arc::new(KeyViews::default());
+    views.holds.set_limit(config.keys.unknown_key_hold);
     match crate::archive::load_keks(&config).await {
         Ok(keys) => views.seed_public(keys),
         Err(e) => {
@@ -375,6 +376,7 @@ impl Worker<'_> {
             }
             // commit what the broker acknowledged, oldest batch first
             self.sink.settle_ready(&self.consumer, false).await?;
+            self.health.set_held(self.views.holds.count() as u64);
             self.health
                 .set_in_hand(self.sink.records_in_flight() as u64);
             if *self.shutdown.borrow() {

@@ -14,10 +14,11 @@ use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 
 use super::scan::{TenantOf, tenant_of};
+use super::stage::StageError;
 use crate::config::{Config, TenantId};
 use crate::dek::DekId;
 use crate::envelope::headers::QuarantineReason;
-use crate::lifecycle::monitor::Revoked;
+use crate::lifecycle::monitor::{KeyViews, Revoked};
 use crate::registry::QUARANTINE_TENANT;
 
 /// Where a record goes.
@@ -32,6 +33,15 @@ pub enum Route {
         tenant: TenantId,
         /// Why its key cannot be used.
         reason: QuarantineReason,
+        /// What the vault said.
+        detail: String,
+    },
+    /// The tenant's key is revoked and no public key of it was ever seen: the record waits
+    /// (its partition paused) for at most `keys.unknown_key_hold` ([`crate::lifecycle::hold`]),
+    /// then goes to the quarantine under the operator's key (`key-unknown`).
+    Hold {
+        /// The tenant.
+        tenant: TenantId,
         /// What the vault said.
         detail: String,
     },
@@ -59,7 +69,9 @@ impl Route {
     /// Whose DEK seals the record: the tenant's, or the operator's quarantine DEK.
     pub fn owner(&self) -> &str {
         match self {
-            Route::Archive(t) | Route::Revoked { tenant: t, .. } => t.as_str(),
+            Route::Archive(t)
+            | Route::Revoked { tenant: t, .. }
+            | Route::Hold { tenant: t, .. } => t.as_str(),
             Route::Quarantine { .. } => QUARANTINE_TENANT,
         }
     }
@@ -114,15 +126,90 @@ pub fn route(m: &OwnedMessage, config: &Config, revoked: &Revoked) -> Route {
             reason: *reason,
             detail: detail.clone(),
         },
-        // no public key ever seen for it: only the operator's key can take it
-        Some((reason, detail, None)) => Route::Quarantine {
-            reason: *reason,
-            detail: format!(
-                "{detail}; no public key of the tenant known, sealed under the operator's quarantine key"
-            ),
-            tenant: Some(t),
+        // no public key ever seen for it: it waits, and only after keys.unknown_key_hold does
+        // the operator's key take it (the stage decides)
+        Some((reason, detail, None)) => Route::Hold {
+            tenant: tenant.id.clone(),
+            detail: format!("{reason}: {detail}"),
         },
     }
+}
+
+/// Records of tenants with no DEK possible and no public key ever seen ([`Route::Hold`], and the
+/// archive routes of a tenant whose vault does not answer): they wait until
+/// `keys.unknown_key_hold` is over ([`crate::lifecycle::hold`]), then go to the quarantine under
+/// the operator's key (`key-unknown`, `vault-unavailable`) as a last resort. Returns whether a
+/// route changed, or the records that wait.
+pub fn settle_holds(
+    routes: &mut [Route],
+    views: &KeyViews,
+    limit: std::time::Duration,
+) -> Result<bool, StageError> {
+    let holds = &views.holds;
+    let mut changed = false;
+    let mut waiting: (Vec<String>, Option<String>, Vec<(usize, String)>) =
+        (Vec::new(), None, Vec::new());
+    for (i, r) in routes.iter_mut().enumerate() {
+        let (tenant, reason, what, over) = match r {
+            Route::Hold { tenant, detail } => {
+                let over = holds.hold(tenant.as_str());
+                (
+                    tenant.clone(),
+                    QuarantineReason::KeyUnknown,
+                    detail.clone(),
+                    over,
+                )
+            }
+            Route::Archive(t) if holds.count() > 0 && holds.over(t.as_str()) => {
+                if views.public_key(t.as_str()).is_some() {
+                    holds.release(t.as_str());
+                    continue;
+                }
+                let what = "its vault did not answer".to_owned();
+                (t.clone(), QuarantineReason::VaultUnavailable, what, true)
+            }
+            _ => continue,
+        };
+        if !over {
+            if !waiting.0.iter().any(|t| t == tenant.as_str()) {
+                waiting.0.push(tenant.to_string());
+            }
+            waiting.1.get_or_insert(what);
+            waiting.2.push((i, tenant.to_string()));
+            continue;
+        }
+        *r = Route::Quarantine {
+            reason,
+            detail: format!(
+                "{what}; no public key of the tenant ever seen: held {} (keys.unknown_key_hold), then sealed under the operator's quarantine key as a last resort",
+                humantime::format_duration(limit)
+            ),
+            tenant: Some(tenant.to_string()),
+        };
+        changed = true;
+    }
+    if changed {
+        tracing::error!(tenants = ?routes.iter().filter_map(|r| match r { Route::Quarantine { reason: QuarantineReason::KeyUnknown | QuarantineReason::VaultUnavailable, tenant, .. } => tenant.clone(), _ => None }).collect::<std::collections::BTreeSet<_>>(), "hold over: a BYOK tenant's records sealed under the operator's key as a last resort (byok_records_quarantined_total)");
+    }
+    let (tenants, detail, held) = waiting;
+    if held.is_empty() {
+        Ok(changed)
+    } else {
+        Err(StageError::Waiting {
+            tenants,
+            detail: detail.unwrap_or_default(),
+            held,
+        })
+    }
+}
+
+/// The record indices of `routes` grouped by DEK owner (tenant or quarantine).
+pub fn group(routes: &[Route]) -> BTreeMap<String, Vec<usize>> {
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        groups.entry(r.owner().to_owned()).or_default().push(i);
+    }
+    groups
 }
 
 /// Routes every record and groups the record indices by DEK owner (tenant or quarantine).
@@ -132,10 +219,7 @@ pub fn route_all(
     revoked: &Revoked,
 ) -> (Vec<Route>, BTreeMap<String, Vec<usize>>) {
     let routes: Vec<Route> = batch.iter().map(|m| route(m, config, revoked)).collect();
-    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, r) in routes.iter().enumerate() {
-        groups.entry(r.owner().to_owned()).or_default().push(i);
-    }
+    let groups = group(&routes);
     (routes, groups)
 }
 
@@ -157,7 +241,7 @@ impl HeaderCache {
         }
         let topic = match route {
             Route::Archive(t) => config.kafka.archive_topic.topic_for(t),
-            Route::Quarantine { .. } | Route::Revoked { .. } => {
+            Route::Quarantine { .. } | Route::Revoked { .. } | Route::Hold { .. } => {
                 config.kafka.quarantine_topic.clone()
             }
         };
@@ -257,8 +341,63 @@ mod tests {
             known.to_string(),
             (QuarantineReason::KeyDisabled, "disabled".into(), None),
         );
+        // revoked and no public key ever seen: held (never straight to the operator's key)
         let r = route(&msg(&json, None), &c, &revoked);
-        assert_eq!(r.owner(), QUARANTINE_TENANT);
+        assert!(
+            matches!(&r, Route::Hold { tenant, .. } if *tenant == known),
+            "{r:?}"
+        );
+        assert_eq!(r.owner(), known.as_str());
+    }
+
+    #[test]
+    fn held_records_wait_until_the_hold_is_over_then_go_to_the_operators_key() {
+        let c = config();
+        let known = c.tenants.keys().next().unwrap().clone();
+        let views = KeyViews::default();
+        let limit = std::time::Duration::from_millis(300);
+        views.holds.set_limit(limit);
+        let hold = || Route::Hold {
+            tenant: known.clone(),
+            detail: "key-disabled: disabled".into(),
+        };
+        let mut routes = vec![Route::Archive(known.clone()), hold(), hold()];
+        match settle_holds(&mut routes, &views, limit) {
+            Err(StageError::Waiting { tenants, held, .. }) => {
+                assert_eq!(tenants, vec![known.to_string()]);
+                assert_eq!(held, vec![(1, known.to_string()), (2, known.to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        std::thread::sleep(limit + std::time::Duration::from_millis(50));
+        let mut routes = vec![hold()];
+        assert!(settle_holds(&mut routes, &views, limit).unwrap());
+        match &routes[0] {
+            Route::Quarantine {
+                reason: QuarantineReason::KeyUnknown,
+                tenant: Some(t),
+                detail,
+            } => {
+                assert_eq!(t, known.as_str());
+                assert!(detail.contains("last resort"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // once over, the tenant's archive routes go the same way while no public key is known
+        let mut routes = vec![Route::Archive(known.clone())];
+        assert!(settle_holds(&mut routes, &views, limit).unwrap());
+        assert!(matches!(
+            routes[0],
+            Route::Quarantine {
+                reason: QuarantineReason::VaultUnavailable,
+                ..
+            }
+        ));
+        // a DEK made for it ends the hold
+        views.holds.release(known.as_str());
+        let mut routes = vec![Route::Archive(known.clone())];
+        assert!(!settle_holds(&mut routes, &views, limit).unwrap());
+        assert_eq!(routes[0], Route::Archive(known));
     }
 
     #[test]

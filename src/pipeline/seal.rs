@@ -15,7 +15,7 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 
-use super::route::{HeaderCache, Route, route_all};
+use super::route::{HeaderCache, Route, group, route_all, settle_holds};
 use super::stage::{Out, RunStats, Stage, StageError};
 use crate::config::Config;
 use crate::dek::{ActiveDek, DekId};
@@ -198,6 +198,12 @@ fn build_outs(
                     detail,
                     dek,
                 ))
+            }
+            Route::Hold { .. } => {
+                return Err(DekError::Sealing(format!(
+                    "record {} is held and cannot be sealed now; the batch is not committed",
+                    SourceRef::format(m.topic(), m.partition(), m.offset())
+                )));
             }
             Route::Quarantine {
                 reason,
@@ -391,6 +397,7 @@ impl Sealer {
         for (owner, r) in made {
             match r {
                 Ok(dek) => {
+                    self.views.holds.release(&owner);
                     self.deks.install(&owner, dek);
                 }
                 Err(DekError::Waiting { tenants, detail }) => {
@@ -431,7 +438,10 @@ impl Sealer {
 impl Stage for Sealer {
     async fn process(&mut self, batch: &Arc<Vec<OwnedMessage>>) -> Result<Vec<Out>, StageError> {
         self.follow_key_views().await;
-        let (routes, mut todo) = route_all(batch, &self.config, &self.revoked);
+        let (mut routes, mut todo) = route_all(batch, &self.config, &self.revoked);
+        if settle_holds(&mut routes, &self.views, self.config.keys.unknown_key_hold)? {
+            todo = group(&routes);
+        }
         let batch_bytes: u64 = batch
             .iter()
             .map(|m| m.payload().map_or(0, <[u8]>::len) as u64)
@@ -563,7 +573,8 @@ impl NewDek<'_> {
             Err(DekError::Kms(KmsError::Unavailable { why, detail, .. })) => {
                 let Some(public) = views.public_key(owner) else {
                     // nothing to wrap with: the tenant's records wait for the vault (their
-                    // partitions are paused; Kafka keeps the data)
+                    // partitions are paused; Kafka keeps the data), for keys.unknown_key_hold
+                    views.holds.hold(owner);
                     views.wake.notify_one();
                     return Err(DekError::Waiting {
                         tenants: vec![owner.to_owned()],

@@ -523,7 +523,7 @@ impl Paused {
     }
 
     /// Resumes the partitions whose tenants now have a public key (the monitor reached their
-    /// vault), or that waited [`PAUSED_RETRY`].
+    /// vault) or whose hold is over (`keys.unknown_key_hold`), or that waited [`PAUSED_RETRY`].
     pub fn resume_ready(&mut self, consumer: &StreamConsumer<SourceContext>, views: &KeyViews) {
         if self.parts.is_empty() {
             return;
@@ -533,7 +533,9 @@ impl Paused {
             .iter()
             .filter(|(_, (tenants, since))| {
                 since.elapsed() >= PAUSED_RETRY
-                    || tenants.iter().all(|t| views.public_key(t).is_some())
+                    || tenants
+                        .iter()
+                        .all(|t| views.public_key(t).is_some() || views.holds.over(t))
             })
             .map(|(k, _)| k.clone())
             .collect();

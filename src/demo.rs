@@ -392,10 +392,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     .await
     .map_err(|e| e.to_string())?;
     println!(
-        "   {} more records moved unchanged after acme's DEKs opened through Key Vault; {} stay ({:?})",
+        "   {} more records moved unchanged after acme's DEKs opened through Key Vault; {} stay ({:?}), {} parked for good ({:?})",
         drained.moved,
         drained.stayed.values().sum::<u64>(),
-        drained.stayed
+        drained.stayed,
+        drained.parked.values().sum::<u64>(),
+        drained.parked
     );
     for f in &drained.failed {
         println!("   MISMATCH: could not drain: {f}");

@@ -160,6 +160,23 @@ pub(crate) fn group_consumer(config: &Config, group: &str) -> Result<StreamConsu
     if !config.kafka.consumer.contains_key("fetch.max.bytes") {
         c.set("fetch.max.bytes", "4194304");
     }
+    // A tool reads one record at a time: a small prefetch queue keeps its memory bounded
+    // (librdkafka's default holds up to 64 MiB per consumer).
+    if !config
+        .kafka
+        .consumer
+        .contains_key("queued.max.messages.kbytes")
+    {
+        c.set("queued.max.messages.kbytes", "16384");
+    }
+    // (a record larger than this still comes: the broker sends at least one)
+    if !config
+        .kafka
+        .consumer
+        .contains_key("max.partition.fetch.bytes")
+    {
+        c.set("max.partition.fetch.bytes", "262144");
+    }
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")

@@ -41,17 +41,30 @@ pub(crate) struct Rig {
 }
 
 pub(crate) async fn rig(extra: &str) -> Rig {
+    rig_topics(
+        extra,
+        &[
+            ("capture.messages", 4),
+            ("archive.messages", 4),
+            ("byok.deks", 1),
+            ("byok.keks", 1),
+            ("byok.quarantine", 1),
+        ],
+    )
+    .await
+}
+
+/// [`rig`] with these topics and partition counts.
+pub(crate) async fn rig_with(topics: &[(&str, i32)]) -> Rig {
+    rig_topics("", topics).await
+}
+
+async fn rig_topics(extra: &str, topics: &[(&str, i32)]) -> Rig {
     let emu = Emu::start().await;
     let cluster = MockCluster::new(1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    for (t, p) in [
-        ("capture.messages", 4),
-        ("archive.messages", 4),
-        ("byok.deks", 1),
-        ("byok.keks", 1),
-        ("byok.quarantine", 1),
-    ] {
-        cluster.create_topic(t, p, 1).unwrap();
+    for (t, p) in topics {
+        cluster.create_topic(t, *p, 1).unwrap();
     }
     let path = super::emu_config::write(emu.dir.path(), emu.port(), &emu.running.ca_pem, extra);
     let text = std::fs::read_to_string(&path).unwrap().replace(

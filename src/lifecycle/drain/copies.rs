@@ -60,6 +60,13 @@ pub(super) async fn find(
             ..ReadOptions::topic(topic.clone())
         };
         let mut reader = match TopicReader::open(&consumer, topic, Some(&opts)).await {
+            Ok(r) if r.total == 0 && since.is_some() => {
+                // no offset for the time: nothing after it, or a broker without a time index
+                // (librdkafka's mock cluster): read the whole topic rather than miss a copy
+                drop(r);
+                let whole = ReadOptions::topic(topic.clone());
+                TopicReader::open(&consumer, topic, Some(&whole)).await?
+            }
             Ok(r) => r,
             Err(e) => {
                 // a per-tenant archive topic that does not exist yet holds nothing

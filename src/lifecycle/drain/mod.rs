@@ -364,28 +364,32 @@ impl Run<'_> {
     }
 }
 
-/// (provenance, plaintext digest) of the records this drain wrote, the last
-/// [`WRITTEN_WINDOW`] of them.
+/// The records this drain wrote, the last [`WRITTEN_WINDOW`] of them, each as the first 16 bytes
+/// of SHA-256(provenance, plaintext digest) (a false match needs a 2^-64 collision).
 #[derive(Default)]
 struct Written {
-    set: HashSet<(String, [u8; 32])>,
-    order: VecDeque<(String, [u8; 32])>,
+    set: HashSet<[u8; 16]>,
+    order: VecDeque<[u8; 16]>,
 }
 
 impl Written {
     /// Remembers a record; false when it was already written.
     fn insert(&mut self, src: &str, digest: [u8; 32]) -> bool {
-        let k = (src.to_owned(), digest);
-        if self.set.contains(&k) {
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        h.update(src.as_bytes());
+        h.update(&[0]);
+        h.update(&digest);
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&h.finish().as_ref()[..16]);
+        if !self.set.insert(k) {
             return false;
         }
-        if self.order.len() >= WRITTEN_WINDOW
+        self.order.push_back(k);
+        if self.order.len() > WRITTEN_WINDOW
             && let Some(old) = self.order.pop_front()
         {
             self.set.remove(&old);
         }
-        self.set.insert(k.clone());
-        self.order.push_back(k);
         true
     }
 }

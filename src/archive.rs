@@ -4,7 +4,7 @@
 //! `byok.src`) are dropped unless asked for. A record that cannot be opened is reported with the
 //! reason, never skipped silently.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -17,7 +17,7 @@ use crate::envelope::{
     self,
     headers::{ArchiveHeaders, HeaderError, QuarantineHeaders},
 };
-use crate::kafka::{owned_headers, read_all, reader_consumer};
+use crate::kafka::{TopicReader, owned_headers, read_all, reader_consumer};
 use crate::kms::KeyProvider;
 use crate::registry::{DekRecord, QUARANTINE_TENANT, RegistryEntry};
 use crate::tenant::{OperatorClaim, operator_aad};
@@ -170,39 +170,43 @@ pub async fn read(
     mut out: impl FnMut(Opened),
     mut failed: impl FnMut(Unopened),
 ) -> Result<ReadStats, ReadError> {
-    let registry = load_registry(config).await?;
+    let mut registry = load_registry(config).await?;
+    let mut reloaded = std::time::Instant::now();
     let keyring = crate::keyring::Keyring::new(config)?;
-
-    // Collect the sealed records first (the callback of read_all is synchronous).
     let consumer = reader_consumer(config)?;
-    let mut sealed = Vec::new();
-    read_all(&consumer, &opts.topic, Some(opts), |m| {
+    let mut reader = TopicReader::open(&consumer, &opts.topic, Some(opts)).await?;
+    let mut stats = ReadStats::default();
+    // duplicates (a batch sealed again after a crash) are near each other: a window is enough
+    let mut seen = crate::seen::Seen::window(DEDUP_WINDOW);
+    while let Some(m) = reader.next().await? {
         let ts = m.timestamp().to_millis();
         if opts.from_time_ms.is_some_and(|f| ts.is_some_and(|t| t < f))
             || opts.to_time_ms.is_some_and(|e| ts.is_some_and(|t| t >= e))
         {
-            return;
+            continue;
         }
-        let headers: Vec<(String, Option<Vec<u8>>)> = owned_headers(m);
-        sealed.push((
+        let sealed: Sealed = (
             m.partition(),
             m.offset(),
             m.key().map(<[u8]>::to_vec),
             m.payload().map(<[u8]>::to_vec),
-            headers,
-        ));
-    })
-    .await?;
-
-    let mut stats = ReadStats::default();
-    let mut seen: HashSet<(String, Vec<u8>)> = HashSet::new();
-    let cx = OpenCx {
-        config,
-        registry: &registry,
-        keyring: &keyring,
-        opts,
-    };
-    for sealed in sealed {
+            owned_headers(&m),
+        );
+        drop(m);
+        // a DEK made after the registry was read: read it again (at most every 10 s)
+        if let Some(dek) = sealed.3.as_deref().and_then(|v| envelope::dek_id(v).ok())
+            && !registry.contains_key(&dek)
+            && reloaded.elapsed() >= REGISTRY_RELOAD_EVERY
+        {
+            registry = load_registry(config).await?;
+            reloaded = std::time::Instant::now();
+        }
+        let cx = OpenCx {
+            config,
+            registry: &registry,
+            keyring: &keyring,
+            opts,
+        };
         stats.read += 1;
         let (partition, offset) = (sealed.0, sealed.1);
         match open_one(&cx, sealed).await {
@@ -216,10 +220,11 @@ pub async fn read(
                 });
             }
             Ok(None) => {}
-            // duplicates (a batch sealed again after a crash) carry the same byok.src and the
-            // same plaintext; a record that merely copies a byok.src is not one of them
+            // duplicates carry the same byok.src and the same plaintext; a record that merely
+            // copies a byok.src is not one of them
             Ok(Some((digest, o))) => {
-                if !opts.duplicates && !seen.insert((o.src.clone(), digest)) {
+                let key = crate::seen::key(&o.src, &digest);
+                if !opts.duplicates && !seen.insert(key) {
                     stats.duplicates += 1;
                     continue;
                 }
@@ -230,6 +235,11 @@ pub async fn read(
     }
     Ok(stats)
 }
+
+/// How many records back `byok cat` looks for a duplicate (16 bytes each).
+pub const DEDUP_WINDOW: usize = 500_000;
+/// Least time between two reads of the registry when a record names a DEK not in it.
+pub const REGISTRY_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What opening a record needs.
 struct OpenCx<'a> {
@@ -250,7 +260,7 @@ type Sealed = (
 
 /// Opens one record: the plaintext's digest and the record, `None` when the tenant filter
 /// leaves it out, or why it cannot be opened.
-async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<(Vec<u8>, Opened)>, String> {
+async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<([u8; 32], Opened)>, String> {
     let (config, registry, keyring, opts) = (cx.config, cx.registry, cx.keyring, cx.opts);
     let (partition, offset, key, value, headers) = sealed;
     let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
@@ -325,9 +335,9 @@ async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<(Vec<u8>, Op
     }
     // duplicates (a batch sealed again after a crash) carry the same byok.src and the same
     // plaintext; a record that merely copies a byok.src is not one of them
-    let digest = ring::digest::digest(&ring::digest::SHA256, &plain);
+    let digest = crate::seen::digest(&plain);
     Ok(Some((
-        digest.as_ref().to_vec(),
+        digest,
         Opened {
             topic: opts.topic.clone(),
             partition,
@@ -342,4 +352,26 @@ async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<(Vec<u8>, Op
             value: String::from_utf8(plain).ok(),
         },
     )))
+}
+
+/// The plaintext digest of an archive record sealed for `tenant` (under one of its DEKs in
+/// `registry`), if it opens.
+pub(crate) async fn opens_to(
+    keyring: &crate::keyring::Keyring,
+    registry: &HashMap<DekId, DekRecord>,
+    tenant: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> Option<[u8; 32]> {
+    let record = registry.get(&envelope::dek_id(value).ok()?)?;
+    if record.tenant != tenant {
+        return None;
+    }
+    let kms = keyring.tenant(tenant)?;
+    let dek = kms
+        .unwrap(&record.kek, record.dek, &record.wrapped)
+        .await
+        .ok()?;
+    let plain = zeroize::Zeroizing::new(envelope::open(&dek, tenant, key, value).ok()?);
+    Some(crate::seen::digest(&plain))
 }

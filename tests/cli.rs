@@ -162,7 +162,11 @@ fn kafka_secrets_come_from_files_and_never_from_the_config_file() {
     let (dir, example) = example_copy(0o600);
     let text = std::fs::read_to_string(&example).unwrap();
     let with = |extra: &str| {
-        let edited = text.replacen("[kafka.producer]", &format!("{extra}\n[kafka.producer]"), 1);
+        let edited = text.replacen(
+            "\n[kafka.producer]",
+            &format!("\n{extra}\n[kafka.producer]"),
+            1,
+        );
         assert_ne!(edited, text);
         std::fs::write(&example, edited).unwrap();
         run(byok().args(["config", "check"]).arg(&example))
@@ -325,7 +329,7 @@ fn broken_configs_fail_naming_the_field_and_the_fix() {
         ),
         (
             Box::new(|t| t.replace("group_id = \"byok-pipeline\"", "group_id = \"byok-pipeline")),
-            &["line 21", "fix the TOML syntax"],
+            &["line 26", "fix the TOML syntax"],
         ),
     ];
     for (edit, expects) in cases {

@@ -1,6 +1,6 @@
-//! The drain against hostile writers and at scale, on librdkafka's mock cluster: a junk record
-//! carrying a copied `byok.src` never hides the real one, and 200 000 quarantined records drain
-//! with the process's peak memory bounded.
+//! The drain and replay against hostile writers and at scale, on librdkafka's mock cluster: a
+//! junk record carrying a copied `byok.src` never hides the real one, and 200 000 quarantined
+//! records drain with the process's peak memory bounded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -176,6 +176,46 @@ async fn a_junk_record_with_a_copied_src_never_hides_the_real_one() {
     want.sort();
     assert_eq!(opened, want);
     assert_eq!(failed.len(), 40, "{failed:?}");
+    drop(producer);
+}
+
+/// Junk records planted in replay's target with the `byok.src` (and headers) of real records do
+/// not make replay skip them: a copy counts only once it opens to the same plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_writes_records_whose_src_a_planted_target_record_copied() {
+    let r = rig("").await;
+    r.cluster.create_topic("archive.v2", 2, 1).unwrap();
+    capture_acme(&r.bootstrap, 30).await;
+    let (stop, worker, _health) = worker_until(&r.config, 30, 120).await;
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    let archived = all(&r.bootstrap, "archive.messages");
+    assert_eq!(archived.len(), 30);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .create()
+        .unwrap();
+    for a in &archived {
+        let junk = vec![0x01u8; 90];
+        let mut rec = FutureRecord::<[u8], [u8]>::to("archive.v2")
+            .payload(&junk)
+            .headers(copy_headers(a));
+        if let Some(k) = a.key() {
+            rec = rec.key(k);
+        }
+        producer.send(rec, Timeout::Never).await.unwrap();
+    }
+    let opts = byok::lifecycle::replay::ReplayOptions::new("archive.messages", "archive.v2");
+    let first = byok::lifecycle::replay::replay(&r.config, &opts, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(first.resealed, 30, "{first:?}");
+    assert_eq!(first.already_in_target, 0, "{first:?}");
+    let again = byok::lifecycle::replay::replay(&r.config, &opts, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again.resealed, 0, "{again:?}");
+    assert_eq!(again.already_in_target, 30, "{again:?}");
     drop(producer);
 }
 

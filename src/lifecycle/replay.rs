@@ -15,12 +15,12 @@
 //! - The source is read in chunks (bounded memory); DEKs are unwrapped once each through the
 //!   tenant's provider stack (rate-limited toward each vault); `rate` caps records per second.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
@@ -36,6 +36,7 @@ use crate::envelope::{
 use crate::kafka::{TopicReader, reader_consumer};
 use crate::kms::{KeyProvider, TenantKms};
 use crate::registry::QUARANTINE_TENANT;
+use crate::seen::Seen;
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -204,8 +205,8 @@ pub async fn replay(
             })?;
     }
 
-    // What the target already holds: the progress of an earlier run.
-    let mut done: HashSet<String> = HashSet::new();
+    // What the target already holds: the progress of an earlier run, as (provenance,
+    // plaintext) of the records that open (a planted record with a copied byok.src is no copy)
     let target_topics: Vec<String> = if target.is_per_tenant() {
         providers
             .keys()
@@ -216,21 +217,7 @@ pub async fn replay(
     } else {
         vec![opts.to.clone()]
     };
-    for topic in &target_topics {
-        let consumer = reader_consumer(config)?;
-        let mut reader = TopicReader::open(&consumer, topic, None)
-            .await
-            .map_err(ReplayError::Target)?;
-        while let Some(m) = reader.next().await? {
-            if let Some(src) = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == "byok.src"))
-                .and_then(|h| h.value)
-            {
-                done.insert(String::from_utf8_lossy(src).into_owned());
-            }
-        }
-    }
+    let done = in_target(config, &keyring, &registry, &target_topics).await?;
     if !done.is_empty() {
         tracing::info!(
             records = done.len(),
@@ -246,7 +233,7 @@ pub async fn replay(
         providers,
         operator,
         done,
-        written: HashSet::new(),
+        written: Seen::window(WRITTEN_WINDOW),
         keys: HashMap::new(),
         deks: DekSet::new(
             config.dek.limits,
@@ -325,10 +312,10 @@ struct Run<'a> {
     providers: BTreeMap<String, Arc<TenantKms>>,
     /// The operator's quarantine key, to open records sealed under it.
     operator: Arc<TenantKms>,
-    /// `byok.src` values in the target when the run started.
-    done: HashSet<String>,
-    /// `byok.src` values written (or, dry, to be written) by this run.
-    written: HashSet<String>,
+    /// Records in the target when the run started (provenance and plaintext).
+    done: Seen,
+    /// Records written (or, dry, to be written) by this run, the last [`WRITTEN_WINDOW`].
+    written: Seen,
     /// Source DEKs opened so far, or why they could not be.
     keys: HashMap<DekId, Result<Arc<DataKey>, String>>,
     deks: DekSet,
@@ -487,14 +474,6 @@ impl Run<'_> {
             return Ok(None);
         }
         let src = h.src.to_string();
-        if self.done.contains(&src) {
-            self.stats.already_in_target += 1;
-            return Ok(None);
-        }
-        if self.written.contains(&src) {
-            self.stats.duplicates += 1;
-            return Ok(None);
-        }
         let key = match self.keys.get(&h.dek) {
             Some(Ok(k)) => Arc::clone(k),
             Some(Err(e)) => return Err(e.clone()),
@@ -544,8 +523,18 @@ impl Run<'_> {
             })?
         };
         let tenant = h.tenant;
+        // copies are judged once opened: same provenance and same plaintext
+        let seen = crate::seen::key(&src, &crate::seen::digest(&plain));
+        if self.done.contains(&seen) {
+            self.stats.already_in_target += 1;
+            return Ok(None);
+        }
+        if self.written.contains(&seen) {
+            self.stats.duplicates += 1;
+            return Ok(None);
+        }
         if self.opts.dry_run {
-            self.count(&tenant, src);
+            self.count(&tenant, seen);
             return Ok(None);
         }
         let kms = Arc::clone(
@@ -601,15 +590,49 @@ impl Run<'_> {
         let topic = TenantId::parse(&tenant)
             .map(|t| self.target.topic_for(&t))
             .map_err(|e| format!("tenant {tenant}: {e}"))?;
-        self.count(&tenant, src);
+        self.count(&tenant, seen);
         Ok(Some((topic, r.key, out, headers)))
     }
 
-    fn count(&mut self, tenant: &str, src: String) {
+    fn count(&mut self, tenant: &str, seen: crate::seen::Key) {
         self.stats.resealed += 1;
         *self.stats.by_tenant.entry(tenant.to_owned()).or_default() += 1;
-        self.written.insert(src);
+        self.written.insert(seen);
     }
+}
+
+/// Most records of this run remembered to drop a second copy of one in the source.
+pub const WRITTEN_WINDOW: usize = 200_000;
+
+/// The records of the target topics that open (a planted one does not count), as keys of
+/// provenance and plaintext: 16 bytes a record.
+async fn in_target(
+    config: &Config,
+    keyring: &crate::keyring::Keyring,
+    registry: &HashMap<DekId, crate::registry::DekRecord>,
+    topics: &[String],
+) -> Result<Seen, ReplayError> {
+    let mut done = Seen::unbounded();
+    for topic in topics {
+        let consumer = reader_consumer(config)?;
+        let mut reader = TopicReader::open(&consumer, topic, None)
+            .await
+            .map_err(ReplayError::Target)?;
+        while let Some(m) = reader.next().await? {
+            let headers = crate::kafka::owned_headers(&m);
+            let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+            let Ok(h) = ArchiveHeaders::from_pairs(pairs) else {
+                continue;
+            };
+            let value = m.payload().unwrap_or_default();
+            if let Some(d) =
+                crate::archive::opens_to(keyring, registry, &h.tenant, m.key(), value).await
+            {
+                done.insert(crate::seen::key(&h.src.to_string(), &d));
+            }
+        }
+    }
+    Ok(done)
 }
 
 fn dek_header(headers: &[(String, Option<Vec<u8>>)]) -> Option<DekId> {

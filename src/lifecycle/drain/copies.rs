@@ -11,14 +11,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use rdkafka::Message;
 use rdkafka::message::Headers;
 
-use super::decide::digest;
 use crate::archive::ReadOptions;
 use crate::config::Config;
 use crate::dek::DekId;
-use crate::envelope;
 use crate::kafka::{TopicReader, reader_consumer};
 use crate::keyring::Keyring;
-use crate::kms::KeyProvider;
 use crate::registry::DekRecord;
 
 /// How far before the oldest record of a chunk the archive is searched for copies (a copy
@@ -89,7 +86,7 @@ pub(super) async fn find(
             for &i in candidates {
                 let w = &wanted[i];
                 if !found.contains(&i)
-                    && opens_to(keyring, registry, &w.tenant, m.key(), value).await
+                    && crate::archive::opens_to(keyring, registry, &w.tenant, m.key(), value).await
                         == Some(w.digest)
                 {
                     found.insert(i);
@@ -98,25 +95,4 @@ pub(super) async fn find(
         }
     }
     Ok(found)
-}
-
-/// The plaintext digest of an archive record sealed for `tenant`, if it opens.
-async fn opens_to(
-    keyring: &Keyring,
-    registry: &HashMap<DekId, DekRecord>,
-    tenant: &str,
-    key: Option<&[u8]>,
-    value: &[u8],
-) -> Option<[u8; 32]> {
-    let record = registry.get(&envelope::dek_id(value).ok()?)?;
-    if record.tenant != tenant {
-        return None;
-    }
-    let kms = keyring.tenant(tenant)?;
-    let dek = kms
-        .unwrap(&record.kek, record.dek, &record.wrapped)
-        .await
-        .ok()?;
-    let plain = zeroize::Zeroizing::new(envelope::open(&dek, tenant, key, value).ok()?);
-    Some(digest(&plain))
 }

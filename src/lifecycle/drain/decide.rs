@@ -20,6 +20,7 @@ use crate::envelope::{
 };
 use crate::kms::{KeyProvider, TenantKms};
 use crate::registry::{DekRecord, QUARANTINE_TENANT};
+use crate::seen::digest;
 use crate::tenant::OperatorClaim;
 
 /// What happens to a record.
@@ -203,12 +204,4 @@ impl Cx<'_> {
             }),
         }
     }
-}
-
-/// SHA-256 of a plaintext.
-pub(super) fn digest(plain: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, plain);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }

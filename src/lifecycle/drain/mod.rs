@@ -26,7 +26,7 @@
 mod copies;
 mod decide;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -45,6 +45,7 @@ use crate::deks::DekSet;
 use crate::envelope::{self, headers::ArchiveHeaders};
 use crate::kafka::{TopicReader, reader_consumer};
 use crate::keyring::Keyring;
+use crate::seen::Seen;
 
 /// Most records of the quarantine handled at once.
 pub const CHUNK_RECORDS: usize = 5_000;
@@ -146,7 +147,7 @@ pub async fn drain_quarantine_with(
             config.kafka.registry_topic.clone(),
         ),
         proven: HashMap::new(),
-        written: Written::default(),
+        written: Seen::window(WRITTEN_WINDOW),
         stats: DrainStats::default(),
         position: Position::default(),
     };
@@ -196,7 +197,7 @@ struct Run<'a> {
     producer: FutureProducer,
     deks: DekSet,
     proven: HashMap<DekId, bool>,
-    written: Written,
+    written: Seen,
     stats: DrainStats,
     position: Position,
 }
@@ -251,7 +252,7 @@ impl Run<'_> {
             copies::find(self.config, self.keyring, self.cx.registry, &wanted, oldest).await?;
         let mut sends = Vec::new();
         for (i, (r, tenant, src, digest, plain)) in bound.into_iter().enumerate() {
-            if copies.contains(&i) || !self.written.insert(&src, digest) {
+            if copies.contains(&i) || !self.written.insert(crate::seen::key(&src, &digest)) {
                 self.stats.already_archived += 1;
                 continue;
             }
@@ -361,36 +362,6 @@ impl Run<'_> {
                 .map(|_| ())
                 .map_err(|(e, _)| failed(format!("{partition}/{offset}: produce to {topic}: {e}")))
         }
-    }
-}
-
-/// The records this drain wrote, the last [`WRITTEN_WINDOW`] of them, each as the first 16 bytes
-/// of SHA-256(provenance, plaintext digest) (a false match needs a 2^-64 collision).
-#[derive(Default)]
-struct Written {
-    set: HashSet<[u8; 16]>,
-    order: VecDeque<[u8; 16]>,
-}
-
-impl Written {
-    /// Remembers a record; false when it was already written.
-    fn insert(&mut self, src: &str, digest: [u8; 32]) -> bool {
-        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-        h.update(src.as_bytes());
-        h.update(&[0]);
-        h.update(&digest);
-        let mut k = [0u8; 16];
-        k.copy_from_slice(&h.finish().as_ref()[..16]);
-        if !self.set.insert(k) {
-            return false;
-        }
-        self.order.push_back(k);
-        if self.order.len() > WRITTEN_WINDOW
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
     }
 }
 

@@ -446,6 +446,16 @@ impl AzureKeyProvider {
 
     /// Decrypts with RSA-OAEP-256 on the version `kek` names.
     pub async fn decrypt(&self, kek: &KekId, ciphertext: &[u8]) -> Result<Vec<u8>, KmsError> {
+        // a registry record is a claim: the tenant's credential is used on its own key only
+        if !kek.is_key(&self.vault_url, &self.key_name) {
+            return Err(KmsError::Rejected {
+                tenant: self.tenant.clone(),
+                detail: format!(
+                    "the registry names key {kek}, not the tenant's key {}/keys/{}: not asked (a planted or mislabelled registry record)",
+                    self.vault_url, self.key_name
+                ),
+            });
+        }
         let params = KeyOperationParameters {
             algorithm: Some(EncryptionAlgorithm::RsaOaep256),
             value: Some(ciphertext.to_vec()),

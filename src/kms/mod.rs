@@ -425,6 +425,19 @@ impl KekId {
     pub fn version(&self) -> &str {
         &self.text[self.version.0..self.version.1]
     }
+    /// The vault's name: the first label of its host (`acme-vault` in
+    /// `https://acme-vault.vault.azure.net/keys/..`), the same for its Private Link host.
+    pub fn vault_name(&self) -> &str {
+        let rest = self.text.strip_prefix("https://").unwrap_or(&self.text);
+        rest.split(['.', ':', '/']).next().unwrap_or_default()
+    }
+    /// Whether this key is the tenant's configured key: the same vault (by name, so that a
+    /// Private Link URL matches) and the same key name.
+    pub fn is_key(&self, vault_url: &str, key_name: &str) -> bool {
+        let host = vault_url.strip_prefix("https://").unwrap_or(vault_url);
+        let vault = host.split(['.', ':', '/']).next().unwrap_or_default();
+        self.vault_name().eq_ignore_ascii_case(vault) && self.name().eq_ignore_ascii_case(key_name)
+    }
 }
 
 impl fmt::Display for KekId {
@@ -442,6 +455,20 @@ impl fmt::Debug for KekId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kek_is_the_tenants_key_only_by_vault_and_key_name() {
+        let k =
+            KekId::parse("https://globex-kv.vault.azure.net:8443/keys/archive-kek/0a1b").unwrap();
+        assert!(k.is_key(
+            "https://globex-kv.privatelink.vaultcore.azure.net:8443",
+            "archive-kek"
+        ));
+        assert!(k.is_key("https://GLOBEX-KV.vault.azure.net", "Archive-Kek"));
+        assert!(!k.is_key("https://globex-kv.vault.azure.net", "other-key"));
+        assert!(!k.is_key("https://attacker.vault.azure.net", "archive-kek"));
+        assert!(!k.is_key("https://globex-kv-evil.vault.azure.net", "archive-kek"));
+    }
 
     #[test]
     fn parses_public_private_link_and_prefixed_ids() {

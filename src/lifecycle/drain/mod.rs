@@ -150,6 +150,7 @@ pub async fn drain_quarantine_with(
         written: Seen::window(WRITTEN_WINDOW),
         stats: DrainStats::default(),
         position: Position::default(),
+        index: None,
     };
     loop {
         let chunk = read_chunk(&mut reader).await?;
@@ -200,6 +201,8 @@ struct Run<'a> {
     written: Seen,
     stats: DrainStats,
     position: Position,
+    /// The archive's `byok.src` index, once read.
+    index: Option<copies::Index>,
 }
 
 impl Run<'_> {
@@ -248,8 +251,13 @@ impl Run<'_> {
             })
             .collect();
         let oldest = bound.iter().filter_map(|b| b.0.timestamp).min();
-        let copies =
-            copies::find(self.config, self.keyring, self.cx.registry, &wanted, oldest).await?;
+        let copies = if wanted.is_empty() {
+            std::collections::HashSet::new()
+        } else {
+            let (config, keyring, registry) = (self.config, self.keyring, self.cx.registry);
+            let index = self.index(oldest).await?;
+            copies::find(config, keyring, registry, &wanted, (index, oldest)).await?
+        };
         let mut sends = Vec::new();
         for (i, (r, tenant, src, digest, plain)) in bound.into_iter().enumerate() {
             if copies.contains(&i) || !self.written.insert(crate::seen::key(&src, &digest)) {
@@ -293,6 +301,28 @@ impl Run<'_> {
         }
         let _ = self.producer.flush(Timeout::After(Duration::from_secs(30)));
         Ok(())
+    }
+
+    /// The archive's index of `byok.src` values, read once (again only when a chunk holds a
+    /// record older than it covers).
+    async fn index(
+        &mut self,
+        oldest: Option<i64>,
+    ) -> Result<&copies::Index, super::LifecycleError> {
+        let since = copies::since(oldest);
+        let index = match self.index.take() {
+            Some(i) if i.covers(since) => i,
+            _ => {
+                let topics = self
+                    .keyring
+                    .tenants()
+                    .keys()
+                    .map(|t| self.config.kafka.archive_topic.topic_for(t))
+                    .collect();
+                copies::Index::build(self.config, &topics, since).await?
+            }
+        };
+        Ok(self.index.insert(index))
     }
 
     /// A plaintext re-sealed under the tenant's current DEK (made through Key Vault if needed).

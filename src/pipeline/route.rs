@@ -327,13 +327,21 @@ mod tests {
                 ..
             }
         ));
-        // the header wins over the body
-        assert_eq!(
+        // a header and a body that disagree: ambiguous, so malformed (never either's tenant)
+        assert!(matches!(
             route(
                 &msg(r#"{"tenant_id":"nobody"}"#, Some(known.as_str())),
                 &c,
                 &none
             ),
+            Route::Quarantine {
+                reason: QuarantineReason::Malformed,
+                tenant: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            route(&msg(r#"{"body":"b"}"#, Some(known.as_str())), &c, &none),
             Route::Archive(known.clone())
         );
         let mut revoked = Revoked::new();

@@ -19,13 +19,29 @@ pub fn tenant_of<'a>(
     headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     value: Option<&[u8]>,
 ) -> TenantOf {
+    let mut header = None;
     for (name, v) in headers {
         if name == TENANT_HEADER {
-            return match v.map(std::str::from_utf8) {
-                Some(Ok(t)) if !t.trim().is_empty() => TenantOf::Found(t.trim().to_owned()),
-                _ => TenantOf::Missing("the tenant-id header is empty or not UTF-8"),
-            };
+            if header.is_some() {
+                return TenantOf::Missing("the tenant-id header appears more than once");
+            }
+            header = Some(v);
         }
+    }
+    if let Some(v) = header {
+        let t = match v.map(std::str::from_utf8) {
+            Some(Ok(t)) if !t.trim().is_empty() => t.trim(),
+            _ => return TenantOf::Missing("the tenant-id header is empty or not UTF-8"),
+        };
+        // a body that names another tenant makes the record ambiguous (a body that is not JSON,
+        // or names none, is fine with a header)
+        if let Some(v) = value
+            && let Ok(Some(body)) = json_tenant_id(v)
+            && body != t
+        {
+            return TenantOf::Missing("the tenant-id header and the body's tenant_id differ");
+        }
+        return TenantOf::Found(t.to_owned());
     }
     match value {
         None | Some([]) => TenantOf::Missing("no tenant-id header and an empty value"),
@@ -266,11 +282,29 @@ mod tests {
     }
 
     #[test]
-    fn header_wins_over_json() {
+    fn a_header_and_a_body_that_disagree_or_a_repeated_header_are_malformed() {
         let v = br#"{"tenant_id":"json"}"#;
+        let hdr = |t: &'static [u8]| ("tenant-id", Some(t));
         assert_eq!(
-            tenant_of([("tenant-id", Some(&b"hdr"[..]))], Some(v)),
-            TenantOf::Found("hdr".into())
+            tenant_of([hdr(b"hdr")], Some(v)),
+            TenantOf::Missing("the tenant-id header and the body's tenant_id differ")
+        );
+        assert_eq!(
+            tenant_of([hdr(b"json")], Some(v)),
+            TenantOf::Found("json".into())
+        );
+        assert_eq!(
+            tenant_of([hdr(b"acme"), hdr(b"acme")], Some(v)),
+            TenantOf::Missing("the tenant-id header appears more than once")
+        );
+        // a header with a body that names no tenant, or is not JSON
+        assert_eq!(
+            tenant_of([hdr(b"acme")], Some(&br#"{"body":"x"}"#[..])),
+            TenantOf::Found("acme".into())
+        );
+        assert_eq!(
+            tenant_of([hdr(b"acme")], Some(&b"\x00binary"[..])),
+            TenantOf::Found("acme".into())
         );
         assert_eq!(tenant_of([], Some(v)), TenantOf::Found("json".into()));
     }

@@ -328,6 +328,16 @@ fn broken_configs_fail_naming_the_field_and_the_fix() {
             ],
         ),
         (
+            Box::new(|t| {
+                t.replacen(
+                    "delivery = \"at-least-once\"",
+                    "delivery = \"at-least-once\"\ncopy_source_headers = true",
+                    1,
+                )
+            }),
+            &["kafka.copy_source_headers", "not supported", "unencrypted"],
+        ),
+        (
             Box::new(|t| t.replace("group_id = \"byok-pipeline\"", "group_id = \"byok-pipeline")),
             &["line 26", "fix the TOML syntax"],
         ),

@@ -272,6 +272,19 @@ impl Loader {
                 "keep \"at-least-once\" unless your brokers support transactions; readers drop duplicates by byok.src either way",
             );
         }
+        match raw.copy_source_headers {
+            None => {}
+            Some(true) => self.error(
+                "kafka.copy_source_headers",
+                "is not supported: the captured record's headers would sit unencrypted next to the sealed value (they may hold personal data), and a producer could plant byok.* headers",
+                "remove the line; put what the archive must keep into the message body, which is sealed",
+            ),
+            Some(false) => self.warn(
+                "kafka.copy_source_headers",
+                "has no effect (source headers are never copied)",
+                "remove the line",
+            ),
+        }
         let consumer = self.passthrough("kafka.consumer", raw.consumer, &OWNED_CONSUMER_SETTINGS);
         let producer = self.passthrough("kafka.producer", raw.producer, &OWNED_PRODUCER_SETTINGS);
         (!self.has_errors_since(before)).then_some(KafkaConfig {
@@ -283,7 +296,6 @@ impl Loader {
             keks_topic: raw.keks_topic,
             quarantine_topic: raw.quarantine_topic,
             delivery: raw.delivery,
-            copy_source_headers: raw.copy_source_headers,
             consumer,
             producer,
         })

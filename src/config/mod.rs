@@ -205,8 +205,6 @@ pub struct KafkaConfig {
     pub quarantine_topic: String,
     /// Delivery guarantee.
     pub delivery: Delivery,
-    /// Copy the source record's headers onto archive records.
-    pub copy_source_headers: bool,
     /// librdkafka consumer passthrough.
     pub consumer: Passthrough,
     /// librdkafka producer passthrough.

@@ -153,8 +153,9 @@ pub(super) struct KafkaRaw {
     pub(super) quarantine_topic: String,
     #[serde(default = "default_delivery")]
     pub(super) delivery: Delivery,
+    /// Removed (source headers are never copied); accepted to say so.
     #[serde(default)]
-    pub(super) copy_source_headers: bool,
+    pub(super) copy_source_headers: Option<bool>,
     #[serde(default)]
     pub(super) consumer: BTreeMap<String, PassValue>,
     #[serde(default)]

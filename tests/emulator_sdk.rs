@@ -1311,3 +1311,25 @@ async fn private_link_hosts_fail_the_sdk_challenge_check_unless_it_is_turned_off
         .unwrap();
     assert!(key.key.unwrap().kid.unwrap().starts_with(&url));
 }
+
+/// A client that opens a connection and never speaks is dropped after the handshake timeout,
+/// instead of holding a task and a socket for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let emu = Emu::start().await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", emu.port()))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let limit = byok::emulator::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(5);
+    let n = tokio::time::timeout(limit, s.read(&mut buf))
+        .await
+        .expect("the emulator kept a silent connection open")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        started.elapsed() >= byok::emulator::HANDSHAKE_TIMEOUT - std::time::Duration::from_secs(1)
+    );
+}

@@ -414,7 +414,8 @@ async fn serve_connection(
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
 ) {
-    let Ok(tls) = acceptor.accept(stream).await else {
+    // a client that opens a connection and says nothing holds nothing for long
+    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
         return;
     };
     let svc = hyper::service::service_fn(move |req| {
@@ -423,9 +424,18 @@ async fn serve_connection(
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(tls), svc)
         .await;
 }
+
+/// Longest TLS handshake the emulator waits for.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest time to receive a request's headers, also the longest a kept-alive connection waits
+/// for its next request: over twice a worker's default `keys.check_interval` (60 s), so a
+/// worker's pooled connection is reused rather than raced against its closing.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(150);
 
 /// The parts of a request the handlers need, with the body read.
 pub(crate) struct Req {

@@ -104,13 +104,15 @@ pub fn open_operator(
     claimed: Option<&str>,
     record_key: Option<&[u8]>,
     value: &[u8],
+    max_plain: usize,
 ) -> Result<(Vec<u8>, OperatorClaim), envelope::OpenError> {
     if let Some(t) = claimed
-        && let Ok(p) = envelope::open(key, &operator_aad(Some(t)), record_key, value)
+        && let Ok(p) =
+            envelope::open_bounded(key, &operator_aad(Some(t)), record_key, value, max_plain)
     {
         return Ok((p, OperatorClaim::Bound(t.to_owned())));
     }
-    let p = envelope::open(key, QUARANTINE_TENANT, record_key, value)?;
+    let p = envelope::open_bounded(key, QUARANTINE_TENANT, record_key, value, max_plain)?;
     Ok((
         p,
         claimed.map_or(OperatorClaim::None, |t| {
@@ -308,10 +310,22 @@ async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<([u8; 32], O
         return Err("null value".into());
     };
     let opened = if operator {
-        open_operator(&key_obj, tenant.as_deref(), key.as_deref(), &value)
+        open_operator(
+            &key_obj,
+            tenant.as_deref(),
+            key.as_deref(),
+            &value,
+            config.max_record_bytes(),
+        )
     } else {
-        envelope::open(&key_obj, &record.tenant, key.as_deref(), &value)
-            .map(|p| (p, OperatorClaim::Bound(record.tenant.clone())))
+        envelope::open_bounded(
+            &key_obj,
+            &record.tenant,
+            key.as_deref(),
+            &value,
+            config.max_record_bytes(),
+        )
+        .map(|p| (p, OperatorClaim::Bound(record.tenant.clone())))
     };
     let (plain, claim) = match opened {
         Ok(o) => o,
@@ -362,6 +376,7 @@ pub(crate) async fn opens_to(
     tenant: &str,
     key: Option<&[u8]>,
     value: &[u8],
+    max_plain: usize,
 ) -> Option<[u8; 32]> {
     let record = registry.get(&envelope::dek_id(value).ok()?)?;
     if record.tenant != tenant {
@@ -372,6 +387,7 @@ pub(crate) async fn opens_to(
         .unwrap(&record.kek, record.dek, &record.wrapped)
         .await
         .ok()?;
-    let plain = zeroize::Zeroizing::new(envelope::open(&dek, tenant, key, value).ok()?);
+    let plain =
+        zeroize::Zeroizing::new(envelope::open_bounded(&dek, tenant, key, value, max_plain).ok()?);
     Some(crate::seen::digest(&plain))
 }

@@ -536,6 +536,19 @@ pub struct LoadOptions {
 }
 
 impl Config {
+    /// The largest record a worker with this configuration can have captured, so the largest
+    /// plaintext a reader ever needs to inflate: the consumer's `receive.message.max.bytes`
+    /// (librdkafka refuses larger fetch responses; 100 000 000 by default).
+    pub fn max_record_bytes(&self) -> usize {
+        self.kafka
+            .consumer
+            .get("receive.message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000_000)
+    }
+}
+
+impl Config {
     /// Loads and checks a configuration file; any error refuses the whole configuration.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Self::load_with(path, LoadOptions::default())

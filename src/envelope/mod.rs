@@ -316,12 +316,24 @@ pub fn dek_id(sealed: &[u8]) -> Result<DekId, OpenError> {
 }
 
 /// Opens a v1 value sealed for `tenant` and `record_key` under `key`, returning the plaintext
-/// (inflated if it was compressed).
+/// (inflated if it was compressed, to at most [`MAX_DECOMPRESSED_LEN`] bytes).
 pub fn open(
     key: &DataKey,
     tenant: &str,
     record_key: Option<&[u8]>,
     sealed: &[u8],
+) -> Result<Vec<u8>, OpenError> {
+    open_bounded(key, tenant, record_key, sealed, MAX_DECOMPRESSED_LEN)
+}
+
+/// [`open`], refusing a compressed value that inflates past `max_plain` bytes (a reader passes
+/// the largest record its configuration lets a worker capture: nothing larger was ever sealed).
+pub fn open_bounded(
+    key: &DataKey,
+    tenant: &str,
+    record_key: Option<&[u8]>,
+    sealed: &[u8],
+    max_plain: usize,
 ) -> Result<Vec<u8>, OpenError> {
     let header = Header::parse(sealed).map_err(|_| OpenError)?;
     if header.dek_id != key.id() || tenant.len() > u16::MAX as usize {
@@ -344,20 +356,20 @@ pub fn open(
     .map_err(|_| OpenError)?;
     buf.truncate(plain_len);
     if header.flags & FLAG_ZSTD != 0 {
-        decompress(&buf)
+        decompress(&buf, max_plain.min(MAX_DECOMPRESSED_LEN))
     } else {
         Ok(buf)
     }
 }
 
-/// Inflates exactly one zstd frame of at most [`MAX_DECOMPRESSED_LEN`] bytes.
-pub(crate) fn decompress(frame: &[u8]) -> Result<Vec<u8>, OpenError> {
+/// Inflates exactly one zstd frame of at most `max` bytes.
+pub(crate) fn decompress(frame: &[u8], max: usize) -> Result<Vec<u8>, OpenError> {
     let frame_len = zstd::zstd_safe::find_frame_compressed_size(frame).map_err(|_| OpenError)?;
     if frame_len != frame.len() {
         return Err(OpenError); // trailing bytes or a second frame
     }
     match zstd::zstd_safe::get_frame_content_size(frame) {
-        Ok(Some(size)) if size <= MAX_DECOMPRESSED_LEN as u64 => {
+        Ok(Some(size)) if size <= max as u64 => {
             let out = zstd::bulk::decompress(frame, size as usize).map_err(|_| OpenError)?;
             if out.len() as u64 == size {
                 Ok(out)
@@ -372,10 +384,10 @@ pub(crate) fn decompress(frame: &[u8]) -> Result<Vec<u8>, OpenError> {
             let decoder = zstd::stream::read::Decoder::new(frame).map_err(|_| OpenError)?;
             let mut out = Vec::new();
             decoder
-                .take(MAX_DECOMPRESSED_LEN as u64 + 1)
+                .take(max as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|_| OpenError)?;
-            if out.len() > MAX_DECOMPRESSED_LEN {
+            if out.len() > max {
                 return Err(OpenError);
             }
             Ok(out)
@@ -627,9 +639,36 @@ mod tests {
         let huge = vec![0u8; MAX_DECOMPRESSED_LEN + 1];
         let frame = zstd::bulk::compress(&huge, 1).unwrap();
         assert!(frame.len() < 1 << 20);
-        assert_eq!(decompress(&frame), Err(OpenError));
+        assert_eq!(decompress(&frame, MAX_DECOMPRESSED_LEN), Err(OpenError));
         let ok = zstd::bulk::compress(&huge[..1000], 1).unwrap();
-        assert_eq!(decompress(&ok).unwrap().len(), 1000);
+        assert_eq!(decompress(&ok, MAX_DECOMPRESSED_LEN).unwrap().len(), 1000);
+        // a reader's own bound (the largest record its configuration captures) holds too
+        assert_eq!(decompress(&ok, 999), Err(OpenError));
+    }
+
+    #[test]
+    fn open_bounded_refuses_a_plaintext_over_the_readers_bound() {
+        let d = dek();
+        let plain = vec![7u8; 10_000];
+        let mut out = Vec::new();
+        seal_with_nonce_for_vectors(
+            d.key(),
+            [2; 12],
+            FLAG_ZSTD,
+            "a",
+            None,
+            &zstd::bulk::compress(&plain, 1).unwrap(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            open_bounded(d.key(), "a", None, &out, 10_000).unwrap(),
+            plain
+        );
+        assert_eq!(
+            open_bounded(d.key(), "a", None, &out, 9_999),
+            Err(OpenError)
+        );
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn open(
         )
         .map_err(|_| OpenError)?;
     if head[2] & FLAG_ZSTD != 0 {
-        super::decompress(&buf)
+        super::decompress(&buf, super::MAX_DECOMPRESSED_LEN)
     } else {
         Ok(buf)
     }

@@ -494,7 +494,14 @@ impl Run<'_> {
                     h.dek
                 ));
             }
-            match crate::archive::open_operator(&key, Some(&h.tenant), r.key.as_deref(), &value) {
+            let max = self.config.max_record_bytes();
+            match crate::archive::open_operator(
+                &key,
+                Some(&h.tenant),
+                r.key.as_deref(),
+                &value,
+                max,
+            ) {
                 Ok((p, crate::tenant::OperatorClaim::Bound(_))) => p,
                 Ok(_) => {
                     return Err(format!(
@@ -515,7 +522,8 @@ impl Run<'_> {
                 h.tenant, h.dek
             ));
         } else {
-            envelope::open(&key, &owner, r.key.as_deref(), &value).map_err(|_| {
+            let max = self.config.max_record_bytes();
+            envelope::open_bounded(&key, &owner, r.key.as_deref(), &value, max).map_err(|_| {
                 format!(
                     "the value does not open with DEK {} of {owner} (tampered or corrupt)",
                     h.dek
@@ -613,6 +621,7 @@ async fn in_target(
     topics: &[String],
 ) -> Result<Seen, ReplayError> {
     let mut done = Seen::unbounded();
+    let max = config.max_record_bytes();
     for topic in topics {
         let consumer = reader_consumer(config)?;
         let mut reader = TopicReader::open(&consumer, topic, None)
@@ -626,7 +635,7 @@ async fn in_target(
             };
             let value = m.payload().unwrap_or_default();
             if let Some(d) =
-                crate::archive::opens_to(keyring, registry, &h.tenant, m.key(), value).await
+                crate::archive::opens_to(keyring, registry, &h.tenant, m.key(), value, max).await
             {
                 done.insert(crate::seen::key(&h.src.to_string(), &d));
             }

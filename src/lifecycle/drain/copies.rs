@@ -160,6 +160,7 @@ pub(super) async fn find(
         .map(|t| config.kafka.archive_topic.topic_for(&t))
         .collect();
     let mut found = HashSet::new();
+    let max = config.max_record_bytes();
     for topic in &topics {
         let consumer = reader_consumer(config)?;
         let Some(mut reader) = open_from(&consumer, topic, since(oldest_ms)).await? else {
@@ -176,7 +177,8 @@ pub(super) async fn find(
             for &i in candidates {
                 let w = &wanted[i];
                 if !found.contains(&i)
-                    && crate::archive::opens_to(keyring, registry, &w.tenant, m.key(), value).await
+                    && crate::archive::opens_to(keyring, registry, &w.tenant, m.key(), value, max)
+                        .await
                         == Some(w.digest)
                 {
                     found.insert(i);

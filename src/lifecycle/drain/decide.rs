@@ -156,7 +156,8 @@ impl Cx<'_> {
                 return Err(Decision::Stay(reason.to_owned()));
             }
         };
-        match envelope::open(&key, tenant.as_str(), r.key.as_deref(), &r.value) {
+        let max = self.config.max_record_bytes();
+        match envelope::open_bounded(&key, tenant.as_str(), r.key.as_deref(), &r.value, max) {
             Ok(plain) => Ok((tenant, digest(&plain), None)),
             Err(e) => Err(Decision::Park {
                 reason: "does-not-open".into(),
@@ -182,8 +183,15 @@ impl Cx<'_> {
             .await
             .map_err(|e| e.to_string())
             .and_then(|k| {
-                crate::archive::open_operator(&k, Some(tenant.as_str()), r.key.as_deref(), &r.value)
-                    .map_err(|e| e.to_string())
+                let max = self.config.max_record_bytes();
+                crate::archive::open_operator(
+                    &k,
+                    Some(tenant.as_str()),
+                    r.key.as_deref(),
+                    &r.value,
+                    max,
+                )
+                .map_err(|e| e.to_string())
             });
         match opened {
             Ok((p, OperatorClaim::Bound(_))) => {

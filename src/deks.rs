@@ -67,6 +67,9 @@ pub struct DekSet {
     transaction_open: bool,
     /// The registry records this process published, for its DEKs still in memory.
     records: std::sync::Mutex<HashMap<crate::dek::DekId, DekRecord>>,
+    /// DEKs retired from sealing whose rewrap onto the usable version failed: kept in memory
+    /// (the old version may no longer decrypt their registry copy) and tried again.
+    pending_rewraps: Vec<(String, Arc<ActiveDek>)>,
 }
 
 impl DekSet {
@@ -81,6 +84,7 @@ impl DekSet {
             in_transaction: Vec::new(),
             transaction_open: false,
             records: std::sync::Mutex::new(HashMap::new()),
+            pending_rewraps: Vec::new(),
         }
     }
 
@@ -97,6 +101,18 @@ impl DekSet {
         let Some(dek) = self.active.get(tenant) else {
             return Ok(None);
         };
+        self.rewrap(tenant, dek, kms, producer).await
+    }
+
+    /// Rewraps `dek` (in memory) under the version `kms` wraps with now, if its registry record
+    /// names another; publishes the new record.
+    async fn rewrap<P: KeyProvider>(
+        &self,
+        tenant: &str,
+        dek: &ActiveDek,
+        kms: &P,
+        producer: &FutureProducer,
+    ) -> Result<Option<DekRecord>, DekError> {
         let Some(old) = self
             .records
             .lock()
@@ -121,8 +137,56 @@ impl DekSet {
             r.insert(record.dek, record.clone());
         }
         metrics::counter!("byok_deks_rewrapped_total", "tenant" => tenant.to_owned()).increment(1);
-        tracing::info!(tenant, dek = %record.dek, from = %old.kek, to = %record.kek, "DEK in use rewrapped from memory onto the usable version");
+        tracing::info!(tenant, dek = %record.dek, from = %old.kek, to = %record.kek, "DEK rewrapped from memory onto the usable version");
         Ok(Some(record))
+    }
+
+    /// The tenant's active DEK stops sealing, but stays in memory to be rewrapped later
+    /// ([`DekSet::retry_rewraps`]): its rewrap failed, and its registry copy may be under a
+    /// version that no longer decrypts.
+    pub fn retire_for_rewrap(&mut self, tenant: &str) {
+        if let Some(d) = self.active.remove(tenant) {
+            metrics::gauge!("byok_deks_rewrap_pending").increment(1.0);
+            self.pending_rewraps.push((tenant.to_owned(), d));
+        }
+    }
+
+    /// DEKs waiting for a rewrap.
+    pub fn rewraps_pending(&self) -> usize {
+        self.pending_rewraps.len()
+    }
+
+    /// Tries the pending rewraps again with each tenant's provider (`kms_of`); keeps those that
+    /// fail. Returns how many succeeded.
+    pub async fn retry_rewraps<P: KeyProvider>(
+        &mut self,
+        kms_of: impl Fn(&str) -> Option<Arc<P>>,
+        producer: &FutureProducer,
+    ) -> usize {
+        let mut done = 0;
+        let pending = std::mem::take(&mut self.pending_rewraps);
+        for (tenant, dek) in pending {
+            let ok = match kms_of(&tenant) {
+                Some(kms) => match self.rewrap(&tenant, &dek, kms.as_ref(), producer).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(tenant, dek = %dek.id(), error = %e, "rewrap still failing; tried again later (the DEK stays in memory)");
+                        false
+                    }
+                },
+                None => true,
+            };
+            if ok {
+                done += 1;
+                metrics::gauge!("byok_deks_rewrap_pending").decrement(1.0);
+                if let Ok(mut r) = self.records.lock() {
+                    r.remove(&dek.id());
+                }
+            } else {
+                self.pending_rewraps.push((tenant, dek));
+            }
+        }
+        done
     }
 
     /// A transaction begins: DEKs made from now on have their registry records in it.
@@ -279,5 +343,99 @@ impl DekSet {
             }
         }
         dek
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rdkafka::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::kms::{KekId, KeyState, KmsError, Outage, Wrapped};
+
+    /// A provider whose wrap fails while `failing`, under version `version`.
+    struct Flaky {
+        failing: AtomicBool,
+        version: Mutex<&'static str>,
+    }
+
+    impl KeyProvider for Flaky {
+        fn tenant(&self) -> &str {
+            "acme"
+        }
+        async fn wrap(&self, _dek: &crate::dek::DataKey) -> Result<Wrapped, KmsError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(KmsError::Unavailable {
+                    tenant: "acme".into(),
+                    why: Outage::ServerError,
+                    detail: "503".into(),
+                    retry_after: None,
+                });
+            }
+            let v = *self.version.lock().unwrap();
+            Ok(Wrapped {
+                kek: KekId::parse(&format!("https://acme-vault.vault.azure.net/keys/k/{v}"))
+                    .unwrap(),
+                wrapped: vec![1, 2, 3],
+            })
+        }
+        async fn unwrap(
+            &self,
+            _kek: &KekId,
+            _dek: crate::dek::DekId,
+            _wrapped: &[u8],
+        ) -> Result<Arc<crate::dek::DataKey>, KmsError> {
+            Err(KmsError::Rejected {
+                tenant: "acme".into(),
+                detail: "not in this test".into(),
+            })
+        }
+        async fn key_state(&self) -> KeyState {
+            unreachable!("not in this test")
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_rewrap_is_retried_until_the_dek_is_under_the_usable_version() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("byok.deks", 1, 1).unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        let kms = Arc::new(Flaky {
+            failing: AtomicBool::new(false),
+            version: Mutex::new("v1"),
+        });
+        let mut deks = DekSet::new(DekLimits::default(), "w".into(), "byok.deks".into());
+        let dek = deks.rotate("acme", kms.as_ref(), &producer).await.unwrap();
+        // the version in use changes while the vault fails
+        *kms.version.lock().unwrap() = "v2";
+        kms.failing.store(true, Ordering::Relaxed);
+        assert!(
+            deks.rewrap_active("acme", kms.as_ref(), &producer)
+                .await
+                .is_err()
+        );
+        deks.retire_for_rewrap("acme");
+        assert!(deks.current("acme").is_none(), "it no longer seals");
+        assert_eq!(deks.rewraps_pending(), 1);
+        let kms_of = |_: &str| Some(Arc::clone(&kms));
+        assert_eq!(deks.retry_rewraps(kms_of, &producer).await, 0);
+        assert_eq!(deks.rewraps_pending(), 1, "kept while the vault fails");
+        kms.failing.store(false, Ordering::Relaxed);
+        assert_eq!(deks.retry_rewraps(kms_of, &producer).await, 1);
+        assert_eq!(deks.rewraps_pending(), 0);
+        // the registry got the DEK's record under v2
+        let (_, hi) = rdkafka::producer::Producer::client(&producer)
+            .fetch_watermarks("byok.deks", 0, std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(hi, 2, "the first record and the rewrapped one");
+        drop(dek);
+        drop(producer);
     }
 }

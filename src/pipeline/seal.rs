@@ -290,7 +290,12 @@ pub struct Sealer {
     revoked: Revoked,
     cache: HeaderCache,
     counts: Counts,
+    /// When pending rewraps were last tried.
+    rewraps_tried: std::time::Instant,
 }
+
+/// How often a DEK whose rewrap failed is tried again.
+const REWRAP_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,12 +333,20 @@ impl Sealer {
             revoked: Revoked::new(),
             cache: HeaderCache::default(),
             counts: Counts::default(),
+            rewraps_tried: std::time::Instant::now(),
         })
     }
 
     /// Reads the key views again when they moved: a tenant whose key changed (rotated, revoked,
     /// restored) gets a new DEK; a revoked tenant's DEKs leave memory.
     async fn follow_key_views(&mut self) {
+        if self.deks.rewraps_pending() > 0 && self.rewraps_tried.elapsed() >= REWRAP_RETRY {
+            self.rewraps_tried = std::time::Instant::now();
+            let keyring = Arc::clone(&self.keyring);
+            self.deks
+                .retry_rewraps(|t| keyring.tenant(t).cloned(), &self.producer)
+                .await;
+        }
         if self.generation == Some(self.views.generation()) {
             return;
         }
@@ -346,7 +359,8 @@ impl Sealer {
                 continue;
             }
             // the version in use changed while the key stays usable: move the DEK in memory
-            // onto the new version first (the old one may no longer decrypt)
+            // onto the new version first (the old one may no longer decrypt); if that fails it
+            // stops sealing but stays in memory, tried again until it succeeds
             if matches!(view, KeyView::Usable(_))
                 && let Some(kms) = self.keyring.tenant(tenant)
                 && let Err(e) = self
@@ -354,7 +368,8 @@ impl Sealer {
                     .rewrap_active(tenant, kms.as_ref(), &self.producer)
                     .await
             {
-                tracing::warn!(tenant, error = %e, "the DEK in use could not be rewrapped onto the new version");
+                tracing::warn!(tenant, error = %e, "the DEK in use could not be rewrapped onto the new version; retried");
+                self.deks.retire_for_rewrap(tenant);
             }
             self.deks.forget(tenant);
         }

@@ -249,15 +249,14 @@ fn check_key_warns_before_expiry_and_fails_after_and_cert_show_reports() {
     b.sign(&key, openssl::hash::MessageDigest::sha256())
         .unwrap();
     let expired = dir.path().join("expired-credential.pem");
-    std::fs::write(
+    common::emu_config::private_file(
         &expired,
-        [
+        &[
             b.build().to_pem().unwrap(),
             key.private_key_to_pem_pkcs8().unwrap(),
         ]
         .concat(),
-    )
-    .unwrap();
+    );
 
     let config = |p: &Path| {
         let text = format!(

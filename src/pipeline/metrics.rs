@@ -17,7 +17,7 @@ pub fn batch_done(health: &Health, records: usize, started: Instant) {
 }
 
 /// Counters: name and help. Every one is visible from the start (at 0).
-const COUNTERS: [(&str, &str); 11] = [
+const COUNTERS: [(&str, &str); 12] = [
     (
         "byok_records_in_total",
         "captured records consumed, produced and committed",
@@ -54,6 +54,10 @@ const COUNTERS: [(&str, &str); 11] = [
     (
         "byok_stalls_total",
         "times the worker made no progress for worker.stall_timeout with records waiting (/live turned 503)",
+    ),
+    (
+        "byok_batches_given_back_total",
+        "batches retried for a quarter of worker.stall_timeout, then given back to be read again",
     ),
     (
         "byok_produce_retries_total",

@@ -320,6 +320,12 @@ fn spawn_vault_check(
     ))
 }
 
+/// How long a batch is retried before its records are given back to be read again: a quarter of
+/// `worker.stall_timeout` (at least 2 s), well within the consumer's poll interval.
+fn retry_budget(config: &Config) -> Duration {
+    (config.worker.stall_timeout / 4).max(Duration::from_secs(2))
+}
+
 /// Looks for a stall once a second: counts it and logs it when it begins (`/live` reports it).
 fn spawn_watchdog(health: Arc<Health>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -477,6 +483,18 @@ impl Worker<'_> {
             };
             if *self.shutdown.borrow() && started.elapsed() > self.config.worker.drain_deadline {
                 return Err(failed);
+            }
+            // a batch that cannot be finished for long gives its records back (its partitions
+            // sought back to them) so that the loop polls the consumer again: a rebalance can
+            // complete, the member stays in its group, and partitions it lost meanwhile go to
+            // their new owner; nothing is committed and nothing skipped
+            if !*self.shutdown.borrow()
+                && started.elapsed() >= retry_budget(self.config)
+                && source::rewind(&self.consumer, &batch)
+            {
+                ::metrics::counter!("byok_batches_given_back_total").increment(1);
+                tracing::warn!(records = batch.len(), error = %failed, "batch given back after retrying for {:?}; its records are read again", retry_budget(self.config));
+                return Ok(());
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));

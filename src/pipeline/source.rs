@@ -78,6 +78,30 @@ impl Offsets {
     }
 }
 
+/// Seeks each partition of `batch` that is still assigned back to its first record in the
+/// batch, so that its records are read again; false when a seek failed (the caller then keeps
+/// the batch: nothing is skipped).
+pub fn rewind(consumer: &StreamConsumer<SourceContext>, batch: &[OwnedMessage]) -> bool {
+    let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let e = first
+            .entry((m.topic(), m.partition()))
+            .or_insert(m.offset());
+        *e = (*e).min(m.offset());
+    }
+    let assigned = consumer.assignment().unwrap_or_default();
+    for ((t, p), offset) in first {
+        if !holds(&assigned, t, p) {
+            continue;
+        }
+        if let Err(e) = consumer.seek(t, p, Offset::Offset(offset), Duration::from_secs(5)) {
+            tracing::warn!(topic = t, partition = p, offset, error = %e, "cannot seek back to a batch given back; it is retried as it is");
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether `list` holds partition `p` of `topic`.
 pub fn holds(list: &TopicPartitionList, topic: &str, p: i32) -> bool {
     list.elements()

@@ -124,44 +124,7 @@ pub async fn replay(
     opts: &ReplayOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ReplayStats, ReplayError> {
-    if opts.from == opts.to {
-        return Err(ReplayError::Option {
-            option: "--to",
-            value: opts.to.clone(),
-            fix: format!(
-                "--from and --to are both {}: replay writes to another topic (then point readers at it)",
-                opts.from
-            ),
-        });
-    }
-    if let Some(r) = opts.rate
-        && !(r.is_finite() && r > 0.0)
-    {
-        return Err(ReplayError::Option {
-            option: "--rate",
-            value: r.to_string(),
-            fix: "give records per second, above 0".into(),
-        });
-    }
-    let target = TopicTemplate::parse(&opts.to).map_err(|fix| ReplayError::Option {
-        option: "--to",
-        value: opts.to.clone(),
-        fix,
-    })?;
-    let k = &config.kafka;
-    if [&k.registry_topic, &k.keks_topic, &k.quarantine_topic]
-        .into_iter()
-        .chain(&k.input_topics)
-        .any(|t| *t == opts.to)
-    {
-        return Err(ReplayError::Option {
-            option: "--to",
-            value: opts.to.clone(),
-            fix:
-                "is the registry, keks, quarantine or an input topic: replay into an archive topic"
-                    .into(),
-        });
-    }
+    let target = check_options(config, opts)?;
     let keyring = crate::keyring::Keyring::new(config)?;
     let providers: BTreeMap<String, Arc<TenantKms>> = keyring
         .tenants()
@@ -170,16 +133,13 @@ pub async fn replay(
         .collect();
     // the operator's key opens quarantine records sealed under it (never seals here)
     let operator = Arc::clone(keyring.operator());
-    for t in &opts.tenants {
-        if !providers.contains_key(t) {
-            return Err(ReplayError::Option {
-                option: "--tenant",
-                value: t.clone(),
-                fix: "not a tenant with BYOK enabled in the configuration".into(),
-            });
-        }
+    if let Some(t) = opts.tenants.iter().find(|t| !providers.contains_key(*t)) {
+        return Err(ReplayError::Option {
+            option: "--tenant",
+            value: t.clone(),
+            fix: "not a tenant with BYOK enabled in the configuration".into(),
+        });
     }
-
     let registry = load_registry(config).await?;
 
     // With exactly-once delivery each chunk is one transaction under a transactional id of the
@@ -188,42 +148,16 @@ pub async fn replay(
     // twice. Otherwise writes are idempotent, and a write cut off by a crash that lands after the
     // next run read the target is a duplicate (same byok.src), which readers drop.
     let transactional = config.kafka.delivery == Delivery::ExactlyOnce && !opts.dry_run;
-    let mut pc = crate::kafka::tool_producer_config(config);
-    if transactional {
-        pc.set("transactional.id", format!("byok-replay-{}", opts.to));
-    }
-    let producer: FutureProducer = pc.create().map_err(|source| ReplayError::Producer {
-        step: "create",
-        source,
-    })?;
-    if transactional {
-        producer
-            .init_transactions(Timeout::After(Duration::from_secs(60)))
-            .map_err(|source| ReplayError::Producer {
-                step: "init transactions",
-                source,
-            })?;
-    }
+    let producer = replay_producer(config, opts, transactional)?;
 
     // What the target already holds: the progress of an earlier run, as (provenance,
     // plaintext) of the records that open (a planted record with a copied byok.src is no copy)
-    let target_topics: Vec<String> = if target.is_per_tenant() {
-        providers
-            .keys()
-            .filter(|t| opts.tenants.is_empty() || opts.tenants.contains(t))
-            .filter_map(|t| TenantId::parse(t).ok())
-            .map(|t| target.topic_for(&t))
-            .collect()
-    } else {
-        vec![opts.to.clone()]
-    };
+    let target_topics = target_topics(&target, opts, &providers);
     let done = in_target(config, &keyring, &registry, &target_topics).await?;
-    if !done.is_empty() {
-        tracing::info!(
-            records = done.len(),
-            "already in the target; not written again"
-        );
-    }
+    tracing::info!(
+        records = done.len(),
+        "already in the target; not written again"
+    );
 
     let mut run = Run {
         config,
@@ -263,38 +197,14 @@ pub async fn replay(
     progress(0, total);
     let mut position = 0u64;
     loop {
-        let mut raws = Vec::with_capacity(chunk);
-        while raws.len() < chunk {
-            let Some(m) = reader.next().await? else { break };
-            position += 1;
-            let ts = m.timestamp().to_millis();
-            if opts.from_time_ms.is_some_and(|f| ts.is_some_and(|t| t < f))
-                || opts.to_time_ms.is_some_and(|e| ts.is_some_and(|t| t >= e))
-            {
-                run.stats.read += 1;
-                run.stats.filtered += 1;
-                continue;
-            }
-            raws.push(Raw {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers: crate::kafka::owned_headers(&m),
-            });
-        }
+        let raws = read_chunk(&mut reader, opts, chunk, &mut run.stats, &mut position).await?;
         if raws.is_empty() {
             break;
         }
         let n = raws.len();
         run.chunk(raws).await?;
         progress(position.min(total), total);
-        if let Some(rate) = opts.rate {
-            let due = Duration::from_secs_f64(run.stats.read as f64 / rate);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
+        run.pace(started).await;
         if n < chunk {
             break;
         }
@@ -302,6 +212,124 @@ pub async fn replay(
     let _ = run.producer.flush(Timeout::After(Duration::from_secs(30)));
     run.stats.deks_made = run.deks.created();
     Ok(run.stats)
+}
+
+/// The next `chunk` records of the source in the time range (those outside it counted as read
+/// and filtered); `position` counts every record read.
+async fn read_chunk(
+    reader: &mut TopicReader<'_>,
+    opts: &ReplayOptions,
+    chunk: usize,
+    stats: &mut ReplayStats,
+    position: &mut u64,
+) -> Result<Vec<Raw>, ReplayError> {
+    let mut raws = Vec::with_capacity(chunk);
+    while raws.len() < chunk {
+        let Some(m) = reader.next().await? else { break };
+        *position += 1;
+        let ts = m.timestamp().to_millis();
+        if opts.from_time_ms.is_some_and(|f| ts.is_some_and(|t| t < f))
+            || opts.to_time_ms.is_some_and(|e| ts.is_some_and(|t| t >= e))
+        {
+            stats.read += 1;
+            stats.filtered += 1;
+            continue;
+        }
+        raws.push(Raw {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: crate::kafka::owned_headers(&m),
+        });
+    }
+    Ok(raws)
+}
+
+/// The target topics: the one named, or one per tenant replayed for a `{tenant}` template.
+fn target_topics(
+    target: &TopicTemplate,
+    opts: &ReplayOptions,
+    providers: &BTreeMap<String, Arc<TenantKms>>,
+) -> Vec<String> {
+    if !target.is_per_tenant() {
+        return vec![opts.to.clone()];
+    }
+    providers
+        .keys()
+        .filter(|t| opts.tenants.is_empty() || opts.tenants.contains(t))
+        .filter_map(|t| TenantId::parse(t).ok())
+        .map(|t| target.topic_for(&t))
+        .collect()
+}
+
+/// The options' problems, before anything is read: the target parsed.
+fn check_options(config: &Config, opts: &ReplayOptions) -> Result<TopicTemplate, ReplayError> {
+    if opts.from == opts.to {
+        return Err(ReplayError::Option {
+            option: "--to",
+            value: opts.to.clone(),
+            fix: format!(
+                "--from and --to are both {}: replay writes to another topic (then point readers at it)",
+                opts.from
+            ),
+        });
+    }
+    if let Some(r) = opts.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(ReplayError::Option {
+            option: "--rate",
+            value: r.to_string(),
+            fix: "give records per second, above 0".into(),
+        });
+    }
+    let target = TopicTemplate::parse(&opts.to).map_err(|fix| ReplayError::Option {
+        option: "--to",
+        value: opts.to.clone(),
+        fix,
+    })?;
+    let k = &config.kafka;
+    if [&k.registry_topic, &k.keks_topic, &k.quarantine_topic]
+        .into_iter()
+        .chain(&k.input_topics)
+        .any(|t| *t == opts.to)
+    {
+        return Err(ReplayError::Option {
+            option: "--to",
+            value: opts.to.clone(),
+            fix:
+                "is the registry, keks, quarantine or an input topic: replay into an archive topic"
+                    .into(),
+        });
+    }
+    Ok(target)
+}
+
+/// The producer that writes the target: transactional (one transaction per chunk, a fenced id
+/// per target) with exactly-once delivery.
+fn replay_producer(
+    config: &Config,
+    opts: &ReplayOptions,
+    transactional: bool,
+) -> Result<FutureProducer, ReplayError> {
+    let mut pc = crate::kafka::tool_producer_config(config);
+    if transactional {
+        pc.set("transactional.id", format!("byok-replay-{}", opts.to));
+    }
+    let producer: FutureProducer = pc.create().map_err(|source| ReplayError::Producer {
+        step: "create",
+        source,
+    })?;
+    if transactional {
+        producer
+            .init_transactions(Timeout::After(Duration::from_secs(60)))
+            .map_err(|source| ReplayError::Producer {
+                step: "init transactions",
+                source,
+            })?;
+    }
+    Ok(producer)
 }
 
 struct Run<'a> {
@@ -326,6 +354,16 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// With `--rate`, waits until the records read so far are due.
+    async fn pace(&self, started: Instant) {
+        if let Some(rate) = self.opts.rate {
+            let due = Duration::from_secs_f64(self.stats.read as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
     /// Opens, re-seals and writes one chunk; returns once every write is acknowledged.
     async fn chunk(&mut self, raws: Vec<Raw>) -> Result<(), ReplayError> {
         // unwrap each source DEK not met before, all at once
@@ -446,93 +484,15 @@ impl Run<'_> {
         &mut self,
         r: Raw,
     ) -> Result<Option<(String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders)>, String> {
-        let pairs = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
-        let quarantine = r.headers.iter().any(|(k, _)| k == "byok.reason");
-        let h = if quarantine {
-            // a quarantine record: re-sealed under its tenant's key, when it has one
-            let q = QuarantineHeaders::from_pairs(pairs)
-                .map_err(|e| format!("not a byok quarantine record: {e}"))?;
-            let tenant = q
-                .tenant
-                .filter(|t| self.providers.contains_key(t))
-                .ok_or_else(|| {
-                    format!(
-                        "quarantined as {} with no tenant key to re-seal under (a tenant with BYOK enabled)",
-                        q.reason.as_str()
-                    )
-                })?;
-            ArchiveHeaders {
-                tenant,
-                dek: q.dek,
-                src: q.src,
-            }
-        } else {
-            ArchiveHeaders::from_pairs(pairs).map_err(|e| format!("not a byok record: {e}"))?
-        };
+        let (h, quarantine) = self.headers_of(&r)?;
         if !self.opts.tenants.is_empty() && !self.opts.tenants.contains(&h.tenant) {
             self.stats.filtered += 1;
             return Ok(None);
         }
-        let src = h.src.to_string();
-        let key = match self.keys.get(&h.dek) {
-            Some(Ok(k)) => Arc::clone(k),
-            Some(Err(e)) => return Err(e.clone()),
-            None => return Err(format!("DEK {} was not looked up", h.dek)),
-        };
-        // the DEK's owner is the AAD tenant: the record's tenant, or (quarantine records only)
-        // the operator's key with the tenant the record names bound in the AAD
-        let owner = self
-            .registry
-            .get(&h.dek)
-            .map(|r| r.tenant.clone())
-            .unwrap_or_default();
-        let value = r.value.ok_or("null value")?;
-        let plain = if owner == QUARANTINE_TENANT {
-            if !quarantine {
-                return Err(format!(
-                    "an archive record under the operator's DEK {}: archive records are sealed under their tenant's key only (planted?)",
-                    h.dek
-                ));
-            }
-            let max = self.config.max_record_bytes();
-            match crate::archive::open_operator(
-                &key,
-                Some(&h.tenant),
-                r.key.as_deref(),
-                &value,
-                max,
-            ) {
-                Ok((p, crate::tenant::OperatorClaim::Bound(_))) => p,
-                Ok(_) => {
-                    return Err(format!(
-                        "quarantined before tenant claims were bound: {} is only the header's claim, not re-sealed for it",
-                        h.tenant
-                    ));
-                }
-                Err(_) => {
-                    return Err(format!(
-                        "does not open with the operator's DEK {} as captured for {} (relabelled or corrupt)",
-                        h.dek, h.tenant
-                    ));
-                }
-            }
-        } else if owner != h.tenant {
-            return Err(format!(
-                "header byok.tenant says {} but DEK {} belongs to {owner}",
-                h.tenant, h.dek
-            ));
-        } else {
-            let max = self.config.max_record_bytes();
-            envelope::open_bounded(&key, &owner, r.key.as_deref(), &value, max).map_err(|_| {
-                format!(
-                    "the value does not open with DEK {} of {owner} (tampered or corrupt)",
-                    h.dek
-                )
-            })?
-        };
-        let tenant = h.tenant;
+        let plain = zeroize::Zeroizing::new(self.open(&h, quarantine, &r)?);
+        let tenant = h.tenant.clone();
         // copies are judged once opened: same provenance and same plaintext
-        let seen = crate::seen::key(&src, &crate::seen::digest(&plain));
+        let seen = crate::seen::key(&h.src.to_string(), &crate::seen::digest(&plain));
         if self.done.contains(&seen) {
             self.stats.already_in_target += 1;
             return Ok(None);
@@ -545,61 +505,145 @@ impl Run<'_> {
             self.count(&tenant, seen);
             return Ok(None);
         }
+        let (out, dek) = self.seal_for(&tenant, r.key.as_deref(), &plain).await?;
+        let headers = target_headers(
+            ArchiveHeaders {
+                tenant: tenant.clone(),
+                dek,
+                src: h.src.clone(),
+            },
+            &r.headers,
+        );
+        let topic = TenantId::parse(&tenant)
+            .map(|t| self.target.topic_for(&t))
+            .map_err(|e| format!("tenant {tenant}: {e}"))?;
+        self.count(&tenant, seen);
+        Ok(Some((topic, r.key, out, headers)))
+    }
+
+    /// The record's headers as an archive record's, and whether it is a quarantine record (then
+    /// re-sealed under its tenant's key, when it has one).
+    fn headers_of(&self, r: &Raw) -> Result<(ArchiveHeaders, bool), String> {
+        let pairs = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+        if !r.headers.iter().any(|(k, _)| k == "byok.reason") {
+            let h =
+                ArchiveHeaders::from_pairs(pairs).map_err(|e| format!("not a byok record: {e}"))?;
+            return Ok((h, false));
+        }
+        let q = QuarantineHeaders::from_pairs(pairs)
+            .map_err(|e| format!("not a byok quarantine record: {e}"))?;
+        let tenant = q
+            .tenant
+            .filter(|t| self.providers.contains_key(t))
+            .ok_or_else(|| {
+                format!(
+                    "quarantined as {} with no tenant key to re-seal under (a tenant with BYOK enabled)",
+                    q.reason.as_str()
+                )
+            })?;
+        Ok((
+            ArchiveHeaders {
+                tenant,
+                dek: q.dek,
+                src: q.src,
+            },
+            true,
+        ))
+    }
+
+    /// The plaintext, opened with the DEK's owner as the AAD tenant: the record's tenant, or
+    /// (quarantine records only) the operator's key with the tenant the record names bound.
+    fn open(&self, h: &ArchiveHeaders, quarantine: bool, r: &Raw) -> Result<Vec<u8>, String> {
+        let key = match self.keys.get(&h.dek) {
+            Some(Ok(k)) => Arc::clone(k),
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(format!("DEK {} was not looked up", h.dek)),
+        };
+        let owner = self
+            .registry
+            .get(&h.dek)
+            .map(|r| r.tenant.clone())
+            .unwrap_or_default();
+        let value = r.value.as_deref().ok_or("null value")?;
+        let max = self.config.max_record_bytes();
+        if owner == QUARANTINE_TENANT {
+            if !quarantine {
+                return Err(format!(
+                    "an archive record under the operator's DEK {}: archive records are sealed under their tenant's key only (planted?)",
+                    h.dek
+                ));
+            }
+            return match crate::archive::open_operator(
+                &key,
+                Some(&h.tenant),
+                r.key.as_deref(),
+                value,
+                max,
+            ) {
+                Ok((p, crate::tenant::OperatorClaim::Bound(_))) => Ok(p),
+                Ok(_) => Err(format!(
+                    "quarantined before tenant claims were bound: {} is only the header's claim, not re-sealed for it",
+                    h.tenant
+                )),
+                Err(_) => Err(format!(
+                    "does not open with the operator's DEK {} as captured for {} (relabelled or corrupt)",
+                    h.dek, h.tenant
+                )),
+            };
+        }
+        if owner != h.tenant {
+            return Err(format!(
+                "header byok.tenant says {} but DEK {} belongs to {owner}",
+                h.tenant, h.dek
+            ));
+        }
+        envelope::open_bounded(&key, &owner, r.key.as_deref(), value, max).map_err(|_| {
+            format!(
+                "the value does not open with DEK {} of {owner} (tampered or corrupt)",
+                h.dek
+            )
+        })
+    }
+
+    /// `plain` sealed under the tenant's current DEK (a new one when it has none or reached a
+    /// limit); the value and the DEK's id.
+    async fn seal_for(
+        &mut self,
+        tenant: &str,
+        record_key: Option<&[u8]>,
+        plain: &[u8],
+    ) -> Result<(Vec<u8>, DekId), String> {
         let kms = Arc::clone(
             self.providers
-                .get(&tenant)
+                .get(tenant)
                 .ok_or_else(|| format!("tenant {tenant} has no BYOK key"))?,
         );
         let mut out = Vec::with_capacity(plain.len() + envelope::OVERHEAD);
-        let mut attempt = 0;
-        let dek = loop {
-            let dek = match self.deks.current(&tenant) {
+        for attempt in 0..2 {
+            let dek = match self.deks.current(tenant) {
                 Some(d) => d,
                 None => self
                     .deks
-                    .rotate(&tenant, kms.as_ref(), &self.producer)
+                    .rotate(tenant, kms.as_ref(), &self.producer)
                     .await
                     .map_err(|e| format!("no new DEK for {tenant}: {e}"))?,
             };
             out.clear();
             match envelope::seal_into(
                 &dek,
-                &tenant,
-                r.key.as_deref(),
-                &plain,
+                tenant,
+                record_key,
+                plain,
                 self.config.dek.compression,
                 &mut out,
             ) {
-                Ok(_) => break dek,
+                Ok(_) => return Ok((out, dek.id())),
                 // the DEK reached a limit between the check and the seal: take a new one
-                Err(_) if attempt == 0 => attempt += 1,
+                Err(_) if attempt == 0 => self.deks.forget(tenant),
                 Err(e) => return Err(format!("re-sealing failed: {e}")),
             }
-        };
-        let mut headers = OwnedHeaders::new();
-        let pairs = ArchiveHeaders {
-            tenant: tenant.clone(),
-            dek: dek.id(),
-            src: h.src.clone(),
         }
-        .to_pairs();
-        for (k, v) in &pairs {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        for (k, v) in r.headers.iter().filter(|(k, _)| !k.starts_with("byok.")) {
-            headers = headers.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
-        }
-        let topic = TenantId::parse(&tenant)
-            .map(|t| self.target.topic_for(&t))
-            .map_err(|e| format!("tenant {tenant}: {e}"))?;
-        self.count(&tenant, seen);
-        Ok(Some((topic, r.key, out, headers)))
+        Err("re-sealing failed".into())
     }
 
     fn count(&mut self, tenant: &str, seen: crate::seen::Key) {
@@ -642,6 +686,24 @@ async fn in_target(
         }
     }
     Ok(done)
+}
+
+/// The target record's headers: the archive headers, then the source's own non-`byok.` ones.
+fn target_headers(h: ArchiveHeaders, source: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in &h.to_pairs() {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    for (k, v) in source.iter().filter(|(k, _)| !k.starts_with("byok.")) {
+        headers = headers.insert(Header {
+            key: k,
+            value: v.as_deref(),
+        });
+    }
+    headers
 }
 
 fn dek_header(headers: &[(String, Option<Vec<u8>>)]) -> Option<DekId> {

@@ -176,14 +176,7 @@ where
         paused: paused.shared(),
     };
     let consumer = subscribe(&config, ctx)?;
-    let views = Arc::new(KeyViews::default());
-    views.holds.set_limit(config.keys.unknown_key_hold);
-    match crate::archive::load_keks(&config).await {
-        Ok(keys) => views.seed_public(keys),
-        Err(e) => {
-            tracing::warn!(error = %e, topic = %config.kafka.keks_topic, "last known public keys not loaded (they are read again from Key Vault)")
-        }
-    }
+    let views = key_views(&config).await;
     let background = [
         spawn_vault_check(&config, &keyring, &health),
         crate::lifecycle::monitor::spawn(
@@ -207,19 +200,20 @@ where
     } else {
         config.batch.in_flight.get()
     };
+    let refusals = Arc::new(refusal::Refusals::new(
+        &config.kafka.quarantine_topic,
+        vec![
+            config.kafka.registry_topic.clone(),
+            config.kafka.keks_topic.clone(),
+        ],
+    ));
     let mut worker = Worker {
         sink: Sink::new(
             producer,
             tracker,
             Arc::clone(&health),
             max_in_flight,
-            Arc::new(refusal::Refusals::new(
-                &config.kafka.quarantine_topic,
-                vec![
-                    config.kafka.registry_topic.clone(),
-                    config.kafka.keks_topic.clone(),
-                ],
-            )),
+            refusals,
         ),
         config: &config,
         consumer,
@@ -240,21 +234,25 @@ where
     }
     ended?;
     stopped?;
-    let mut stats = RunStats {
-        records_in: health.records_done() - done0,
-        batches: health.batches_done() - batches0,
-        drained: worker.drained,
-        ..RunStats::default()
-    };
-    worker.stage.report(&mut stats);
-    for (reason, n) in worker.sink.refusals().counts() {
-        *stats
-            .quarantined
-            .entry(reason.as_str().to_owned())
-            .or_default() += n;
-    }
+    let stats = worker.stats(
+        health.records_done() - done0,
+        health.batches_done() - batches0,
+    );
     tracing::info!(?stats, "worker stopped");
     Ok(stats)
+}
+
+/// The tenants' key views, seeded with the last known public keys from `byok.keks`.
+async fn key_views(config: &Config) -> Arc<KeyViews> {
+    let views = Arc::new(KeyViews::default());
+    views.holds.set_limit(config.keys.unknown_key_hold);
+    match crate::archive::load_keks(config).await {
+        Ok(keys) => views.seed_public(keys),
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %config.kafka.keks_topic, "last known public keys not loaded (they are read again from Key Vault)")
+        }
+    }
+    views
 }
 
 /// The producer of `byok.keks` records: their own idempotent one under exactly-once (a
@@ -359,6 +357,25 @@ struct Worker<'c> {
 }
 
 impl Worker<'_> {
+    /// The run's counts: `records_in` and `batches` from the health state, the rest from the
+    /// stage and the sink.
+    fn stats(&self, records_in: u64, batches: u64) -> RunStats {
+        let mut stats = RunStats {
+            records_in,
+            batches,
+            drained: self.drained,
+            ..RunStats::default()
+        };
+        self.stage.report(&mut stats);
+        for (reason, n) in self.sink.refusals().counts() {
+            *stats
+                .quarantined
+                .entry(reason.as_str().to_owned())
+                .or_default() += n;
+        }
+        stats
+    }
+
     /// Collects and processes batches until a stop is requested.
     async fn run_loop(&mut self) -> Result<(), WorkerError> {
         let topics: Vec<&str> = self

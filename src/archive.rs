@@ -260,29 +260,35 @@ type Sealed = (
     Vec<(String, Option<Vec<u8>>)>,
 );
 
+/// What a record's headers claim: tenant, quarantine reason, provenance, DEK.
+#[allow(clippy::type_complexity)]
+fn claims(
+    headers: &[(String, Option<Vec<u8>>)],
+) -> Result<(Option<String>, Option<String>, String, DekId), String> {
+    let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+    match ArchiveHeaders::from_pairs(pairs.clone()) {
+        Ok(h) if !headers.iter().any(|(k, _)| k == "byok.reason") => {
+            Ok((Some(h.tenant), None, h.src.to_string(), h.dek))
+        }
+        _ => match QuarantineHeaders::from_pairs(pairs) {
+            Ok(q) => Ok((
+                q.tenant,
+                Some(q.reason.as_str().to_owned()),
+                q.src.to_string(),
+                q.dek,
+            )),
+            Err(e @ HeaderError::Marker { .. }) => Err(e.to_string()),
+            Err(e) => Err(format!("not a byok record: {e}")),
+        },
+    }
+}
+
 /// Opens one record: the plaintext's digest and the record, `None` when the tenant filter
 /// leaves it out, or why it cannot be opened.
 async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<([u8; 32], Opened)>, String> {
     let (config, registry, keyring, opts) = (cx.config, cx.registry, cx.keyring, cx.opts);
     let (partition, offset, key, value, headers) = sealed;
-    let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
-    let (tenant, reason, src, dek) = match ArchiveHeaders::from_pairs(pairs.clone()) {
-        Ok(h) if !headers.iter().any(|(k, _)| k == "byok.reason") => {
-            (Some(h.tenant), None, h.src.to_string(), h.dek)
-        }
-        _ => match QuarantineHeaders::from_pairs(pairs) {
-            Ok(q) => (
-                q.tenant,
-                Some(q.reason.as_str().to_owned()),
-                q.src.to_string(),
-                q.dek,
-            ),
-            Err(e @ HeaderError::Marker { .. }) => return Err(e.to_string()),
-            Err(e) => {
-                return Err(format!("not a byok record: {e}"));
-            }
-        },
-    };
+    let (tenant, reason, src, dek) = claims(&headers)?;
     let Some(record) = registry.get(&dek) else {
         return Err(format!(
             "DEK {dek} is not in the registry topic {}",

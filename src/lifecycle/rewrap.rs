@@ -122,63 +122,69 @@ pub async fn rewrap(
                 stats.rewrapped += 1;
                 continue;
             }
-            let key = match kms.unwrap(&r.kek, r.dek, &r.wrapped).await {
-                Ok(k) => k,
-                Err(e) => {
-                    stats.failed.push(format!(
-                        "DEK {} (under {}): cannot be unwrapped: {e}",
-                        r.dek, r.kek
-                    ));
-                    continue;
-                }
-            };
-            let wrapped = match kms.wrap(&key).await {
-                Ok(w) if w.kek == target.kid => w,
-                Ok(w) => {
-                    stats.failed.push(format!(
-                        "DEK {}: Key Vault wrapped it under {}, not {}; the key changed during the run, run again",
-                        r.dek, w.kek, target.kid
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    stats.failed.push(format!(
-                        "DEK {}: cannot be wrapped under {}: {e}",
-                        r.dek, target.kid
-                    ));
-                    continue;
-                }
-            };
-            let updated = DekRecord {
-                kek: wrapped.kek,
-                wrapped: wrapped.wrapped,
-                rewrapped: Some(time::OffsetDateTime::now_utc()),
-                wrapped_locally: false,
-                ..r.clone()
-            };
-            let value = updated.to_json();
-            let key_bytes = updated.key();
-            let sent = producer
-                .send(
-                    FutureRecord::to(&config.kafka.registry_topic)
-                        .key(&key_bytes)
-                        .payload(&value),
-                    Timeout::After(Duration::from_secs(60)),
-                )
-                .await;
-            match sent {
-                Ok(_) => {
+            match rewrap_one(config, kms.as_ref(), r, &target.kid, &producer).await {
+                Ok(updated) => {
                     stats.rewrapped += 1;
                     tracing::info!(tenant = %id, dek = %r.dek, from = %r.kek, to = %updated.kek, "DEK rewrapped");
                 }
-                Err((e, _)) => stats.failed.push(format!(
-                    "DEK {}: the registry record was not acknowledged: {e}",
-                    r.dek
-                )),
+                Err(why) => stats.failed.push(why),
             }
         }
         out.insert(id.to_string(), stats);
     }
     let _ = producer.flush(Timeout::After(Duration::from_secs(30)));
     Ok(out)
+}
+
+/// One DEK unwrapped with the version its record names, wrapped under `target`, and its new
+/// registry record acknowledged; or why not.
+async fn rewrap_one(
+    config: &Config,
+    kms: &crate::kms::TenantKms,
+    r: &DekRecord,
+    target: &crate::kms::KekId,
+    producer: &FutureProducer,
+) -> Result<DekRecord, String> {
+    let key = kms
+        .unwrap(&r.kek, r.dek, &r.wrapped)
+        .await
+        .map_err(|e| format!("DEK {} (under {}): cannot be unwrapped: {e}", r.dek, r.kek))?;
+    let wrapped = match kms.wrap(&key).await {
+        Ok(w) if w.kek == *target => w,
+        Ok(w) => {
+            return Err(format!(
+                "DEK {}: Key Vault wrapped it under {}, not {target}; the key changed during the run, run again",
+                r.dek, w.kek
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "DEK {}: cannot be wrapped under {target}: {e}",
+                r.dek
+            ));
+        }
+    };
+    let updated = DekRecord {
+        kek: wrapped.kek,
+        wrapped: wrapped.wrapped,
+        rewrapped: Some(time::OffsetDateTime::now_utc()),
+        wrapped_locally: false,
+        ..r.clone()
+    };
+    let (value, key_bytes) = (updated.to_json(), updated.key());
+    producer
+        .send(
+            FutureRecord::to(&config.kafka.registry_topic)
+                .key(&key_bytes)
+                .payload(&value),
+            Timeout::After(Duration::from_secs(60)),
+        )
+        .await
+        .map_err(|(e, _)| {
+            format!(
+                "DEK {}: the registry record was not acknowledged: {e}",
+                r.dek
+            )
+        })?;
+    Ok(updated)
 }

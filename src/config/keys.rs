@@ -368,6 +368,27 @@ impl Loader {
     ) -> Option<BTreeMap<TenantId, Tenant>> {
         let before = self.problems.len();
         let mut found: Vec<(String, PathBuf, toml::Table)> = Vec::new();
+        self.inline_tenants(inline, &mut found);
+        self.tenants_dir(dir, &mut found);
+        if found.is_empty() {
+            self.warn("tenants", "no tenant is configured: every message will go to the quarantine as unknown-tenant", "add [[tenants]] tables or tenants_dir");
+        }
+        let mut tenants: BTreeMap<TenantId, Tenant> = BTreeMap::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (label, file, table) in found {
+            if let Some(t) = self.tenant(&label, file, table, &mut seen) {
+                tenants.insert(t.id.clone(), t);
+            }
+        }
+        (!self.has_errors_since(before)).then_some(tenants)
+    }
+
+    /// The `[[tenants]]` tables of the configuration file.
+    fn inline_tenants(
+        &mut self,
+        inline: Option<toml::Value>,
+        found: &mut Vec<(String, PathBuf, toml::Table)>,
+    ) {
         let config_file = PathBuf::from(&self.file);
         match inline {
             None => {}
@@ -391,6 +412,14 @@ impl Loader {
                 "write each tenant as a [[tenants]] table",
             ),
         }
+    }
+
+    /// The `<tenant>.toml` files of `tenants_dir` (the file name is the id unless it sets one).
+    fn tenants_dir(
+        &mut self,
+        dir: Option<toml::Value>,
+        found: &mut Vec<(String, PathBuf, toml::Table)>,
+    ) {
         match dir {
             None => {}
             Some(toml::Value::String(d)) => {
@@ -441,92 +470,89 @@ impl Loader {
                 "write tenants_dir = \"tenants.d\"",
             ),
         }
-        if found.is_empty() {
-            self.warn("tenants", "no tenant is configured: every message will go to the quarantine as unknown-tenant", "add [[tenants]] tables or tenants_dir");
-        }
+    }
 
-        let mut tenants: BTreeMap<TenantId, Tenant> = BTreeMap::new();
-        let mut seen: HashMap<String, String> = HashMap::new();
-        for (label, file, mut table) in found {
-            let id = match table.remove("id") {
-                Some(toml::Value::String(s)) => s,
-                Some(_) => {
-                    self.error(
-                        format!("{label}.id"),
-                        "is not a string",
-                        "write id = \"acme\"",
-                    );
-                    continue;
-                }
-                None => {
-                    self.error(
-                        format!("{label}.id"),
-                        "is missing",
-                        "give each tenant an id, e.g. id = \"acme\"",
-                    );
-                    continue;
-                }
-            };
-            let at = format!("{label} (tenant {id:?})");
-            let byok_enabled = match table.remove("byok_enabled") {
-                None => true,
-                Some(toml::Value::Boolean(b)) => b,
-                Some(_) => {
-                    self.error(
-                        format!("{at}.byok_enabled"),
-                        "is not true or false",
-                        "write byok_enabled = true",
-                    );
-                    true
-                }
-            };
-            let tid = match TenantId::parse(&id) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    self.error(
-                        format!("{at}.id"),
-                        e,
-                        "use letters, digits, '.', '_' and '-', not starting with '_'",
-                    );
-                    None
-                }
-            };
-            if let Some(prev) = seen.insert(id.clone(), label.clone()) {
+    /// One tenant's table, or `None` with its problems recorded (or when its id is invalid).
+    fn tenant(
+        &mut self,
+        label: &str,
+        file: PathBuf,
+        mut table: toml::Table,
+        seen: &mut HashMap<String, String>,
+    ) -> Option<Tenant> {
+        let id = match table.remove("id") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => {
+                self.error(
+                    format!("{label}.id"),
+                    "is not a string",
+                    "write id = \"acme\"",
+                );
+                return None;
+            }
+            None => {
+                self.error(
+                    format!("{label}.id"),
+                    "is missing",
+                    "give each tenant an id, e.g. id = \"acme\"",
+                );
+                return None;
+            }
+        };
+        let at = format!("{label} (tenant {id:?})");
+        let byok_enabled = match table.remove("byok_enabled") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => {
+                self.error(
+                    format!("{at}.byok_enabled"),
+                    "is not true or false",
+                    "write byok_enabled = true",
+                );
+                true
+            }
+        };
+        let tid = match TenantId::parse(&id) {
+            Ok(t) => Some(t),
+            Err(e) => {
                 self.error(
                     format!("{at}.id"),
-                    format!("tenant {id:?} is also defined at {prev}"),
-                    "keep one definition per tenant id",
+                    e,
+                    "use letters, digits, '.', '_' and '-', not starting with '_'",
                 );
-            }
-            let key = if !byok_enabled && table.is_empty() {
                 None
-            } else {
-                match KeyRaw::deserialize(toml::Value::Table(table)) {
-                    Ok(raw) => self.key(&at, raw),
-                    Err(e) => {
-                        let msg = e.message().trim().to_owned();
-                        let fix = serde_fix(&msg, "tenants");
-                        self.error(&at, msg, fix);
-                        None
-                    }
-                }
-            };
-            if let Some(tid) = tid {
-                if byok_enabled && key.is_none() {
-                    continue; // its problems are recorded
-                }
-                tenants.insert(
-                    tid.clone(),
-                    Tenant {
-                        id: tid,
-                        byok_enabled,
-                        key,
-                        defined_in: file,
-                    },
-                );
             }
+        };
+        if let Some(prev) = seen.insert(id.clone(), label.to_owned()) {
+            self.error(
+                format!("{at}.id"),
+                format!("tenant {id:?} is also defined at {prev}"),
+                "keep one definition per tenant id",
+            );
         }
-        (!self.has_errors_since(before)).then_some(tenants)
+        let key = if !byok_enabled && table.is_empty() {
+            None
+        } else {
+            match KeyRaw::deserialize(toml::Value::Table(table)) {
+                Ok(raw) => self.key(&at, raw),
+                Err(e) => {
+                    let msg = e.message().trim().to_owned();
+                    let fix = serde_fix(&msg, "tenants");
+                    self.error(&at, msg, fix);
+                    None
+                }
+            }
+        };
+        let tid = tid?;
+        if byok_enabled && key.is_none() {
+            return None; // its problems are recorded
+        }
+        Some(Tenant {
+            id: tid,
+            byok_enabled,
+            key,
+            defined_in: file,
+        })
     }
 
     pub(super) fn cross_checks(

@@ -187,29 +187,33 @@ impl Loader {
         })
     }
 
-    pub(super) fn kafka(&mut self, raw: KafkaRaw) -> Option<KafkaConfig> {
-        let before = self.problems.len();
-        if raw.bootstrap_servers.trim().is_empty() {
+    fn bootstrap_servers(&mut self, servers: &str) {
+        if servers.trim().is_empty() {
             self.error(
                 "kafka.bootstrap_servers",
                 "is empty",
                 "set it to host:port of one or more brokers, comma-separated",
             );
-        } else {
-            for server in raw.bootstrap_servers.split(',') {
-                let server = server.trim();
-                let ok = server
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-                if !ok {
-                    self.error(
-                        "kafka.bootstrap_servers",
-                        format!("{server:?} is not host:port"),
-                        "write each broker as host:port, e.g. \"10.0.0.5:9092,10.0.0.6:9092\"",
-                    );
-                }
+            return;
+        }
+        for server in servers.split(',') {
+            let server = server.trim();
+            let ok = server
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                self.error(
+                    "kafka.bootstrap_servers",
+                    format!("{server:?} is not host:port"),
+                    "write each broker as host:port, e.g. \"10.0.0.5:9092,10.0.0.6:9092\"",
+                );
             }
         }
+    }
+
+    pub(super) fn kafka(&mut self, raw: KafkaRaw) -> Option<KafkaConfig> {
+        let before = self.problems.len();
+        self.bootstrap_servers(&raw.bootstrap_servers);
         if raw.group_id.trim().is_empty() {
             self.error(
                 "kafka.group_id",

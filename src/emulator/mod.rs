@@ -21,6 +21,7 @@
 mod admin;
 pub mod client;
 mod entra;
+mod keyops;
 pub mod model;
 pub mod seed;
 pub mod tls;

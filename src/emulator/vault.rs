@@ -7,15 +7,12 @@
 //! checks than the real service.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hyper::{Method, StatusCode};
-use rsa::traits::PublicKeyParts;
-use rsa::{Oaep, Pkcs1v15Encrypt, RsaPrivateKey};
+use rsa::RsaPrivateKey;
 use serde_json::{Value, json};
 
+use super::keyops::{CryptoOp, crypto};
 use super::model::{
     ALL_KEY_OPS, Attributes, DeletedKey, Key, KeyVersion, Vault, actions, now_secs,
     private_from_jwk,
@@ -54,7 +51,12 @@ pub(super) fn vault_of(_shared: &Shared, req: &Req) -> Option<String> {
     })
 }
 
-fn kv_error(status: StatusCode, code: &str, inner: Option<&str>, message: &str) -> Reply {
+pub(super) fn kv_error(
+    status: StatusCode,
+    code: &str,
+    inner: Option<&str>,
+    message: &str,
+) -> Reply {
     let mut err = json!({"code": code, "message": message});
     if let Some(i) = inner {
         err["innererror"] = json!({"code": i});
@@ -62,11 +64,11 @@ fn kv_error(status: StatusCode, code: &str, inner: Option<&str>, message: &str) 
     Reply::json(status, json!({"error": err}))
 }
 
-fn bad(message: &str) -> Reply {
+pub(super) fn bad(message: &str) -> Reply {
     kv_error(StatusCode::BAD_REQUEST, "BadParameter", None, message)
 }
 
-fn not_found(name: &str, version: Option<&str>) -> Reply {
+pub(super) fn not_found(name: &str, version: Option<&str>) -> Reply {
     let id = match version {
         Some(v) if !v.is_empty() => format!("{name}/{v}"),
         _ => name.to_owned(),
@@ -222,37 +224,6 @@ enum Op<'a> {
         version: &'a str,
         kind: CryptoOp,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CryptoOp {
-    Encrypt,
-    Decrypt,
-    Wrap,
-    Unwrap,
-}
-
-impl CryptoOp {
-    fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "encrypt" => Some(Self::Encrypt),
-            "decrypt" => Some(Self::Decrypt),
-            "wrapkey" => Some(Self::Wrap),
-            "unwrapkey" => Some(Self::Unwrap),
-            _ => None,
-        }
-    }
-    fn key_op(self) -> &'static str {
-        match self {
-            Self::Encrypt => "encrypt",
-            Self::Decrypt => "decrypt",
-            Self::Wrap => "wrapKey",
-            Self::Unwrap => "unwrapKey",
-        }
-    }
-    fn private(self) -> bool {
-        matches!(self, Self::Decrypt | Self::Unwrap)
-    }
 }
 
 impl<'a> Op<'a> {
@@ -732,146 +703,5 @@ fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
             Reply::empty(StatusCode::NO_CONTENT)
         }
         _ => bad("unsupported operation"),
-    }
-}
-
-async fn crypto(
-    shared: &Shared,
-    vault: &str,
-    base: &str,
-    name: &str,
-    version: &str,
-    kind: CryptoOp,
-    body: &Value,
-) -> Reply {
-    let (key, kid): (Arc<RsaPrivateKey>, String) = {
-        let mut world = shared.world();
-        let v = match world.vaults.get_mut(vault) {
-            Some(v) => v,
-            None => return not_found(name, None),
-        };
-        let refuse_disabled_encrypt = v.refuse_encrypt_when_disabled;
-        let Some(kv) = v
-            .keys
-            .get_mut(name)
-            .and_then(|k| k.version_mut(Some(version)))
-        else {
-            return not_found(name, Some(version));
-        };
-        let op = kind.key_op();
-        if !kv.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op)) {
-            return kv_error(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                Some("KeyOperationForbidden"),
-                &format!(
-                    "Operation {op} is not allowed on the key. The key's key_ops are {:?}.",
-                    kv.key_ops
-                ),
-            );
-        }
-        if !kv.attributes.enabled && (kind.private() || refuse_disabled_encrypt) {
-            return kv_error(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                Some("KeyDisabled"),
-                &format!("Operation {op} is not allowed on a disabled key."),
-            );
-        }
-        match kv.in_date(now_secs()) {
-            Err("KeyNotYetValid") => {
-                return kv_error(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    Some("KeyNotYetValid"),
-                    &format!("Operation {op} is not allowed on a key that is not yet valid (nbf)."),
-                );
-            }
-            Err(code) if !kind.private() => {
-                return kv_error(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    Some(code),
-                    &format!("Operation {op} is not allowed on an expired key."),
-                );
-            }
-            _ => {}
-        }
-        let key = match kv.private() {
-            Ok(k) => k,
-            Err(e) => {
-                return kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None, &e);
-            }
-        };
-        (key, format!("{base}/keys/{name}/{}", kv.version))
-    };
-    let alg = body["alg"].as_str().unwrap_or_default().to_owned();
-    if !matches!(alg.as_str(), "RSA-OAEP-256" | "RSA-OAEP" | "RSA1_5") {
-        return bad(&format!(
-            "The algorithm {alg:?} is not supported for RSA keys; use RSA-OAEP-256, RSA-OAEP or RSA1_5."
-        ));
-    }
-    let Some(value) = body["value"].as_str() else {
-        return bad("The request has no 'value'.");
-    };
-    let Ok(input) = URL_SAFE_NO_PAD
-        .decode(value.trim_end_matches('='))
-        .or_else(|_| STANDARD.decode(value))
-    else {
-        return bad("'value' is not base64url.");
-    };
-    let private_op = kind.private();
-    let result = tokio::task::spawn_blocking(move || rsa_op(&key, &alg, private_op, &input)).await;
-    match result {
-        Ok(Ok(out)) => Reply::json(
-            StatusCode::OK,
-            json!({"kid": kid, "value": URL_SAFE_NO_PAD.encode(out)}),
-        ),
-        Ok(Err(msg)) => bad(&msg),
-        Err(_) => kv_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            None,
-            "the crypto operation failed",
-        ),
-    }
-}
-
-fn rsa_op(key: &RsaPrivateKey, alg: &str, private: bool, input: &[u8]) -> Result<Vec<u8>, String> {
-    let mut rng = rand::rngs::OsRng;
-    let k = key.size();
-    if private {
-        if input.len() != k {
-            return Err(format!(
-                "The ciphertext is {} bytes; this {}-bit key needs exactly {k}.",
-                input.len(),
-                k * 8
-            ));
-        }
-        let r = match alg {
-            "RSA-OAEP-256" => key.decrypt_blinded(&mut rng, Oaep::new::<sha2::Sha256>(), input),
-            "RSA-OAEP" => key.decrypt_blinded(&mut rng, Oaep::new::<sha1::Sha1>(), input),
-            _ => key.decrypt_blinded(&mut rng, Pkcs1v15Encrypt, input),
-        };
-        r.map_err(|_| "The parameter is incorrect: the ciphertext does not decrypt with this key and algorithm.".to_owned())
-    } else {
-        let public = key.to_public_key();
-        let max = match alg {
-            "RSA-OAEP-256" => k.saturating_sub(66),
-            "RSA-OAEP" => k.saturating_sub(42),
-            _ => k.saturating_sub(11),
-        };
-        if input.len() > max {
-            return Err(format!(
-                "The plaintext is {} bytes; {alg} with this key takes at most {max}.",
-                input.len()
-            ));
-        }
-        let r = match alg {
-            "RSA-OAEP-256" => public.encrypt(&mut rng, Oaep::new::<sha2::Sha256>(), input),
-            "RSA-OAEP" => public.encrypt(&mut rng, Oaep::new::<sha1::Sha1>(), input),
-            _ => public.encrypt(&mut rng, Pkcs1v15Encrypt, input),
-        };
-        r.map_err(|e| format!("encryption failed: {e}"))
     }
 }

@@ -179,6 +179,31 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
     };
 
     // 1. Token.
+    if !token_check(&mut r, &provider, key, how).await {
+        return r.lines;
+    }
+    // 2. Key found (and, under Private Link, the host answers).
+    let Some(version) = key_check(&mut r, &provider, key).await else {
+        return r.lines;
+    };
+    // 3, 4, 6. Type and size, enabled, permitted operations.
+    key_properties(&mut r, &version, key);
+    // 5. Activation and expiration dates.
+    validity(&mut r, &version, key);
+    // 7. A real round trip.
+    round_trip(&mut r, &provider, &version, key).await;
+    // 8. Soft delete and purge protection.
+    recovery(&mut r, &version, key);
+    r.lines
+}
+
+/// Step 1: a Key Vault token with the configured credential; false when there is none.
+async fn token_check(
+    r: &mut Report<'_>,
+    provider: &AzureKeyProvider,
+    key: &KeyVaultKey,
+    how: &str,
+) -> bool {
     match provider.token().await {
         Ok(()) => r.pass(
             "token",
@@ -197,11 +222,11 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
                 format!("Entra ID refused {how}: {detail}"),
                 credential_fix(key, code),
             );
-            return r.lines;
+            return false;
         }
         Err(KmsError::Unavailable { why, detail, .. }) => {
             r.fail("token", format!("no token: {detail}"), outage_fix(key, why));
-            return r.lines;
+            return false;
         }
         Err(e) => {
             r.fail(
@@ -209,18 +234,25 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
                 e.to_string(),
                 "check entra_tenant_id, client_id and the credential",
             );
-            return r.lines;
+            return false;
         }
     }
+    true
+}
 
-    // 2. Key found (and, under Private Link, the host answers).
-    let version = match provider.get_version(key.key_version.as_deref()).await {
+/// Step 2: the key is found (and, under Private Link, the host answers).
+async fn key_check(
+    r: &mut Report<'_>,
+    provider: &AzureKeyProvider,
+    key: &KeyVaultKey,
+) -> Option<VersionInfo> {
+    match provider.get_version(key.key_version.as_deref()).await {
         Ok(v) => {
             if key.is_private_link() {
                 r.pass("private-link", format!("{} answers", key.vault_url));
             }
             r.pass("key", format!("found {}", v.kid));
-            v
+            Some(v)
         }
         Err(KmsError::Revoked { why, detail, .. }) => {
             let fix = match why {
@@ -242,7 +274,7 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
                 _ => role_fix(key, "read"),
             };
             r.fail("key", format!("GET key {}: {detail}", key.key_name), fix);
-            return r.lines;
+            None
         }
         Err(KmsError::Unavailable { why, detail, .. }) => {
             let check = if key.is_private_link() {
@@ -255,14 +287,18 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
                 format!("GET key {}: {detail}", key.key_name),
                 outage_fix(key, why),
             );
-            return r.lines;
+            None
         }
         Err(e) => {
             r.fail("key", e.to_string(), "check vault_url and key_name");
-            return r.lines;
+            None
         }
-    };
+    }
+}
 
+/// Steps 3, 4 and 6: RSA of at least 3072 bits, the version enabled, encrypt and decrypt
+/// permitted.
+fn key_properties(r: &mut Report<'_>, version: &VersionInfo, key: &KeyVaultKey) {
     // 3. Type and size.
     let bits = version.bits();
     if !version.kty.starts_with("RSA") {
@@ -306,10 +342,7 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
         );
     }
 
-    // 5. Activation and expiration dates.
-    validity(&mut r, &version, key);
-
-    // 6. Permitted operations.
+    // permitted operations
     let has = |op: &str| version.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op));
     if has("encrypt") && has("decrypt") {
         r.pass(
@@ -326,11 +359,10 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
             format!("allow Encrypt and Decrypt in the key's Permitted operations (Objects > Keys > {} > {})", key.key_name, version.kid.version()),
         );
     }
+}
 
-    // 7. A real round trip.
-    round_trip(&mut r, &provider, &version, key).await;
-
-    // 8. Soft delete and purge protection.
+/// Step 8: soft delete and purge protection.
+fn recovery(r: &mut Report<'_>, version: &VersionInfo, key: &KeyVaultKey) {
     match (version.recovery_level.as_deref(), version.recoverable_days) {
         (Some("Recoverable"), Some(days)) if days >= 90 => {
             r.pass("recovery", format!("soft delete on ({days} days) and purge protection on"))
@@ -346,7 +378,6 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
             format!("enable purge protection on vault {} (Key vault > Properties > Purge protection) and keep soft delete at 90 days", vault_name(key)),
         ),
     }
-    r.lines
 }
 
 /// Checks certificate files: expiry (warn 30 days ahead, fail once expired) and key match.

@@ -207,48 +207,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
     let started = Instant::now();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let root = dir.path();
-    std::fs::write(root.join("emulator.toml"), SEED).map_err(|e| e.to_string())?;
-    for (rel, text) in FILES {
-        write_private(&root.join(rel), text).map_err(|e| e.to_string())?;
-    }
-    for (f, s) in [
-        ("globex.secret", "example-client-secret-not-real"),
-        ("initech.secret", "initech-example-secret-not-real"),
-        ("operator.secret", "example-operator-secret-not-real"),
-    ] {
-        write_private(&root.join(f), s).map_err(|e| e.to_string())?;
-    }
-
-    println!("1. Key Vault + Entra ID emulator (HTTPS, real RSA-4096 keys)");
-    let emu = crate::emulator::start(crate::emulator::Options {
-        seed: Some(root.join("emulator.toml")),
-        ca_out: Some(root.join("emulator-ca.pem")),
-        ..crate::emulator::Options::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    println!(
-        "   listening on {}; vaults acme-vault, globex-kv (Private Link), initech-kv, byok-operator",
-        emu.addr
-    );
-
-    println!("2. In-process Kafka (librdkafka mock cluster)");
-    let cluster = MockCluster::new(1).map_err(|e| e.to_string())?;
-    let bootstrap = cluster.bootstrap_servers();
-    for (t, p) in [
-        ("capture.messages", opts.partitions),
-        ("archive.messages", opts.partitions),
-        ("byok.deks", 1),
-        ("byok.keks", 1),
-        ("byok.quarantine", 1),
-    ] {
-        cluster.create_topic(t, p, 1).map_err(|e| e.to_string())?;
-    }
-    println!(
-        "   topics capture.messages ({} partitions), archive.messages, byok.deks, byok.keks, byok.quarantine",
-        opts.partitions
-    );
-
+    write_files(root)?;
+    let emu = start_emulator(root).await?;
+    let (cluster, bootstrap) = start_kafka(&opts)?;
     let config_path = root.join("byok.toml");
     std::fs::write(&config_path, config_text(root, emu.addr.port(), &bootstrap))
         .map_err(|e| e.to_string())?;
@@ -266,6 +227,231 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         .set("linger.ms", "5")
         .create()
         .map_err(|e| e.to_string())?;
+    let (msgs, originals, bytes) = messages(&opts);
+    let total = msgs.len() as i64;
+    let (stats, elapsed) =
+        capture_in_three_parts(&config, &emu, &bootstrap, &producer, &msgs, bytes).await?;
+    println!(
+        "5. Draining the quarantine into the archive: the worker drained {} records when acme's key came back; then byok replay --quarantine",
+        stats.drained
+    );
+    let drained = drain_step(&config).await?;
+    println!("6. Reading the archive and the quarantine back (byok cat), checking every message");
+    let mut summary = DemoSummary {
+        messages: msgs.len(),
+        deks: stats.deks_created,
+        records_per_second: total as f64 / elapsed.as_secs_f64(),
+        drained: stats.drained + drained.moved,
+        mismatches: drained.failed.len() as u64,
+        ..DemoSummary::default()
+    };
+    verify(&config, &originals, &mut summary).await?;
+    if let Ok(calls) =
+        crate::emulator::client::AdminClient::new(&emu.authority(), &emu.ca_pem, None)
+        && let Ok(s) = calls.stats().await
+    {
+        for (_, ops) in s["calls"].as_object().into_iter().flatten() {
+            for (op, n) in ops.as_object().into_iter().flatten() {
+                *summary.vault_calls.entry(op.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    drop(producer);
+    drop(cluster);
+    emu.stop().await;
+
+    print_summary(&summary, started);
+    Ok(summary)
+}
+
+/// Step 4: the messages in three parts through a worker, acme's key disabled during the second;
+/// the worker's counts and how long it ran.
+async fn capture_in_three_parts(
+    config: &Config,
+    emu: &crate::emulator::Running,
+    bootstrap: &str,
+    producer: &FutureProducer,
+    msgs: &[(Option<String>, String)],
+    bytes: usize,
+) -> Result<(crate::pipeline::RunStats, Duration), String> {
+    let total = msgs.len() as i64;
+    let third = msgs.len() / 3;
+    let parts: Vec<&[(Option<String>, String)]> =
+        vec![&msgs[..third], &msgs[third..2 * third], &msgs[2 * third..]];
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let health = std::sync::Arc::new(crate::pipeline::health::Health::default());
+    let worker_started = Instant::now();
+    let worker = tokio::spawn(crate::pipeline::serve(
+        config.clone(),
+        stopped,
+        std::sync::Arc::clone(&health),
+    ));
+    let wait_done = |n: u64| {
+        let health = std::sync::Arc::clone(&health);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while health.records_done() < n {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the worker stalled with {} of {n} records done",
+                        health.records_done()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        }
+    };
+    let admin = crate::emulator::client::AdminClient::new(&emu.authority(), &emu.ca_pem, None)
+        .map_err(|e| e.to_string())?;
+    let key_check = Duration::from_secs(6);
+
+    capture(producer, parts[0]).await?;
+    wait_done(parts[0].len() as u64).await?;
+    println!(
+        "   part 1: {} messages archived ({} KiB in all three parts, 3 without a usable tenant)",
+        parts[0].len(),
+        bytes / 1024
+    );
+    admin
+        .set_key_enabled("acme-vault", "byok-key", None, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("   acme disables its key in its vault; the worker's key check (every 5 s) notices");
+    tokio::time::sleep(key_check).await;
+    capture(producer, parts[1]).await?;
+    wait_done((parts[0].len() + parts[1].len()) as u64).await?;
+    let quarantined_acme = count(bootstrap, "byok.quarantine");
+    println!(
+        "   part 2: {} messages; acme's go to the quarantine sealed for acme's key only ({} records there now)",
+        parts[1].len(),
+        quarantined_acme
+    );
+    admin
+        .set_key_enabled("acme-vault", "byok-key", None, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("   acme enables its key again");
+    tokio::time::sleep(key_check).await;
+    capture(producer, parts[2]).await?;
+    wait_done(total as u64).await?;
+    let elapsed = worker_started.elapsed();
+    let _ = stop.send(true);
+    let stats = worker
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
+    println!(
+        "   part 3: {} messages archived. In all: {} records in {} batches: {} archived, quarantined {:?}; {} DEKs made",
+        parts[2].len(),
+        stats.records_in,
+        stats.batches,
+        stats.archived,
+        stats.quarantined,
+        stats.deks_created
+    );
+    Ok((stats, elapsed))
+}
+
+/// Step 5: the operator's drain after the worker's own.
+async fn drain_step(config: &Config) -> Result<crate::lifecycle::drain::DrainStats, String> {
+    let drained = crate::lifecycle::drain::drain_quarantine(
+        config,
+        &crate::lifecycle::drain::DrainOptions::default(),
+        |_, _| {},
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "   {} more records moved unchanged after acme's DEKs opened through Key Vault; {} stay ({:?}), {} parked for good ({:?})",
+        drained.moved,
+        drained.stayed.values().sum::<u64>(),
+        drained.stayed,
+        drained.parked.values().sum::<u64>(),
+        drained.parked
+    );
+    for f in &drained.failed {
+        println!("   MISMATCH: could not drain: {f}");
+    }
+    Ok(drained)
+}
+
+/// The emulator's seed, the tenants' credential files and the secrets, in `root`.
+fn write_files(root: &Path) -> Result<(), String> {
+    std::fs::write(root.join("emulator.toml"), SEED).map_err(|e| e.to_string())?;
+    for (rel, text) in FILES {
+        write_private(&root.join(rel), text).map_err(|e| e.to_string())?;
+    }
+    for (f, s) in [
+        ("globex.secret", "example-client-secret-not-real"),
+        ("initech.secret", "initech-example-secret-not-real"),
+        ("operator.secret", "example-operator-secret-not-real"),
+    ] {
+        write_private(&root.join(f), s).map_err(|e| e.to_string())?;
+    }
+
+    Ok(())
+}
+
+/// Step 1: the Key Vault and Entra ID emulator on a free port.
+async fn start_emulator(root: &Path) -> Result<crate::emulator::Running, String> {
+    println!("1. Key Vault + Entra ID emulator (HTTPS, real RSA-4096 keys)");
+    let emu = crate::emulator::start(crate::emulator::Options {
+        seed: Some(root.join("emulator.toml")),
+        ca_out: Some(root.join("emulator-ca.pem")),
+        ..crate::emulator::Options::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "   listening on {}; vaults acme-vault, globex-kv (Private Link), initech-kv, byok-operator",
+        emu.addr
+    );
+
+    Ok(emu)
+}
+
+/// Step 2: the mock cluster with the pipeline's topics; its bootstrap address.
+fn start_kafka(
+    opts: &DemoOptions,
+) -> Result<
+    (
+        MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        String,
+    ),
+    String,
+> {
+    println!("2. In-process Kafka (librdkafka mock cluster)");
+    let cluster = MockCluster::new(1).map_err(|e| e.to_string())?;
+    let bootstrap = cluster.bootstrap_servers();
+    for (t, p) in [
+        ("capture.messages", opts.partitions),
+        ("archive.messages", opts.partitions),
+        ("byok.deks", 1),
+        ("byok.keks", 1),
+        ("byok.quarantine", 1),
+    ] {
+        cluster.create_topic(t, p, 1).map_err(|e| e.to_string())?;
+    }
+    println!(
+        "   topics capture.messages ({} partitions), archive.messages, byok.deks, byok.keks, byok.quarantine",
+        opts.partitions
+    );
+
+    Ok((cluster, bootstrap))
+}
+
+/// The captured messages (chat traffic of three tenants and three without a usable tenant),
+/// what each must become (record key, quarantine reason if it stays there), and their size.
+#[allow(clippy::type_complexity)]
+fn messages(
+    opts: &DemoOptions,
+) -> (
+    Vec<(Option<String>, String)>,
+    HashMap<String, (Option<String>, Option<&'static str>)>,
+    usize,
+) {
     let tenants = ["acme", "globex", "initech"];
     // value -> (record key, quarantine reason if it must stay there)
     let mut originals: HashMap<String, (Option<String>, Option<&'static str>)> = HashMap::new();
@@ -302,116 +488,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         originals.entry(b.clone()).or_insert((k.clone(), None));
         bytes += b.len();
     }
-    let total = msgs.len() as i64;
-    let third = msgs.len() / 3;
-    let parts: Vec<&[(Option<String>, String)]> =
-        vec![&msgs[..third], &msgs[third..2 * third], &msgs[2 * third..]];
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let health = std::sync::Arc::new(crate::pipeline::health::Health::default());
-    let worker_started = Instant::now();
-    let worker = tokio::spawn(crate::pipeline::serve(
-        config.clone(),
-        stopped,
-        std::sync::Arc::clone(&health),
-    ));
-    let wait_done = |n: u64| {
-        let health = std::sync::Arc::clone(&health);
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while health.records_done() < n {
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "the worker stalled with {} of {n} records done",
-                        health.records_done()
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Ok(())
-        }
-    };
-    let admin = crate::emulator::client::AdminClient::new(&emu.authority(), &emu.ca_pem, None)
-        .map_err(|e| e.to_string())?;
-    let key_check = Duration::from_secs(6);
+    (msgs, originals, bytes)
+}
 
-    capture(&producer, parts[0]).await?;
-    wait_done(parts[0].len() as u64).await?;
-    println!(
-        "   part 1: {} messages archived ({} KiB in all three parts, 3 without a usable tenant)",
-        parts[0].len(),
-        bytes / 1024
-    );
-    admin
-        .set_key_enabled("acme-vault", "byok-key", None, false)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("   acme disables its key in its vault; the worker's key check (every 5 s) notices");
-    tokio::time::sleep(key_check).await;
-    capture(&producer, parts[1]).await?;
-    wait_done((parts[0].len() + parts[1].len()) as u64).await?;
-    let quarantined_acme = count(&bootstrap, "byok.quarantine");
-    println!(
-        "   part 2: {} messages; acme's go to the quarantine sealed for acme's key only ({} records there now)",
-        parts[1].len(),
-        quarantined_acme
-    );
-    admin
-        .set_key_enabled("acme-vault", "byok-key", None, true)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("   acme enables its key again");
-    tokio::time::sleep(key_check).await;
-    capture(&producer, parts[2]).await?;
-    wait_done(total as u64).await?;
-    let elapsed = worker_started.elapsed();
-    let _ = stop.send(true);
-    let stats = worker
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
-    println!(
-        "   part 3: {} messages archived. In all: {} records in {} batches: {} archived, quarantined {:?}; {} DEKs made",
-        parts[2].len(),
-        stats.records_in,
-        stats.batches,
-        stats.archived,
-        stats.quarantined,
-        stats.deks_created
-    );
-
-    println!(
-        "5. Draining the quarantine into the archive: the worker drained {} records when acme's key came back; then byok replay --quarantine",
-        stats.drained
-    );
-    let drained = crate::lifecycle::drain::drain_quarantine(
-        &config,
-        &crate::lifecycle::drain::DrainOptions::default(),
-        |_, _| {},
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    println!(
-        "   {} more records moved unchanged after acme's DEKs opened through Key Vault; {} stay ({:?}), {} parked for good ({:?})",
-        drained.moved,
-        drained.stayed.values().sum::<u64>(),
-        drained.stayed,
-        drained.parked.values().sum::<u64>(),
-        drained.parked
-    );
-    for f in &drained.failed {
-        println!("   MISMATCH: could not drain: {f}");
-    }
-
-    println!("6. Reading the archive and the quarantine back (byok cat), checking every message");
-    let mut summary = DemoSummary {
-        messages: msgs.len(),
-        deks: stats.deks_created,
-        records_per_second: total as f64 / elapsed.as_secs_f64(),
-        drained: stats.drained + drained.moved,
-        mismatches: drained.failed.len() as u64,
-        ..DemoSummary::default()
-    };
+/// Step 6: every record of the archive and the quarantine opens to what was captured, on the
+/// route it should have taken; mismatches counted in `summary`.
+async fn verify(
+    config: &Config,
+    originals: &HashMap<String, (Option<String>, Option<&'static str>)>,
+    summary: &mut DemoSummary,
+) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     let mut archived_values = std::collections::HashSet::new();
     let mut revoked_period = Vec::new();
@@ -419,7 +505,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         let o = ReadOptions::topic(topic);
         let mut failures = Vec::new();
         let mut opened = Vec::new();
-        reader::read(&config, &o, |r| opened.push(r), |f| failures.push(f))
+        reader::read(config, &o, |r| opened.push(r), |f| failures.push(f))
             .await
             .map_err(|e| e.to_string())?;
         for f in failures {
@@ -475,20 +561,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         println!("   MISMATCH: {missing} captured messages not found");
         summary.mismatches += missing as u64;
     }
-    if let Ok(calls) =
-        crate::emulator::client::AdminClient::new(&emu.authority(), &emu.ca_pem, None)
-        && let Ok(s) = calls.stats().await
-    {
-        for (_, ops) in s["calls"].as_object().into_iter().flatten() {
-            for (op, n) in ops.as_object().into_iter().flatten() {
-                *summary.vault_calls.entry(op.clone()).or_default() += n.as_u64().unwrap_or(0);
-            }
-        }
-    }
-    drop(producer);
-    drop(cluster);
-    emu.stop().await;
+    Ok(())
+}
 
+/// The summary table.
+fn print_summary(summary: &DemoSummary, started: Instant) {
     println!();
     println!("Summary");
     println!("  messages captured        {}", summary.messages);
@@ -522,5 +599,4 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         "  total time               {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(summary)
 }

@@ -44,6 +44,47 @@ enum KeysCommand {
     },
 }
 
+/// `byok replay`'s arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReplayArgs {
+    /// The worker configuration.
+    #[arg(long)]
+    pub(crate) config: PathBuf,
+    /// Drain the quarantine topic into the archive.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub(crate) quarantine: bool,
+    /// Source archive topic.
+    #[arg(long, requires = "to")]
+    pub(crate) from: Option<String>,
+    /// Target topic (must exist); `{tenant}` is replaced by each record's tenant.
+    #[arg(long, requires = "from")]
+    pub(crate) to: Option<String>,
+    /// Only this tenant's records (repeatable with --from/--to).
+    #[arg(long = "tenant")]
+    pub(crate) tenants: Vec<String>,
+    /// Only these source partitions (repeatable).
+    #[arg(long = "partition", requires = "from")]
+    pub(crate) partitions: Vec<i32>,
+    /// First source offset (inclusive) per partition.
+    #[arg(long, requires = "from")]
+    pub(crate) from_offset: Option<i64>,
+    /// Last source offset (exclusive) per partition.
+    #[arg(long, requires = "from")]
+    pub(crate) to_offset: Option<i64>,
+    /// Only records with a timestamp at or after this RFC 3339 time.
+    #[arg(long, requires = "from")]
+    pub(crate) since: Option<String>,
+    /// Only records with a timestamp before this RFC 3339 time.
+    #[arg(long, requires = "from")]
+    pub(crate) until: Option<String>,
+    /// At most this many records a second.
+    #[arg(long, requires = "from")]
+    pub(crate) rate: Option<f64>,
+    /// Open every record and count what would be written; write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
 #[derive(Debug, clap::Args)]
 struct LoadgenArgs {
     /// Take the bootstrap servers, the first input topic and the BYOK tenants from this worker
@@ -143,44 +184,7 @@ enum Command {
     /// already archived are not written again.
     ///
     /// Prints a JSON summary.
-    Replay {
-        /// The worker configuration.
-        #[arg(long)]
-        config: PathBuf,
-        /// Drain the quarantine topic into the archive.
-        #[arg(long, conflicts_with_all = ["from", "to"])]
-        quarantine: bool,
-        /// Source archive topic.
-        #[arg(long, requires = "to")]
-        from: Option<String>,
-        /// Target topic (must exist); `{tenant}` is replaced by each record's tenant.
-        #[arg(long, requires = "from")]
-        to: Option<String>,
-        /// Only this tenant's records (repeatable with --from/--to).
-        #[arg(long = "tenant")]
-        tenants: Vec<String>,
-        /// Only these source partitions (repeatable).
-        #[arg(long = "partition", requires = "from")]
-        partitions: Vec<i32>,
-        /// First source offset (inclusive) per partition.
-        #[arg(long, requires = "from")]
-        from_offset: Option<i64>,
-        /// Last source offset (exclusive) per partition.
-        #[arg(long, requires = "from")]
-        to_offset: Option<i64>,
-        /// Only records with a timestamp at or after this RFC 3339 time.
-        #[arg(long, requires = "from")]
-        since: Option<String>,
-        /// Only records with a timestamp before this RFC 3339 time.
-        #[arg(long, requires = "from")]
-        until: Option<String>,
-        /// At most this many records a second.
-        #[arg(long, requires = "from")]
-        rate: Option<f64>,
-        /// Open every record and count what would be written; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Replay(ReplayArgs),
     /// Ask a worker's health endpoint; exit 0 when it answers 200 (for container health checks,
     /// where no curl is installed).
     Healthcheck {
@@ -494,21 +498,8 @@ fn main() -> ExitCode {
         Command::Inspect { file, hex, json } => inspect(file, hex, json),
         Command::Cert { command } => cert(command).unwrap_or_else(|e| fail(&e)),
         Command::Demo { messages } => runtime()
-            .and_then(|rt| {
-                rt.block_on(async {
-                    let s = byok::demo::run(byok::demo::DemoOptions {
-                        messages,
-                        ..Default::default()
-                    })
-                    .await?;
-                    Ok(if s.mismatches == 0 {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    })
-                })
-            })
-            .unwrap_or_else(|e: String| fail(&e)),
+            .and_then(|rt| rt.block_on(demo(messages)))
+            .unwrap_or_else(|e| fail(&e)),
         Command::Keys {
             command:
                 KeysCommand::Usage {
@@ -536,48 +527,9 @@ fn main() -> ExitCode {
                 ))
             })
             .unwrap_or_else(|e| fail(&e)),
-        Command::Replay {
-            config,
-            quarantine,
-            from,
-            to,
-            tenants,
-            partitions,
-            from_offset,
-            to_offset,
-            since,
-            until,
-            rate,
-            dry_run,
-        } => {
-            let run = |rt: tokio::runtime::Runtime| {
-                match (from, to) {
-                (Some(from), Some(to)) => {
-                    let opts = byok::lifecycle::replay::ReplayOptions {
-                        from,
-                        to,
-                        tenants,
-                        partitions,
-                        from_offset,
-                        to_offset,
-                        from_time_ms: rfc3339_ms(since, "since")?,
-                        to_time_ms: rfc3339_ms(until, "until")?,
-                        dry_run,
-                        rate,
-                    };
-                    rt.block_on(replay(&config, opts))
-                }
-                _ if quarantine => {
-                    if tenants.len() > 1 {
-                        return Err("--quarantine takes one --tenant (or none for all)".into());
-                    }
-                    rt.block_on(drain(&config, tenants.into_iter().next(), dry_run))
-                }
-                _ => Err("say what to replay: --from TOPIC --to TOPIC (re-seal into another topic) or --quarantine (drain the quarantine into the archive)".into()),
-            }
-            };
-            runtime().and_then(run).unwrap_or_else(|e| fail(&e))
-        }
+        Command::Replay(args) => runtime()
+            .and_then(|rt| replay_command(&rt, args))
+            .unwrap_or_else(|e| fail(&e)),
         Command::Healthcheck { url } => healthcheck(&url).unwrap_or_else(|e| fail(&e)),
         Command::Loadgen(args) => runtime()
             .and_then(|rt| rt.block_on(loadgen(args)))

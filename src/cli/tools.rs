@@ -211,3 +211,48 @@ pub(crate) fn rfc3339_ms(v: Option<String>, flag: &str) -> Result<Option<i64>, S
     })
     .transpose()
 }
+
+/// `byok replay`: `--from`/`--to` re-seals into another topic, `--quarantine` drains.
+pub(crate) fn replay_command(
+    rt: &tokio::runtime::Runtime,
+    a: crate::ReplayArgs,
+) -> Result<ExitCode, String> {
+    match (a.from, a.to) {
+        (Some(from), Some(to)) => {
+            let opts = byok::lifecycle::replay::ReplayOptions {
+                from,
+                to,
+                tenants: a.tenants,
+                partitions: a.partitions,
+                from_offset: a.from_offset,
+                to_offset: a.to_offset,
+                from_time_ms: crate::rfc3339_ms(a.since, "since")?,
+                to_time_ms: crate::rfc3339_ms(a.until, "until")?,
+                dry_run: a.dry_run,
+                rate: a.rate,
+            };
+            rt.block_on(replay(&a.config, opts))
+        }
+        _ if a.quarantine => {
+            if a.tenants.len() > 1 {
+                return Err("--quarantine takes one --tenant (or none for all)".into());
+            }
+            rt.block_on(drain(&a.config, a.tenants.into_iter().next(), a.dry_run))
+        }
+        _ => Err("say what to replay: --from TOPIC --to TOPIC (re-seal into another topic) or --quarantine (drain the quarantine into the archive)".into()),
+    }
+}
+
+/// `byok demo`: exit 1 when any message did not come back as captured.
+pub(crate) async fn demo(messages: usize) -> Result<ExitCode, String> {
+    let s = byok::demo::run(byok::demo::DemoOptions {
+        messages,
+        ..Default::default()
+    })
+    .await?;
+    Ok(if s.mismatches == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

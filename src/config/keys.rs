@@ -54,47 +54,13 @@ impl Loader {
         }
 
         let vault_url = vault_url.and_then(|u| self.vault_url(at, &u));
-        if let Some(name) = &key_name {
-            let ok = (1..=127).contains(&name.len())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-            if !ok {
-                self.error(
-                    format!("{at}.key_name"),
-                    format!("{name:?} is not a Key Vault key name"),
-                    "key names are 1 to 127 letters, digits and dashes; copy it from the portal",
-                );
-            }
-        }
-        if let Some(v) = &raw.key_version
-            && (v.len() != 32 || !v.chars().all(|c| c.is_ascii_hexdigit()))
-        {
-            self.error(
-                    format!("{at}.key_version"),
-                    format!("{v:?} is not a key version (32 hex digits)"),
-                    "copy the last part of the Key Identifier https://<vault>.vault.azure.net/keys/<name>/<version>, or leave it out to use the newest enabled version",
-                );
-        }
-        if let Some(t) = &entra_tenant_id
-            && !is_guid(t)
-            && !(t.contains('.')
-                && t.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
-        {
-            self.error(
-                    format!("{at}.entra_tenant_id"),
-                    format!("{t:?} is neither a GUID nor a domain"),
-                    "copy the Directory (tenant) ID, a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47",
-                );
-        }
-        if let Some(c) = &client_id
-            && !is_guid(c)
-        {
-            self.error(
-                format!("{at}.client_id"),
-                format!("{c:?} is not a GUID"),
-                "copy the Application (client) ID, a GUID, from the app registration",
-            );
-        }
+        self.identifiers(
+            at,
+            key_name.as_deref(),
+            raw.key_version.as_deref(),
+            entra_tenant_id.as_deref(),
+            client_id.as_deref(),
+        );
         let authority_host = match raw.authority_host {
             None => Url::parse(DEFAULT_AUTHORITY_HOST).ok(),
             Some(a) => match Url::parse(&a) {
@@ -127,6 +93,58 @@ impl Loader {
             authority_host: authority_host?,
             ca_file,
         })
+    }
+
+    /// The key name, version, directory and application ids look like what the portal shows.
+    fn identifiers(
+        &mut self,
+        at: &str,
+        key_name: Option<&str>,
+        key_version: Option<&str>,
+        entra_tenant_id: Option<&str>,
+        client_id: Option<&str>,
+    ) {
+        if let Some(name) = key_name {
+            let ok = (1..=127).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if !ok {
+                self.error(
+                    format!("{at}.key_name"),
+                    format!("{name:?} is not a Key Vault key name"),
+                    "key names are 1 to 127 letters, digits and dashes; copy it from the portal",
+                );
+            }
+        }
+        if let Some(v) = key_version
+            && (v.len() != 32 || !v.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            self.error(
+                    format!("{at}.key_version"),
+                    format!("{v:?} is not a key version (32 hex digits)"),
+                    "copy the last part of the Key Identifier https://<vault>.vault.azure.net/keys/<name>/<version>, or leave it out to use the newest enabled version",
+                );
+        }
+        if let Some(t) = entra_tenant_id
+            && !is_guid(t)
+            && !(t.contains('.')
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+        {
+            self.error(
+                    format!("{at}.entra_tenant_id"),
+                    format!("{t:?} is neither a GUID nor a domain"),
+                    "copy the Directory (tenant) ID, a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47",
+                );
+        }
+        if let Some(c) = client_id
+            && !is_guid(c)
+        {
+            self.error(
+                format!("{at}.client_id"),
+                format!("{c:?} is not a GUID"),
+                "copy the Application (client) ID, a GUID, from the app registration",
+            );
+        }
     }
 
     pub(super) fn vault_url(&mut self, at: &str, text: &str) -> Option<Url> {

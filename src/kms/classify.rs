@@ -58,57 +58,7 @@ pub fn classify(err: &azure_core::Error) -> Classified {
             status,
             raw_response,
             ..
-        } => {
-            let status = u16::from(*status);
-            let body: serde_json::Value = raw_response
-                .as_ref()
-                .and_then(|r| serde_json::from_slice(r.body()).ok())
-                .unwrap_or_default();
-            let code = body["error"]["code"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let inner = body["error"]["innererror"]["code"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let message = body["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let detail = format!(
-                "{status} {code}{}{}: {message}",
-                if inner.is_empty() { "" } else { "/" },
-                inner
-            );
-            match status {
-                429 => {
-                    let retry_after = raw_response.as_ref().and_then(|r| {
-                        r.headers()
-                            .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                            .map(Duration::from_secs)
-                    });
-                    Classified::Unavailable(Outage::Throttled, detail, retry_after)
-                }
-                500..=599 => Classified::Unavailable(Outage::ServerError, detail, None),
-                // a token the vault did not take: renewed and retried, never a revocation
-                401 => Classified::Unavailable(Outage::Unauthorized, detail, None),
-                403 => {
-                    let why = match inner.as_str() {
-                        "KeyDisabled" => Revocation::KeyDisabled,
-                        "KeyExpired" | "KeyNotYetValid" => Revocation::KeyExpired,
-                        _ => Revocation::AccessDenied,
-                    };
-                    Classified::Revoked(why, detail)
-                }
-                404 => Classified::Revoked(Revocation::KeyNotFound, detail),
-                _ => Classified::Rejected(detail),
-            }
-        }
+        } => http_response(u16::from(*status), raw_response.as_deref()),
         ErrorKind::Io | ErrorKind::Connection => {
             // The failed request's URL tells a token request from a vault request.
             let url = text
@@ -142,6 +92,58 @@ pub fn classify(err: &azure_core::Error) -> Classified {
                 Classified::Rejected(short(&err.to_string()))
             }
         }
+    }
+}
+
+/// A Key Vault HTTP error answer: 429 and 5xx are outages, 401 a token to renew, 403 and 404
+/// the customer's decisions, anything else a rejected request.
+fn http_response(status: u16, raw_response: Option<&azure_core::http::RawResponse>) -> Classified {
+    let body: serde_json::Value = raw_response
+        .and_then(|r| serde_json::from_slice(r.body()).ok())
+        .unwrap_or_default();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let inner = body["error"]["innererror"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let detail = format!(
+        "{status} {code}{}{}: {message}",
+        if inner.is_empty() { "" } else { "/" },
+        inner
+    );
+    match status {
+        429 => {
+            let retry_after = raw_response.and_then(|r| {
+                r.headers()
+                    .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs)
+            });
+            Classified::Unavailable(Outage::Throttled, detail, retry_after)
+        }
+        500..=599 => Classified::Unavailable(Outage::ServerError, detail, None),
+        // a token the vault did not take: renewed and retried, never a revocation
+        401 => Classified::Unavailable(Outage::Unauthorized, detail, None),
+        403 => {
+            let why = match inner.as_str() {
+                "KeyDisabled" => Revocation::KeyDisabled,
+                "KeyExpired" | "KeyNotYetValid" => Revocation::KeyExpired,
+                _ => Revocation::AccessDenied,
+            };
+            Classified::Revoked(why, detail)
+        }
+        404 => Classified::Revoked(Revocation::KeyNotFound, detail),
+        _ => Classified::Rejected(detail),
     }
 }
 

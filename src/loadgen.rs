@@ -174,16 +174,8 @@ fn group_lag(c: &BaseConsumer, topic: &str, partitions: &[i32]) -> Option<u64> {
     Some(lag)
 }
 
-/// Produces until `opts.messages` are acknowledged or `stop` turns true; calls `progress`
-/// about once a second.
-pub async fn run(
-    opts: &LoadOptions,
-    mut stop: watch::Receiver<bool>,
-    mut progress: impl FnMut(&LoadStats),
-) -> Result<LoadStats, String> {
-    if opts.tenants.is_empty() {
-        return Err("no tenants: give --tenants N or --tenant NAME".into());
-    }
+/// A fixed `--size` must leave room for the JSON fields around the body.
+fn check_size(opts: &LoadOptions) -> Result<(), String> {
     if let Size::Fixed(n) = opts.size {
         let longest = opts
             .tenants
@@ -203,15 +195,13 @@ pub async fn run(
             ));
         }
     }
-    let mut pc = ClientConfig::new();
-    pc.set("bootstrap.servers", &opts.bootstrap)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000");
-    for (k, v) in &opts.producer {
-        pc.set(k, v);
-    }
-    let producer: FutureProducer = pc.create().map_err(|e| format!("Kafka producer: {e}"))?;
-    let follower = match &opts.follow {
+    Ok(())
+}
+
+/// With `--follow-group`: a consumer of that group and the topic's partitions, to read its lag.
+#[allow(clippy::type_complexity)]
+fn follower(opts: &LoadOptions) -> Result<Option<(BaseConsumer, Vec<i32>, u64)>, String> {
+    Ok(match &opts.follow {
         Some((group, max_lag)) => {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &opts.bootstrap)
@@ -229,7 +219,29 @@ pub async fn run(
             Some((c, partitions, *max_lag))
         }
         None => None,
-    };
+    })
+}
+
+/// Produces until `opts.messages` are acknowledged or `stop` turns true; calls `progress`
+/// about once a second.
+pub async fn run(
+    opts: &LoadOptions,
+    mut stop: watch::Receiver<bool>,
+    mut progress: impl FnMut(&LoadStats),
+) -> Result<LoadStats, String> {
+    if opts.tenants.is_empty() {
+        return Err("no tenants: give --tenants N or --tenant NAME".into());
+    }
+    check_size(opts)?;
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", &opts.bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &opts.producer {
+        pc.set(k, v);
+    }
+    let producer: FutureProducer = pc.create().map_err(|e| format!("Kafka producer: {e}"))?;
+    let follower = follower(opts)?;
     let started = Instant::now();
     let mut stats = LoadStats::default();
     let mut last_progress = Instant::now();

@@ -44,30 +44,18 @@ pub(crate) fn healthcheck(url: &str) -> Result<ExitCode, String> {
     })
 }
 
-pub(crate) async fn loadgen(a: LoadgenArgs) -> Result<ExitCode, String> {
-    use byok::loadgen::{LoadOptions, Size, TenantIn};
-    let config = a
-        .config
-        .as_ref()
-        .map(|p| super::load_config(p))
-        .transpose()?;
-    let bootstrap = a
-        .bootstrap
-        .or_else(|| config.as_ref().map(|c| c.kafka.bootstrap_servers.clone()))
-        .ok_or("give --bootstrap HOST:PORT or --config FILE")?;
-    let topic = a
-        .topic
-        .or_else(|| {
-            config
-                .as_ref()
-                .and_then(|c| c.kafka.input_topics.first().cloned())
-        })
-        .unwrap_or_else(|| "capture.messages".to_owned());
+/// `byok loadgen`'s tenants (`--tenants N`, `--tenant NAME`, or the configuration's BYOK
+/// tenants) and message size (`chat` or a byte size).
+fn loadgen_tenants_and_size(
+    a: &LoadgenArgs,
+    config: Option<&byok::config::Config>,
+) -> Result<(Vec<String>, byok::loadgen::Size), String> {
+    use byok::loadgen::Size;
     let tenants: Vec<String> = if let Some(n) = a.tenants {
         (0..n).map(|i| format!("tenant-{i:04}")).collect()
     } else if !a.tenant.is_empty() {
-        a.tenant
-    } else if let Some(c) = &config {
+        a.tenant.clone()
+    } else if let Some(c) = config {
         c.tenants
             .values()
             .filter(|t| t.byok_enabled)
@@ -87,6 +75,29 @@ pub(crate) async fn loadgen(a: LoadgenArgs) -> Result<ExitCode, String> {
         })?;
         Size::Fixed(n.as_u64() as usize)
     };
+    Ok((tenants, size))
+}
+
+pub(crate) async fn loadgen(a: LoadgenArgs) -> Result<ExitCode, String> {
+    use byok::loadgen::{LoadOptions, TenantIn};
+    let config = a
+        .config
+        .as_ref()
+        .map(|p| super::load_config(p))
+        .transpose()?;
+    let (tenants, size) = loadgen_tenants_and_size(&a, config.as_ref())?;
+    let bootstrap = a
+        .bootstrap
+        .or_else(|| config.as_ref().map(|c| c.kafka.bootstrap_servers.clone()))
+        .ok_or("give --bootstrap HOST:PORT or --config FILE")?;
+    let topic = a
+        .topic
+        .or_else(|| {
+            config
+                .as_ref()
+                .and_then(|c| c.kafka.input_topics.first().cloned())
+        })
+        .unwrap_or_else(|| "capture.messages".to_owned());
     let opts = LoadOptions {
         bootstrap,
         topic: topic.clone(),

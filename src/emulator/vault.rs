@@ -571,37 +571,8 @@ fn add_version(
 fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
     let now = now_secs();
     match *op {
-        Op::List => {
-            let value: Vec<Value> = vault
-                .keys
-                .iter()
-                .filter_map(|(name, k)| {
-                    k.current().map(|v| {
-                        json!({"kid": format!("{base}/keys/{name}"), "attributes": attributes_json(vault, &v.attributes), "tags": v.tags})
-                    })
-                })
-                .collect();
-            Reply::json(StatusCode::OK, json!({"value": value, "nextLink": null}))
-        }
-        Op::ListDeleted => {
-            let value: Vec<Value> = vault
-                .deleted
-                .iter()
-                .filter_map(|(name, d)| {
-                    d.key.current().map(|v| {
-                        json!({
-                            "kid": format!("{base}/keys/{name}"),
-                            "attributes": attributes_json(vault, &v.attributes),
-                            "tags": v.tags,
-                            "recoveryId": format!("{base}/deletedkeys/{name}"),
-                            "deletedDate": d.deleted,
-                            "scheduledPurgeDate": d.scheduled_purge,
-                        })
-                    })
-                })
-                .collect();
-            Reply::json(StatusCode::OK, json!({"value": value, "nextLink": null}))
-        }
+        Op::List => list(vault, base),
+        Op::ListDeleted => list_deleted(vault, base),
         Op::Get(name, version) => match vault.keys.get(name).and_then(|k| k.version(Some(version)))
         {
             Some(v) => Reply::json(StatusCode::OK, bundle(vault, base, name, v)),
@@ -618,32 +589,89 @@ fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
             }
             None => not_found(name, None),
         },
-        Op::Update(name, version) => {
-            let Some(v) = vault
-                .keys
-                .get_mut(name)
-                .and_then(|k| k.version_mut(Some(version)))
-            else {
-                return not_found(name, Some(version));
-            };
-            let mut attributes = v.attributes.clone();
-            if let Err(r) = apply_attributes(&mut attributes, &body["attributes"]) {
-                return r;
-            }
-            v.attributes = attributes;
-            if let Some(ops) = key_ops_of(&body["key_ops"]) {
-                v.key_ops = ops;
-            }
-            if let Some(tags) = body["tags"].as_object() {
-                v.tags = tags
-                    .iter()
-                    .filter_map(|(k, t)| t.as_str().map(|s| (k.clone(), s.to_owned())))
-                    .collect();
-            }
-            let v = v.clone();
-            Reply::json(StatusCode::OK, bundle(vault, base, name, &v))
+        Op::Update(name, version) => update(vault, base, name, version, body),
+        Op::Delete(name) | Op::GetDeleted(name) | Op::Recover(name) | Op::Purge(name) => {
+            soft_delete(op, vault, base, name, now)
         }
-        Op::Delete(name) => {
+        _ => bad("unsupported operation"),
+    }
+}
+
+/// `GET keys`: the current version of every key.
+fn list(vault: &Vault, base: &str) -> Reply {
+    let value: Vec<Value> = vault
+        .keys
+        .iter()
+        .filter_map(|(name, k)| {
+            k.current().map(|v| {
+                json!({"kid": format!("{base}/keys/{name}"), "attributes": attributes_json(vault, &v.attributes), "tags": v.tags})
+            })
+        })
+        .collect();
+    Reply::json(StatusCode::OK, json!({"value": value, "nextLink": null}))
+}
+
+/// `GET deletedkeys`.
+fn list_deleted(vault: &Vault, base: &str) -> Reply {
+    let value: Vec<Value> = vault
+        .deleted
+        .iter()
+        .filter_map(|(name, d)| {
+            d.key.current().map(|v| {
+                json!({
+                    "kid": format!("{base}/keys/{name}"),
+                    "attributes": attributes_json(vault, &v.attributes),
+                    "tags": v.tags,
+                    "recoveryId": format!("{base}/deletedkeys/{name}"),
+                    "deletedDate": d.deleted,
+                    "scheduledPurgeDate": d.scheduled_purge,
+                })
+            })
+        })
+        .collect();
+    Reply::json(StatusCode::OK, json!({"value": value, "nextLink": null}))
+}
+
+/// `PATCH keys/<name>/<version>`: attributes, `key_ops`, tags.
+fn update(vault: &mut Vault, base: &str, name: &str, version: &str, body: &Value) -> Reply {
+    let Some(v) = vault
+        .keys
+        .get_mut(name)
+        .and_then(|k| k.version_mut(Some(version)))
+    else {
+        return not_found(name, Some(version));
+    };
+    let mut attributes = v.attributes.clone();
+    if let Err(r) = apply_attributes(&mut attributes, &body["attributes"]) {
+        return r;
+    }
+    v.attributes = attributes;
+    if let Some(ops) = key_ops_of(&body["key_ops"]) {
+        v.key_ops = ops;
+    }
+    if let Some(tags) = body["tags"].as_object() {
+        v.tags = tags
+            .iter()
+            .filter_map(|(k, t)| t.as_str().map(|s| (k.clone(), s.to_owned())))
+            .collect();
+    }
+    let v = v.clone();
+    Reply::json(StatusCode::OK, bundle(vault, base, name, &v))
+}
+
+/// Soft delete: delete, read the deleted key, recover it, purge it (refused under purge
+/// protection).
+fn soft_delete(op: &Op<'_>, vault: &mut Vault, base: &str, name: &str, now: i64) -> Reply {
+    let deleted_not_found = || {
+        kv_error(
+            StatusCode::NOT_FOUND,
+            "KeyNotFound",
+            None,
+            &format!("Deleted Key not found: {name}"),
+        )
+    };
+    match *op {
+        Op::Delete(_) => {
             let Some(key) = vault.keys.remove(name) else {
                 return not_found(name, None);
             };
@@ -656,23 +684,13 @@ fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
             vault.deleted.insert(name.to_owned(), d);
             reply
         }
-        Op::GetDeleted(name) => match vault.deleted.get(name) {
+        Op::GetDeleted(_) => match vault.deleted.get(name) {
             Some(d) => Reply::json(StatusCode::OK, deleted_bundle(vault, base, name, d)),
-            None => kv_error(
-                StatusCode::NOT_FOUND,
-                "KeyNotFound",
-                None,
-                &format!("Deleted Key not found: {name}"),
-            ),
+            None => deleted_not_found(),
         },
-        Op::Recover(name) => {
+        Op::Recover(_) => {
             let Some(d) = vault.deleted.remove(name) else {
-                return kv_error(
-                    StatusCode::NOT_FOUND,
-                    "KeyNotFound",
-                    None,
-                    &format!("Deleted Key not found: {name}"),
-                );
+                return deleted_not_found();
             };
             let reply = d
                 .key
@@ -682,14 +700,9 @@ fn sync_op(op: &Op<'_>, vault: &mut Vault, base: &str, body: &Value) -> Reply {
             vault.keys.insert(name.to_owned(), d.key);
             reply
         }
-        Op::Purge(name) => {
+        Op::Purge(_) => {
             if !vault.deleted.contains_key(name) {
-                return kv_error(
-                    StatusCode::NOT_FOUND,
-                    "KeyNotFound",
-                    None,
-                    &format!("Deleted Key not found: {name}"),
-                );
+                return deleted_not_found();
             }
             if vault.purge_protection {
                 return kv_error(

@@ -185,78 +185,79 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
             roles: Vec::new(),
         };
         for k in v.keys {
-            let private = match &k.pem {
-                Some(p) => {
-                    let p = base.join(p);
-                    let pem = std::fs::read_to_string(&p)
-                        .map_err(|e| fail(format!("key {}: {e}", p.display())))?;
-                    RsaPrivateKey::from_pkcs8_pem(&pem)
-                        .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
-                        .map_err(|e| {
-                            fail(format!(
-                                "key {}: not an RSA private key PEM: {e}",
-                                p.display()
-                            ))
-                        })?
-                }
-                None => generate(k.size).map_err(&fail)?,
-            };
-            let ops = k
-                .key_ops
-                .unwrap_or_else(|| ALL_KEY_OPS.iter().map(|s| (*s).to_owned()).collect());
-            let now = now_secs();
-            let mut version = KeyVersion::from_private(
-                private,
-                ops,
-                Attributes {
-                    enabled: k.enabled,
-                    nbf: None,
-                    exp: None,
-                    created: now,
-                    updated: now,
-                },
-            )
-            .map_err(&fail)?;
-            if let Some(fixed) = k.version {
-                if fixed.len() != 32 || !fixed.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(fail(format!(
-                        "key {}: version must be 32 hex digits",
-                        k.name
-                    )));
-                }
-                version.version = fixed.to_ascii_lowercase();
-            }
-            vault.keys.insert(
-                k.name,
-                Key {
-                    versions: vec![version],
-                },
-            );
+            let (name, key) = seed_key(base, k).map_err(&fail)?;
+            vault.keys.insert(name, key);
         }
         for r in v.roles {
-            let role = match (r.role, r.data_actions) {
-                (Some(name), None) => Role::Preset(name),
-                (role, Some(data_actions)) => Role::Custom {
-                    name: r.name.or(role).unwrap_or_else(|| "custom".into()),
-                    data_actions,
-                },
-                (None, None) => {
-                    return Err(fail(format!(
-                        "vault {}: a role assignment needs role or data_actions",
-                        v.name
-                    )));
-                }
-            };
-            role.data_actions().map_err(&fail)?;
-            vault.roles.push(RoleAssignment {
-                principal: r.app.to_ascii_lowercase(),
-                role,
-                key: r.key,
-            });
+            vault.roles.push(seed_role(&v.name, r).map_err(&fail)?);
         }
         world.vaults.insert(v.name.to_ascii_lowercase(), vault);
     }
     Ok(world)
+}
+
+/// One seeded key: its private key (from a PEM file, or generated), operations and version.
+fn seed_key(base: &Path, k: KeySeed) -> Result<(String, Key), String> {
+    let private = match &k.pem {
+        Some(p) => {
+            let p = base.join(p);
+            let pem =
+                std::fs::read_to_string(&p).map_err(|e| format!("key {}: {e}", p.display()))?;
+            RsaPrivateKey::from_pkcs8_pem(&pem)
+                .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
+                .map_err(|e| format!("key {}: not an RSA private key PEM: {e}", p.display()))?
+        }
+        None => generate(k.size)?,
+    };
+    let ops = k
+        .key_ops
+        .unwrap_or_else(|| ALL_KEY_OPS.iter().map(|s| (*s).to_owned()).collect());
+    let now = now_secs();
+    let mut version = KeyVersion::from_private(
+        private,
+        ops,
+        Attributes {
+            enabled: k.enabled,
+            nbf: None,
+            exp: None,
+            created: now,
+            updated: now,
+        },
+    )?;
+    if let Some(fixed) = k.version {
+        if fixed.len() != 32 || !fixed.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("key {}: version must be 32 hex digits", k.name));
+        }
+        version.version = fixed.to_ascii_lowercase();
+    }
+    Ok((
+        k.name,
+        Key {
+            versions: vec![version],
+        },
+    ))
+}
+
+/// One seeded role assignment of vault `vault`.
+fn seed_role(vault: &str, r: RoleSeed) -> Result<RoleAssignment, String> {
+    let role = match (r.role, r.data_actions) {
+        (Some(name), None) => Role::Preset(name),
+        (role, Some(data_actions)) => Role::Custom {
+            name: r.name.or(role).unwrap_or_else(|| "custom".into()),
+            data_actions,
+        },
+        (None, None) => {
+            return Err(format!(
+                "vault {vault}: a role assignment needs role or data_actions"
+            ));
+        }
+    };
+    role.data_actions()?;
+    Ok(RoleAssignment {
+        principal: r.app.to_ascii_lowercase(),
+        role,
+        key: r.key,
+    })
 }
 
 /// Generates an RSA key of `bits` (2048, 3072 or 4096).

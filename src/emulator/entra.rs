@@ -252,14 +252,6 @@ fn check_assertion(
     audiences: &[String],
     app: &mut super::model::App,
 ) -> Result<(), Reply> {
-    let malformed = |why: &str| {
-        aad_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            50027,
-            &format!("JWT token is invalid or malformed: {why}."),
-        )
-    };
     let parts: Vec<&str> = jwt.split('.').collect();
     let [h, p, s] = parts.as_slice() else {
         return Err(malformed("not three dot-separated parts"));
@@ -325,6 +317,11 @@ fn check_assertion(
             ),
         ));
     }
+    check_claims(&claims, client_id, audiences)
+}
+
+/// The assertion's audience, issuer and subject, and its time window (with Entra's skew).
+fn check_claims(claims: &Value, client_id: &str, audiences: &[String]) -> Result<(), Reply> {
     let aud = claims["aud"].as_str().unwrap_or_default();
     if !audiences.iter().any(|a| a == aud) {
         return Err(aad_error(
@@ -376,6 +373,16 @@ fn check_assertion(
         ));
     }
     Ok(())
+}
+
+/// Entra's answer to an assertion it cannot read (AADSTS50027).
+fn malformed(why: &str) -> Reply {
+    aad_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        50027,
+        &format!("JWT token is invalid or malformed: {why}."),
+    )
 }
 
 type HmacSha256 = Hmac<Sha256>;

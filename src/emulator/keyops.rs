@@ -71,44 +71,8 @@ pub(super) async fn crypto(
         else {
             return not_found(name, Some(version));
         };
-        let op = kind.key_op();
-        if !kv.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op)) {
-            return kv_error(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                Some("KeyOperationForbidden"),
-                &format!(
-                    "Operation {op} is not allowed on the key. The key's key_ops are {:?}.",
-                    kv.key_ops
-                ),
-            );
-        }
-        if !kv.attributes.enabled && (kind.private() || refuse_disabled_encrypt) {
-            return kv_error(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                Some("KeyDisabled"),
-                &format!("Operation {op} is not allowed on a disabled key."),
-            );
-        }
-        match kv.in_date(now_secs()) {
-            Err("KeyNotYetValid") => {
-                return kv_error(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    Some("KeyNotYetValid"),
-                    &format!("Operation {op} is not allowed on a key that is not yet valid (nbf)."),
-                );
-            }
-            Err(code) if !kind.private() => {
-                return kv_error(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    Some(code),
-                    &format!("Operation {op} is not allowed on an expired key."),
-                );
-            }
-            _ => {}
+        if let Err(refused) = allowed(kv, kind, refuse_disabled_encrypt) {
+            return refused;
         }
         let key = match kv.private() {
             Ok(k) => k,
@@ -148,6 +112,56 @@ pub(super) async fn crypto(
             "the crypto operation failed",
         ),
     }
+}
+
+/// Whether the key version permits `kind` now, in the real service's order: `key_ops`, then
+/// enabled (encrypt on a disabled key only where the vault refuses it), then the dates (an
+/// expired key still decrypts).
+fn allowed(
+    kv: &super::model::KeyVersion,
+    kind: CryptoOp,
+    refuse_disabled_encrypt: bool,
+) -> Result<(), Reply> {
+    let op = kind.key_op();
+    if !kv.key_ops.iter().any(|o| o.eq_ignore_ascii_case(op)) {
+        return Err(kv_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            Some("KeyOperationForbidden"),
+            &format!(
+                "Operation {op} is not allowed on the key. The key's key_ops are {:?}.",
+                kv.key_ops
+            ),
+        ));
+    }
+    if !kv.attributes.enabled && (kind.private() || refuse_disabled_encrypt) {
+        return Err(kv_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            Some("KeyDisabled"),
+            &format!("Operation {op} is not allowed on a disabled key."),
+        ));
+    }
+    match kv.in_date(now_secs()) {
+        Err("KeyNotYetValid") => {
+            return Err(kv_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                Some("KeyNotYetValid"),
+                &format!("Operation {op} is not allowed on a key that is not yet valid (nbf)."),
+            ));
+        }
+        Err(code) if !kind.private() => {
+            return Err(kv_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                Some(code),
+                &format!("Operation {op} is not allowed on an expired key."),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn rsa_op(key: &RsaPrivateKey, alg: &str, private: bool, input: &[u8]) -> Result<Vec<u8>, String> {

@@ -180,47 +180,8 @@ fn token(shared: &Shared, req: &Req, tenant: &str) -> Reply {
         );
     };
 
-    if !get("client_secret").is_empty() {
-        let given = get("client_secret").as_bytes();
-        let ok = app
-            .secrets
-            .iter()
-            .any(|s| super::constant_time_eq(s.as_bytes(), given));
-        if !ok {
-            return aad_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000215,
-                &format!(
-                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-                ),
-            );
-        }
-    } else if !get("client_assertion").is_empty() {
-        if get("client_assertion_type") != ASSERTION_TYPE {
-            return aad_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                50027,
-                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
-            );
-        }
-        let audiences = [
-            format!("{}/{tenant}/oauth2/v2.0/token", base(shared, req)),
-            format!("{}/{tenant}/oauth2/token", base(shared, req)),
-            format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"),
-            format!("https://login.microsoftonline.com/{tenant}/v2.0"),
-        ];
-        if let Err(reply) = check_assertion(get("client_assertion"), &client_id, &audiences, app) {
-            return reply;
-        }
-    } else {
-        return aad_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000218,
-            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-        );
+    if let Err(reply) = authenticate(shared, req, &tenant, &client_id, app, &form) {
+        return reply;
     }
 
     let lifetime = shared.token_lifetime.as_secs() as i64;
@@ -237,6 +198,60 @@ fn token(shared: &Shared, req: &Req, tenant: &str) -> Reply {
         StatusCode::OK,
         json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
     )
+}
+
+/// The client's credential: a secret of the app, or an assertion signed by one of its
+/// registered certificates.
+fn authenticate(
+    shared: &Shared,
+    req: &Req,
+    tenant: &str,
+    client_id: &str,
+    app: &mut super::model::App,
+    form: &std::collections::HashMap<String, String>,
+) -> Result<(), Reply> {
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    if !get("client_secret").is_empty() {
+        let given = get("client_secret").as_bytes();
+        let ok = app
+            .secrets
+            .iter()
+            .any(|s| super::constant_time_eq(s.as_bytes(), given));
+        if !ok {
+            return Err(aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000215,
+                &format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
+            ));
+        }
+    } else if !get("client_assertion").is_empty() {
+        if get("client_assertion_type") != ASSERTION_TYPE {
+            return Err(aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            ));
+        }
+        let audiences = [
+            format!("{}/{tenant}/oauth2/v2.0/token", base(shared, req)),
+            format!("{}/{tenant}/oauth2/token", base(shared, req)),
+            format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"),
+            format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+        ];
+        check_assertion(get("client_assertion"), client_id, &audiences, app)?;
+    } else {
+        return Err(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        ));
+    }
+    Ok(())
 }
 
 fn b64url_json(part: &str) -> Option<Value> {

@@ -221,11 +221,14 @@ fn key_action(
     version: Option<&str>,
     body: &Value,
 ) -> Reply {
+    let now = now_secs();
+    if action == "rotate" {
+        return rotate_key(shared, vault, key, now);
+    }
     let mut world = shared.world();
     let Some(v) = world.vaults.get_mut(vault) else {
         return error(StatusCode::NOT_FOUND, format!("no vault {vault}"));
     };
-    let now = now_secs();
     let result: Result<Value, String> = match action {
         "disable" | "enable" => v
             .keys
@@ -291,42 +294,58 @@ fn key_action(
                 Err(format!("no deleted key {key}"))
             }
         }
-        "rotate" => {
-            let Some(k) = v.keys.get(key) else {
-                return error(StatusCode::NOT_FOUND, format!("no key {key}"));
-            };
-            let (bits, ops) = match k.current() {
-                Some(c) => (c.bits, c.key_ops.clone()),
-                None => return error(StatusCode::NOT_FOUND, format!("no key {key}")),
-            };
-            drop(world);
-            let private = match super::seed::generate(bits) {
-                Ok(p) => p,
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-            };
-            let version = match super::model::KeyVersion::from_private(
-                private,
-                ops,
-                super::model::Attributes { enabled: true, nbf: None, exp: None, created: now, updated: now },
-            ) {
-                Ok(v) => v,
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-            };
-            let id = version.version.clone();
-            let mut world = shared.world();
-            match world.vaults.get_mut(vault).and_then(|v| v.keys.get_mut(key)) {
-                Some(k) => {
-                    k.versions.push(version);
-                    Ok(json!({"key": key, "version": id}))
-                }
-                None => Err(format!("key {key} vanished while rotating")),
-            }
-        }
         other => Err(format!("unknown key action {other:?}; use disable, enable, update, delete, recover, purge or rotate")),
     };
     match result {
         Ok(v) => Reply::json(StatusCode::OK, v),
         Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// A new version of the key, generated like the current one (its size and operations).
+fn rotate_key(shared: &Shared, vault: &str, key: &str, now: i64) -> Reply {
+    let world = shared.world();
+    let Some(k) = world.vaults.get(vault).and_then(|v| v.keys.get(key)) else {
+        return error(StatusCode::NOT_FOUND, format!("no key {key}"));
+    };
+    let (bits, ops) = match k.current() {
+        Some(c) => (c.bits, c.key_ops.clone()),
+        None => return error(StatusCode::NOT_FOUND, format!("no key {key}")),
+    };
+    drop(world);
+    let private = match super::seed::generate(bits) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let version = match super::model::KeyVersion::from_private(
+        private,
+        ops,
+        super::model::Attributes {
+            enabled: true,
+            nbf: None,
+            exp: None,
+            created: now,
+            updated: now,
+        },
+    ) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let id = version.version.clone();
+    let mut world = shared.world();
+    match world
+        .vaults
+        .get_mut(vault)
+        .and_then(|v| v.keys.get_mut(key))
+    {
+        Some(k) => {
+            k.versions.push(version);
+            Reply::json(StatusCode::OK, json!({"key": key, "version": id}))
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("key {key} vanished while rotating"),
+        ),
     }
 }
 

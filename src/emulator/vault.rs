@@ -113,32 +113,10 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
             &format!("The vault {name} does not exist in this emulator; declare it in the seed."),
         );
     };
-    let challenge = format!(
-        "Bearer authorization=\"https://127.0.0.1:{}/{tenant}\", resource=\"{}\"",
-        shared.port,
-        entra::vault_resource(shared.port)
-    );
-    let unauthorized = |msg: &str| {
-        kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", None, msg)
-            .with_header("www-authenticate", challenge.clone())
-    };
-    let token = req.header("authorization").and_then(|h| {
-        h.strip_prefix("Bearer ")
-            .or_else(|| h.strip_prefix("bearer "))
-    });
-    let Some(token) = token else {
-        return unauthorized("AKV10000: Request is missing a Bearer or PoP token.");
-    };
-    let claims = match entra::verify(&shared.token_key, shared.port, token) {
+    let claims = match authorize(shared, req, &tenant) {
         Ok(c) => c,
-        Err(msg) => return unauthorized(msg),
+        Err(reply) => return reply,
     };
-    if claims.tenant != tenant {
-        return unauthorized(&format!(
-            "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{tenant}/, found https://sts.windows.net/{}/.",
-            claims.tenant
-        ));
-    }
     match req.query.get("api-version") {
         None => return bad("The api-version query parameter is missing."),
         Some(v) if !api_version_ok(v) => {
@@ -159,23 +137,8 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
 
     shared.count_call(name, op.name());
 
-    // Budget: a crypto operation costs by key size, anything else 1.
-    let (budget, cost) = {
-        let world = shared.world();
-        let vault = &world.vaults[name];
-        let cost = match &op {
-            Op::Crypto { key, version, .. } => vault
-                .keys
-                .get(*key)
-                .and_then(|k| k.version(Some(version)))
-                .map_or(1, KeyVersion::cost),
-            _ => 1,
-        };
-        (vault.budget_per_10s, cost)
-    };
-    if let Err(retry_after) = shared.charge(name, budget, cost) {
-        return kv_error(StatusCode::TOO_MANY_REQUESTS, "Throttled", None, "Request was not allowed because of throttling. Please retry after the time in the Retry-After header.")
-            .with_header("retry-after", retry_after.to_string());
+    if let Err(reply) = charge(shared, name, &op) {
+        return reply;
     }
 
     let (action, key_name) = op.action();
@@ -203,6 +166,63 @@ pub(super) async fn handle(shared: &Shared, name: &str, req: &Req) -> Reply {
         shared.persist();
     }
     reply
+}
+
+/// The request's bearer token: issued by the emulator's Entra ID for the vault's directory, or a
+/// 401 with the challenge the real service sends.
+fn authorize(shared: &Shared, req: &Req, tenant: &str) -> Result<entra::TokenClaims, Reply> {
+    let challenge = format!(
+        "Bearer authorization=\"https://127.0.0.1:{}/{tenant}\", resource=\"{}\"",
+        shared.port,
+        entra::vault_resource(shared.port)
+    );
+    let unauthorized = |msg: &str| {
+        kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", None, msg)
+            .with_header("www-authenticate", challenge.clone())
+    };
+    let token = req.header("authorization").and_then(|h| {
+        h.strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    });
+    let Some(token) = token else {
+        return Err(unauthorized(
+            "AKV10000: Request is missing a Bearer or PoP token.",
+        ));
+    };
+    let claims = match entra::verify(&shared.token_key, shared.port, token) {
+        Ok(c) => c,
+        Err(msg) => return Err(unauthorized(msg)),
+    };
+    if claims.tenant != tenant {
+        return Err(unauthorized(&format!(
+            "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{tenant}/, found https://sts.windows.net/{}/.",
+            claims.tenant
+        )));
+    }
+    Ok(claims)
+}
+
+/// The vault's request budget: a crypto operation costs by key size, anything else 1; a 429
+/// with Retry-After when it is spent.
+fn charge(shared: &Shared, name: &str, op: &Op<'_>) -> Result<(), Reply> {
+    let (budget, cost) = {
+        let world = shared.world();
+        let vault = &world.vaults[name];
+        let cost = match op {
+            Op::Crypto { key, version, .. } => vault
+                .keys
+                .get(*key)
+                .and_then(|k| k.version(Some(version)))
+                .map_or(1, KeyVersion::cost),
+            _ => 1,
+        };
+        (vault.budget_per_10s, cost)
+    };
+    if let Err(retry_after) = shared.charge(name, budget, cost) {
+        return Err(kv_error(StatusCode::TOO_MANY_REQUESTS, "Throttled", None, "Request was not allowed because of throttling. Please retry after the time in the Retry-After header.")
+            .with_header("retry-after", retry_after.to_string()));
+    }
+    Ok(())
 }
 
 /// One Key Vault operation, parsed from method and path.

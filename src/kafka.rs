@@ -388,3 +388,25 @@ pub(crate) fn owned_headers<M: Message + ?Sized>(m: &M) -> Vec<(String, Option<V
         })
         .unwrap_or_default()
 }
+
+/// Produces one record (key optional) and waits up to 60 s for its acknowledgement: the tools'
+/// write (the worker's sink batches its own).
+pub(crate) async fn send_record(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: rdkafka::message::OwnedHeaders,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let mut rec = rdkafka::producer::FutureRecord::to(topic)
+        .payload(value)
+        .headers(headers);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    producer
+        .send(rec, rdkafka::util::Timeout::After(Duration::from_secs(60)))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}

@@ -93,33 +93,6 @@ fn copy_headers(original: &rdkafka::message::OwnedMessage) -> OwnedHeaders {
     headers
 }
 
-/// Every record of a topic, detached.
-fn all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "byok-test-all")
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let total = count(bootstrap, topic);
-    let mut out = Vec::new();
-    while (out.len() as i64) < total {
-        if let Some(Ok(m)) = c.poll(Duration::from_secs(5)) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
 /// An attacker with write access to the archive and the quarantine plants, for every real
 /// quarantine record, an archive record carrying its `byok.src` (and its DEK id) with a junk
 /// value, and a junk quarantine record with the same headers. The drain moves every real record

@@ -231,14 +231,7 @@ async fn a_broker_refusing_for_now_is_retried_with_backoff_shown_in_health() {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
         )
         .unwrap();
-    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(byok::pipeline::run_with(
-        config.clone(),
-        stopped,
-        std::sync::Arc::clone(&health),
-        byok::pipeline::seal_stage,
-    ));
+    let (stop, worker, health) = start_worker(&config);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let why = loop {
         assert!(

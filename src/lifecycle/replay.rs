@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
@@ -445,18 +445,18 @@ impl Run<'_> {
                     }
                     let producer = self.producer.clone();
                     sends.push(async move {
-                        let mut rec = FutureRecord::to(&topic).payload(&value).headers(headers);
-                        if let Some(k) = &key {
-                            rec = rec.key(k);
-                        }
-                        producer
-                            .send(rec, Timeout::After(Duration::from_secs(60)))
-                            .await
-                            .map(|_| ())
-                            .map_err(|(source, _)| ReplayError::Produce {
-                                topic: topic.clone(),
-                                source,
-                            })
+                        crate::kafka::send_record(
+                            &producer,
+                            &topic,
+                            key.as_deref(),
+                            &value,
+                            headers,
+                        )
+                        .await
+                        .map_err(|source| ReplayError::Produce {
+                            topic: topic.clone(),
+                            source,
+                        })
                     });
                 }
                 Ok(None) => {}

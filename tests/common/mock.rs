@@ -82,12 +82,9 @@ async fn rig_topics(extra: &str, topics: &[(&str, i32)]) -> Rig {
     }
 }
 
-/// A sealing worker on `config`, run until it processed `n` records (within `secs`): its stop
-/// switch, its task and its health.
-pub(crate) async fn worker_until(
+/// A sealing worker on `config`, started: its stop switch, its task and its health.
+pub(crate) fn start_worker(
     config: &Config,
-    n: u64,
-    secs: u64,
 ) -> (
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<Result<byok::pipeline::RunStats, byok::pipeline::WorkerError>>,
@@ -101,6 +98,21 @@ pub(crate) async fn worker_until(
         std::sync::Arc::clone(&health),
         byok::pipeline::seal_stage,
     ));
+    (stop, worker, health)
+}
+
+/// A sealing worker on `config`, run until it processed `n` records (within `secs`): its stop
+/// switch, its task and its health.
+pub(crate) async fn worker_until(
+    config: &Config,
+    n: u64,
+    secs: u64,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<byok::pipeline::RunStats, byok::pipeline::WorkerError>>,
+    std::sync::Arc<byok::pipeline::health::Health>,
+) {
+    let (stop, worker, health) = start_worker(config);
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     while health.records_done() < n {
         assert!(
@@ -138,22 +150,7 @@ pub(crate) fn records(
 ) -> Vec<(Vec<u8>, std::collections::HashMap<String, String>)> {
     use rdkafka::Message;
     use rdkafka::message::Headers;
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "records")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = from_start(bootstrap, topic, "read_committed");
     let mut out = Vec::new();
     let mut idle_since = std::time::Instant::now();
     while idle_since.elapsed() < Duration::from_secs(3) {
@@ -173,6 +170,45 @@ pub(crate) fn records(
                 })
                 .unwrap_or_default();
             out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    out
+}
+
+/// A consumer assigned every partition of `topic` from its beginning.
+pub(crate) fn from_start(bootstrap: &str, topic: &str, isolation: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "byok-test-reader")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
+/// Every record of a topic (as many as its watermarks say), detached.
+pub(crate) fn all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    let c = from_start(bootstrap, topic, "read_uncommitted");
+    let total = count(bootstrap, topic);
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read {} of {total}",
+            out.len()
+        );
+        if let Some(Ok(m)) = c.poll(Duration::from_secs(5)) {
+            out.push(m.detach());
         }
     }
     out

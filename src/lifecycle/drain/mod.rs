@@ -32,7 +32,7 @@ use std::time::Duration;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
@@ -382,15 +382,9 @@ impl Run<'_> {
                     value: Some(&v),
                 });
             }
-            let mut rec = FutureRecord::to(&topic).payload(&value).headers(oh);
-            if let Some(k) = &key {
-                rec = rec.key(k);
-            }
-            producer
-                .send(rec, Timeout::After(Duration::from_secs(60)))
+            crate::kafka::send_record(&producer, &topic, key.as_deref(), &value, oh)
                 .await
-                .map(|_| ())
-                .map_err(|(e, _)| failed(format!("{partition}/{offset}: produce to {topic}: {e}")))
+                .map_err(|e| failed(format!("{partition}/{offset}: produce to {topic}: {e}")))
         }
     }
 }

@@ -146,6 +146,11 @@ pub fn settle_holds(
     limit: std::time::Duration,
 ) -> Result<bool, StageError> {
     let holds = &views.holds;
+    // the common case, nothing held and no record to hold, costs one lock per batch
+    let any_held = holds.count() > 0;
+    if !any_held && !routes.iter().any(|r| matches!(r, Route::Hold { .. })) {
+        return Ok(false);
+    }
     let mut changed = false;
     let mut waiting: (Vec<String>, Option<String>, Vec<(usize, String)>) =
         (Vec::new(), None, Vec::new());
@@ -160,7 +165,7 @@ pub fn settle_holds(
                     over,
                 )
             }
-            Route::Archive(t) if holds.count() > 0 && holds.over(t.as_str()) => {
+            Route::Archive(t) if any_held && holds.over(t.as_str()) => {
                 if views.public_key(t.as_str()).is_some() {
                     holds.release(t.as_str());
                     continue;

@@ -109,12 +109,7 @@ async fn every_message_is_archived_or_quarantined_and_decrypts_to_the_original()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.send(true).unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(60), worker)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let stats = stop_worker(stop, worker).await;
     assert_eq!(stats.records_in, total as u64);
     assert_eq!(stats.archived, 401);
     assert_eq!(stats.quarantined.get("malformed"), Some(&2));
@@ -201,12 +196,9 @@ async fn every_message_is_archived_or_quarantined_and_decrypts_to_the_original()
 async fn bad_input_is_quarantined_or_archived_never_lost_and_never_crashes_the_worker() {
     // large records need larger client limits, set through the passthrough tables
     let r = rig("").await;
-    let text = std::fs::read_to_string(&r.path).unwrap().replace(
-        "[keys]",
-        "[kafka.producer]\n\"message.max.bytes\" = 33554432\n[kafka.consumer]\n\"fetch.max.bytes\" = 67108864\n\"receive.message.max.bytes\" = 100000000\n[keys]",
+    let config = r.with_before_keys(
+        "[kafka.producer]\n\"message.max.bytes\" = 33554432\n[kafka.consumer]\n\"fetch.max.bytes\" = 67108864\n\"receive.message.max.bytes\" = 100000000",
     );
-    std::fs::write(&r.path, text).unwrap();
-    let config = Config::load(&r.path).unwrap();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &r.bootstrap)
         .set("message.max.bytes", "33554432")
@@ -455,15 +447,15 @@ async fn read_committed(config: &Config, topic: &str) -> Vec<String> {
 /// Switches the rig to `delivery = "exactly-once"`, captures `total` messages and runs a worker
 /// until it archived them all; returns the config, the bodies, and the capture producer.
 async fn archive_exactly_once(r: &Rig, total: usize) -> (Config, Vec<String>, FutureProducer) {
-    let text = std::fs::read_to_string(&r.path).unwrap().replace(
-        &format!("bootstrap_servers = \"{}\"", r.bootstrap),
-        &format!(
-            "bootstrap_servers = \"{}\"\ndelivery = \"exactly-once\"",
-            r.bootstrap
-        ),
-    );
-    std::fs::write(&r.path, text).unwrap();
-    let config = Config::load(&r.path).unwrap();
+    let config = r.edit_config(|t| {
+        t.replace(
+            &format!("bootstrap_servers = \"{}\"", r.bootstrap),
+            &format!(
+                "bootstrap_servers = \"{}\"\ndelivery = \"exactly-once\"",
+                r.bootstrap
+            ),
+        )
+    });
     assert_eq!(config.kafka.delivery, byok::config::Delivery::ExactlyOnce);
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &r.bootstrap)

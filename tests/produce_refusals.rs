@@ -25,9 +25,8 @@ async fn refusing_rig(delivery: &str) -> (Rig, Config) {
     for t in ["archive.acme", "archive.globex"] {
         r.cluster.create_topic(t, 2, 1).unwrap();
     }
-    let text = std::fs::read_to_string(&r.path)
-        .unwrap()
-        .replace(
+    let config = r.edit_config(|t| {
+        t.replace(
             "[keys]",
             "[kafka.producer]\n\"message.max.bytes\" = 65536\n\"topic.metadata.propagation.max.ms\" = 1000\n[kafka.consumer]\n\"fetch.max.bytes\" = 8388608\n[keys]",
         )
@@ -35,9 +34,8 @@ async fn refusing_rig(delivery: &str) -> (Rig, Config) {
             "[kafka]\n",
             &format!("[kafka]\narchive_topic = \"archive.{{tenant}}\"\ndelivery = \"{delivery}\"\n"),
             1,
-        );
-    std::fs::write(&r.path, text).unwrap();
-    let config = Config::load(&r.path).unwrap();
+        )
+    });
     assert!(config.kafka.archive_topic.is_per_tenant());
     (r, config)
 }
@@ -133,12 +131,7 @@ async fn refused_records_are_quarantined(delivery: &str, refusal: RDKafkaRespErr
         assert_eq!(count(&r.bootstrap, "byok.quarantine"), 41);
     }
     assert!(health.ready().is_ok(), "{:?}", health.ready());
-    stop.send(true).unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(60), worker)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let stats = stop_worker(stop, worker).await;
     assert_eq!(stats.quarantined.get(reason), Some(&40), "{stats:?}");
     assert_eq!(stats.quarantined.get("too-large"), Some(&1), "{stats:?}");
 
@@ -211,12 +204,7 @@ async fn exactly_once_quarantines_refused_records_and_keeps_going() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_refusing_for_now_is_retried_with_backoff_shown_in_health() {
     let r = rig("").await;
-    let text = std::fs::read_to_string(&r.path).unwrap().replace(
-        "[keys]",
-        "[kafka.producer]\n\"message.timeout.ms\" = 1000\n[keys]",
-    );
-    std::fs::write(&r.path, text).unwrap();
-    let config = Config::load(&r.path).unwrap();
+    let config = r.with_before_keys("[kafka.producer]\n\"message.timeout.ms\" = 1000");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &r.bootstrap)
         .create()
@@ -269,12 +257,7 @@ async fn a_broker_refusing_for_now_is_retried_with_backoff_shown_in_health() {
         assert!(std::time::Instant::now() < deadline, "{:?}", health.ready());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.send(true).unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(60), worker)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let stats = stop_worker(stop, worker).await;
     assert_eq!(stats.archived, 50, "{stats:?}");
     let mut opened = HashMap::new();
     assert!(

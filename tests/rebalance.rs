@@ -56,12 +56,9 @@ impl Stage for Gate {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_stuck_during_a_rebalance_is_given_back_and_sealed_once() {
     let r = rig("").await;
-    let text = std::fs::read_to_string(&r.path).unwrap().replace(
-        "[keys]",
-        "[kafka.consumer]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000\n[keys]",
+    let mut config = r.with_before_keys(
+        "[kafka.consumer]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000",
     );
-    std::fs::write(&r.path, text).unwrap();
-    let mut config = byok::config::Config::load(&r.path).unwrap();
     // retry budget = a quarter of it: 2.5 s
     config.worker.stall_timeout = Duration::from_secs(10);
     let producer: FutureProducer = ClientConfig::new()

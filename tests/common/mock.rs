@@ -82,6 +82,36 @@ async fn rig_topics(extra: &str, topics: &[(&str, i32)]) -> Rig {
     }
 }
 
+impl Rig {
+    /// Rewrites the rig's configuration file with `edit` and loads it.
+    pub(crate) fn edit_config(&self, edit: impl FnOnce(String) -> String) -> Config {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let edited = edit(text.clone());
+        assert_ne!(edited, text, "the edit changed nothing");
+        std::fs::write(&self.path, edited).unwrap();
+        Config::load(&self.path).unwrap()
+    }
+
+    /// Adds TOML before the `[keys]` table (passthrough `[kafka.producer]` or `[kafka.consumer]`
+    /// settings) and loads the configuration.
+    pub(crate) fn with_before_keys(&self, toml: &str) -> Config {
+        self.edit_config(|t| t.replace("[keys]", &format!("{toml}\n[keys]")))
+    }
+}
+
+/// Stops a worker and returns its counts (within 60 s).
+pub(crate) async fn stop_worker(
+    stop: tokio::sync::watch::Sender<bool>,
+    worker: tokio::task::JoinHandle<Result<byok::pipeline::RunStats, byok::pipeline::WorkerError>>,
+) -> byok::pipeline::RunStats {
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker did not stop within 60 s")
+        .unwrap()
+        .unwrap()
+}
+
 /// A sealing worker on `config`, started: its stop switch, its task and its health.
 pub(crate) fn start_worker(
     config: &Config,

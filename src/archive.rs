@@ -5,6 +5,7 @@
 //! reason, never skipped silently.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -81,6 +82,108 @@ pub struct ReadStats {
     pub duplicates: u64,
     /// Could not be opened.
     pub failed: u64,
+}
+
+/// Why one record cannot be opened or re-sealed (cat, drain, replay): named for the check that
+/// failed, with what the record and the registry say. Never carries key material or plaintext.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The headers are not those of an archive or quarantine record.
+    #[error("not a byok record: {0}")]
+    NotByok(HeaderError),
+    /// The record is a marker the worker wrote for a record it could not keep (too large, ...).
+    #[error("{0}")]
+    Marker(HeaderError),
+    /// The DEK named by the record is not in the registry topic.
+    #[error("DEK {dek} is not in the registry topic {registry_topic}")]
+    DekUnknown {
+        /// The DEK.
+        dek: DekId,
+        /// Where it was looked for.
+        registry_topic: String,
+    },
+    /// The DEK's owner has no key provider here (no tenant with BYOK enabled).
+    #[error("DEK {dek} belongs to tenant {tenant}, which has no BYOK key in the configuration")]
+    NoProvider {
+        /// The DEK.
+        dek: DekId,
+        /// Its owner in the registry.
+        tenant: String,
+    },
+    /// The tenant to re-seal for has no key provider here.
+    #[error("tenant {tenant} has no BYOK key in the configuration (BYOK enabled) to re-seal under")]
+    TenantHasNoKey {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Key Vault did not unwrap the DEK.
+    #[error("DEK {dek} cannot be unwrapped: {source}")]
+    Unwrap {
+        /// The DEK.
+        dek: DekId,
+        /// Key Vault's answer.
+        source: Arc<crate::kms::KmsError>,
+    },
+    /// The record has no value.
+    #[error("null value")]
+    NullValue,
+    /// The value does not open under the DEK with its owner as the AAD tenant.
+    #[error("the value does not open with DEK {dek} of {owner} (tampered or corrupt)")]
+    DoesNotOpen {
+        /// The DEK.
+        dek: DekId,
+        /// Its owner in the registry (the AAD tenant tried).
+        owner: String,
+    },
+    /// The header names a tenant other than the one the record is sealed for.
+    #[error(
+        "relabelled: header byok.tenant names {claimed:?} but the record is sealed for {sealed_for}"
+    )]
+    Relabelled {
+        /// What the header says.
+        claimed: String,
+        /// What the AAD proves.
+        sealed_for: String,
+    },
+    /// An archive record under an operator DEK: archive records are sealed under tenant keys only.
+    #[error(
+        "an archive record under the operator's DEK {dek}: archive records are sealed under their tenant's key only (planted?)"
+    )]
+    OperatorDekInArchive {
+        /// The DEK.
+        dek: DekId,
+    },
+    /// Quarantined before tenant claims were bound: the tenant is only the header's claim.
+    #[error(
+        "quarantined before tenant claims were bound: {tenant} is only the header's claim, not re-sealed for it"
+    )]
+    UnboundClaim {
+        /// The claimed tenant.
+        tenant: String,
+    },
+    /// A quarantine record whose tenant has no key to re-seal under.
+    #[error(
+        "quarantined as {reason} with no tenant key to re-seal under (a tenant with BYOK enabled)"
+    )]
+    NoTenantKey {
+        /// The quarantine reason.
+        reason: &'static str,
+    },
+    /// The tenant id in the record is not a valid id.
+    #[error("{0}")]
+    TenantId(#[from] crate::tenant::TenantIdError),
+    /// No DEK could be made for re-sealing.
+    #[error("no DEK for re-sealing under {tenant}'s key: {source}")]
+    NoDek {
+        /// The tenant.
+        tenant: String,
+        /// Why.
+        source: Arc<crate::deks::DekError>,
+    },
+    /// Sealing failed.
+    #[error("re-sealing failed: {0}")]
+    Seal(#[from] envelope::SealError),
 }
 
 /// Reading failed as a whole.
@@ -218,7 +321,7 @@ pub async fn read(
                     topic: opts.topic.clone(),
                     partition,
                     offset,
-                    reason,
+                    reason: reason.to_string(),
                 });
             }
             Ok(None) => {}
@@ -264,7 +367,7 @@ type Sealed = (
 #[allow(clippy::type_complexity)]
 fn claims(
     headers: &[(String, Option<Vec<u8>>)],
-) -> Result<(Option<String>, Option<String>, String, DekId), String> {
+) -> Result<(Option<String>, Option<String>, String, DekId), RecordError> {
     let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
     match ArchiveHeaders::from_pairs(pairs.clone()) {
         Ok(h) if !headers.iter().any(|(k, _)| k == "byok.reason") => {
@@ -277,23 +380,26 @@ fn claims(
                 q.src.to_string(),
                 q.dek,
             )),
-            Err(e @ HeaderError::Marker { .. }) => Err(e.to_string()),
-            Err(e) => Err(format!("not a byok record: {e}")),
+            Err(e @ HeaderError::Marker { .. }) => Err(RecordError::Marker(e)),
+            Err(e) => Err(RecordError::NotByok(e)),
         },
     }
 }
 
 /// Opens one record: the plaintext's digest and the record, `None` when the tenant filter
 /// leaves it out, or why it cannot be opened.
-async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<([u8; 32], Opened)>, String> {
+async fn open_one(
+    cx: &OpenCx<'_>,
+    sealed: Sealed,
+) -> Result<Option<([u8; 32], Opened)>, RecordError> {
     let (config, registry, keyring, opts) = (cx.config, cx.registry, cx.keyring, cx.opts);
     let (partition, offset, key, value, headers) = sealed;
     let (tenant, reason, src, dek) = claims(&headers)?;
     let Some(record) = registry.get(&dek) else {
-        return Err(format!(
-            "DEK {dek} is not in the registry topic {}",
-            config.kafka.registry_topic
-        ));
+        return Err(RecordError::DekUnknown {
+            dek,
+            registry_topic: config.kafka.registry_topic.clone(),
+        });
     };
     // the owner in the registry is what the AAD proves, never the header
     let operator = record.tenant == QUARANTINE_TENANT;
@@ -301,19 +407,22 @@ async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<([u8; 32], O
         return Ok(None);
     }
     let Some(provider) = keyring.owner(&record.tenant) else {
-        return Err(format!(
-            "no key provider for tenant {} (not configured with BYOK enabled)",
-            record.tenant
-        ));
+        return Err(RecordError::NoProvider {
+            dek,
+            tenant: record.tenant.clone(),
+        });
     };
     let key_obj = match provider.unwrap(&record.kek, dek, &record.wrapped).await {
         Ok(k) => k,
         Err(e) => {
-            return Err(format!("DEK {dek} cannot be unwrapped: {e}"));
+            return Err(RecordError::Unwrap {
+                dek,
+                source: Arc::new(e),
+            });
         }
     };
     let Some(value) = value else {
-        return Err("null value".into());
+        return Err(RecordError::NullValue);
     };
     let opened = if operator {
         open_operator(
@@ -335,16 +444,19 @@ async fn open_one(cx: &OpenCx<'_>, sealed: Sealed) -> Result<Option<([u8; 32], O
     };
     let (plain, claim) = match opened {
         Ok(o) => o,
-        Err(e) => {
-            return Err(format!("{e} (DEK {dek}, tenant {})", record.tenant));
+        Err(_) => {
+            return Err(RecordError::DoesNotOpen {
+                dek,
+                owner: record.tenant.clone(),
+            });
         }
     };
     let (tenant, unverified_tenant) = match claim {
         OperatorClaim::Bound(t) if !operator && tenant.as_deref() != Some(t.as_str()) => {
-            return Err(format!(
-                "relabelled: header byok.tenant names {:?} but the record is sealed for {t}",
-                tenant.unwrap_or_default()
-            ));
+            return Err(RecordError::Relabelled {
+                claimed: tenant.unwrap_or_default(),
+                sealed_for: t,
+            });
         }
         OperatorClaim::Bound(t) => (Some(t), None),
         OperatorClaim::None => (None, None),

@@ -155,7 +155,7 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
     let http = match crate::kms::azure::http_client(keys, key.ca_file.as_deref()) {
         Ok(h) => h,
         Err(e) => {
-            r.fail("credential", e, "fix keys.ca_file / ca_file");
+            r.fail("credential", e.to_string(), "fix keys.ca_file / ca_file");
             return r.lines;
         }
     };

@@ -92,8 +92,13 @@ impl std::fmt::Display for Inspection {
 }
 
 /// Decodes hex text (whitespace ignored, optional `0x`).
-pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+pub fn decode_hex(text: &str) -> Result<Vec<u8>, NotHex> {
     let clean: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     let clean = clean.strip_prefix("0x").unwrap_or(&clean);
-    hex::decode(clean).map_err(|e| format!("the input is not hex: {e}"))
+    hex::decode(clean).map_err(NotHex)
 }
+
+/// The input of `byok inspect --hex` is not hex.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the input is not hex: {0}")]
+pub struct NotHex(#[from] hex::FromHexError);

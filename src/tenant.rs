@@ -16,22 +16,21 @@ pub struct TenantId(String);
 
 impl TenantId {
     /// Checks and wraps a tenant id.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, TenantIdError> {
         if s.is_empty() || s.len() > 64 {
-            return Err(format!("tenant id {s:?} must be 1 to 64 characters"));
+            return Err(TenantIdError::Length { id: s.to_owned() });
         }
         if let Some(c) = s
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
         {
-            return Err(format!(
-                "tenant id {s:?} has {c:?}; only letters, digits, '.', '_' and '-' are allowed"
-            ));
+            return Err(TenantIdError::Character {
+                id: s.to_owned(),
+                found: c,
+            });
         }
         if s.starts_with('_') {
-            return Err(format!(
-                "tenant id {s:?} starts with '_', which is reserved (the operator's quarantine uses {QUARANTINE_TENANT:?})"
-            ));
+            return Err(TenantIdError::Reserved { id: s.to_owned() });
         }
         Ok(Self(s.to_owned()))
     }
@@ -39,6 +38,34 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Why a string is not a tenant id; each message says the rule to follow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TenantIdError {
+    /// Empty or longer than 64 bytes.
+    #[error("tenant id {id:?} must be 1 to 64 characters")]
+    Length {
+        /// The id as given.
+        id: String,
+    },
+    /// A character outside the id alphabet.
+    #[error("tenant id {id:?} has {found:?}; only letters, digits, '.', '_' and '-' are allowed")]
+    Character {
+        /// The id as given.
+        id: String,
+        /// The first character not allowed.
+        found: char,
+    },
+    /// Starts with `_`, reserved for the operator.
+    #[error(
+        "tenant id {id:?} starts with '_', which is reserved (the operator's quarantine uses {QUARANTINE_TENANT:?})"
+    )]
+    Reserved {
+        /// The id as given.
+        id: String,
+    },
 }
 
 impl fmt::Display for TenantId {

@@ -17,7 +17,7 @@ pub(crate) fn cert(command: CertCommand) -> Result<ExitCode, String> {
             passphrase_env,
             force,
         } => {
-            byok::config::TenantId::parse(&tenant)?;
+            byok::config::TenantId::parse(&tenant).map_err(|e| e.to_string())?;
             let passphrase = match &passphrase_env {
                 Some(var) => Some(
                     std::env::var(var)

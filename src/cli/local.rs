@@ -219,7 +219,7 @@ pub(crate) fn inspect(file: Option<PathBuf>, hex: bool, json: bool) -> ExitCode 
     let bytes = match raw {
         Ok(b) if hex => match std::str::from_utf8(&b)
             .map_err(|_| "the input is not hex text".to_owned())
-            .and_then(byok::inspect::decode_hex)
+            .and_then(|t| byok::inspect::decode_hex(t).map_err(|e| e.to_string()))
         {
             Ok(b) => b,
             Err(e) => return fail(&format!("{name}: {e}")),

@@ -535,7 +535,7 @@ impl Loader {
             Err(e) => {
                 self.error(
                     format!("{at}.id"),
-                    e,
+                    e.to_string(),
                     "use letters, digits, '.', '_' and '-', not starting with '_'",
                 );
                 None

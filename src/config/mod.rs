@@ -265,27 +265,52 @@ impl fmt::Debug for Passthrough {
     }
 }
 
+/// Why a topic name or template is not one Kafka accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicNameError {
+    /// A `{...}` other than `{tenant}`.
+    #[error("{text:?} has a placeholder other than {{tenant}}")]
+    Placeholder {
+        /// The name as written.
+        text: String,
+    },
+    /// Empty, `.`, `..` or longer than 249.
+    #[error("{text:?} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')")]
+    Length {
+        /// The name as written.
+        text: String,
+    },
+    /// A character Kafka refuses.
+    #[error(
+        "topic {text:?} has {found:?}, which Kafka does not allow (letters, digits, '.', '_', '-')"
+    )]
+    Character {
+        /// The name as written.
+        text: String,
+        /// The first character refused.
+        found: char,
+    },
+}
+
 /// The archive topic: one name, or a template where `{tenant}` is replaced by the tenant id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicTemplate(String);
 
 impl TopicTemplate {
     /// A topic name, or a template with `{tenant}`, checked for what Kafka allows in a name.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TopicNameError> {
         let name = text.replace("{tenant}", "t");
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        let text = text.to_owned();
         if name.contains(['{', '}']) {
-            Err(format!("{text:?} has a placeholder other than {{tenant}}"))
+            Err(TopicNameError::Placeholder { text })
         } else if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
-            Err(format!(
-                "{text:?} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')"
-            ))
-        } else if let Some(c) = name.chars().find(|c| !legal(*c)) {
-            Err(format!(
-                "topic {text:?} has {c:?}, which Kafka does not allow (letters, digits, '.', '_', '-')"
-            ))
+            Err(TopicNameError::Length { text })
+        } else if let Some(found) = name.chars().find(|c| !legal(*c)) {
+            Err(TopicNameError::Character { text, found })
         } else {
-            Ok(Self(text.to_owned()))
+            Ok(Self(text))
         }
     }
 

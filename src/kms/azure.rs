@@ -35,21 +35,55 @@ pub const VAULT_SCOPE: &str = "https://vault.azure.net/.default";
 
 /// The HTTP client every SDK client of this process shares: trusts the configured extra CA and
 /// applies the `resolve` overrides.
-pub fn http_client(keys: &KeysConfig, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+pub fn http_client(
+    keys: &KeysConfig,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::Client, SetupError> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .pool_idle_timeout(Duration::from_secs(60));
     if let Some(ca) = ca_file.or(keys.ca_file.as_deref()) {
-        let pem = std::fs::read(ca).map_err(|e| format!("CA file {}: {e}", ca.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("CA file {}: not a PEM certificate: {e}", ca.display()))?;
+        let pem = std::fs::read(ca).map_err(|e| SetupError::CaFile {
+            path: ca.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| SetupError::CaFile {
+            path: ca.to_owned(),
+            detail: format!("not a PEM certificate: {e}"),
+        })?;
         b = b.add_root_certificate(cert);
     }
     for (host, ip) in &keys.resolve {
         b = b.resolve(host, std::net::SocketAddr::new(*ip, 0));
     }
-    b.build().map_err(|e| format!("HTTP client: {e}"))
+    b.build().map_err(|e| SetupError::HttpClient(e.to_string()))
+}
+
+/// A key provider's client or credential could not be made from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The extra CA file cannot be read or is not PEM.
+    #[error("CA file {}: {detail}", path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    HttpClient(String),
+    /// The PEM credential has no certificate.
+    #[error("no certificate in the PEM")]
+    NoCertificate,
+    /// The PEM credential's private key cannot be read.
+    #[error("no readable private key in the PEM (encrypted? set password_env)")]
+    NoPrivateKey,
+    /// The PKCS#12 the SDK takes could not be built.
+    #[error("cannot build PKCS#12: {0}")]
+    Pkcs12(String),
 }
 
 /// One tenant's key in Azure Key Vault.
@@ -254,20 +288,20 @@ impl TokenCredential for SecretFileCredential {
 
 /// A PKCS#12 (no password) of a PEM holding a certificate and its private key, as the SDK's
 /// certificate credential takes only PKCS#12.
-pub fn pem_to_pkcs12(pem: &[u8], password: Option<&str>) -> Result<Vec<u8>, String> {
-    let cert = openssl::x509::X509::from_pem(pem).map_err(|_| "no certificate in the PEM")?;
+pub fn pem_to_pkcs12(pem: &[u8], password: Option<&str>) -> Result<Vec<u8>, SetupError> {
+    let cert = openssl::x509::X509::from_pem(pem).map_err(|_| SetupError::NoCertificate)?;
     let key = match password {
         Some(p) => openssl::pkey::PKey::private_key_from_pem_passphrase(pem, p.as_bytes()),
         None => openssl::pkey::PKey::private_key_from_pem(pem),
     }
-    .map_err(|_| "no readable private key in the PEM (encrypted? set password_env)")?;
+    .map_err(|_| SetupError::NoPrivateKey)?;
     openssl::pkcs12::Pkcs12::builder()
         .name("byok")
         .pkey(&key)
         .cert(&cert)
         .build2("")
         .and_then(|p| p.to_der())
-        .map_err(|e| format!("cannot build PKCS#12: {e}"))
+        .map_err(|e| SetupError::Pkcs12(e.to_string()))
 }
 
 impl AzureKeyProvider {

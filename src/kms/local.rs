@@ -90,23 +90,23 @@ impl KekRecord {
     }
 
     /// Reads a `byok.keks` value.
-    pub fn from_json(value: &[u8]) -> Result<Self, String> {
+    pub fn from_json(value: &[u8]) -> Result<Self, KeksRecordError> {
         let j: Json =
-            serde_json::from_slice(value).map_err(|e| format!("not a byok.keks record: {e}"))?;
+            serde_json::from_slice(value).map_err(|e| KeksRecordError::Json(e.to_string()))?;
         if j.v != 1 {
-            return Err(format!("byok.keks record version {} is not 1", j.v));
+            return Err(KeksRecordError::Version(j.v));
         }
-        let b64 = |s: &str, what: &str| {
-            URL_SAFE_NO_PAD.decode(s).map_err(|e| {
-                format!(
-                    "byok.keks record of {}: {what} is not base64url: {e}",
-                    j.tenant
-                )
-            })
+        let b64 = |s: &str, field: &'static str| {
+            URL_SAFE_NO_PAD
+                .decode(s)
+                .map_err(|_| KeksRecordError::Base64 {
+                    tenant: j.tenant.clone(),
+                    field,
+                })
         };
         Ok(Self {
             version: VersionInfo {
-                kid: KekId::parse(&j.kid).map_err(|e| e.to_string())?,
+                kid: KekId::parse(&j.kid)?,
                 kty: j.kty.clone(),
                 n: b64(&j.n, "n")?,
                 e: b64(&j.e, "e")?,
@@ -122,6 +122,29 @@ impl KekRecord {
             seen: j.seen,
         })
     }
+}
+
+/// Why a `byok.keks` value is not a record this version reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeksRecordError {
+    /// Not the record's JSON.
+    #[error("not a byok.keks record: {0}")]
+    Json(String),
+    /// Another version of the record.
+    #[error("byok.keks record version {0} is not 1")]
+    Version(u32),
+    /// A key part is not base64url.
+    #[error("byok.keks record of {tenant}: {field} is not base64url")]
+    Base64 {
+        /// The tenant it names.
+        tenant: String,
+        /// The field.
+        field: &'static str,
+    },
+    /// The key id is not a versioned Key Vault key id.
+    #[error("byok.keks record: {0}")]
+    Kid(#[from] super::InvalidKekId),
 }
 
 #[cfg(test)]

@@ -324,11 +324,10 @@ pub fn tenant_kms(
     keys: &crate::config::KeysConfig,
     limiters: &mut std::collections::HashMap<String, Arc<resilience::RateLimiter>>,
 ) -> Result<TenantKms, KmsError> {
-    let http =
-        azure::http_client(keys, key.ca_file.as_deref()).map_err(|detail| KmsError::Setup {
-            tenant: tenant.to_owned(),
-            detail,
-        })?;
+    let http = azure::http_client(keys, key.ca_file.as_deref()).map_err(|e| KmsError::Setup {
+        tenant: tenant.to_owned(),
+        detail: e.to_string(),
+    })?;
     let azure = azure::AzureKeyProvider::new(tenant, key, http, keys.check_interval)?;
     let host = key.vault_url.host_str().unwrap_or_default().to_owned();
     let limiter =

@@ -25,7 +25,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-use crate::archive::{ReadOptions, Unopened, load_registry};
+use crate::archive::{ReadOptions, RecordError, Unopened, load_registry};
 use crate::config::{Config, Delivery, TenantId, TopicTemplate};
 use crate::dek::{DataKey, DekId};
 use crate::deks::DekSet;
@@ -287,7 +287,7 @@ fn check_options(config: &Config, opts: &ReplayOptions) -> Result<TopicTemplate,
     let target = TopicTemplate::parse(&opts.to).map_err(|fix| ReplayError::Option {
         option: "--to",
         value: opts.to.clone(),
-        fix,
+        fix: fix.to_string(),
     })?;
     let k = &config.kafka;
     if [&k.registry_topic, &k.keks_topic, &k.quarantine_topic]
@@ -345,7 +345,7 @@ struct Run<'a> {
     /// Records written (or, dry, to be written) by this run, the last [`WRITTEN_WINDOW`].
     written: Seen,
     /// Source DEKs opened so far, or why they could not be.
-    keys: HashMap<DekId, Result<Arc<DataKey>, String>>,
+    keys: HashMap<DekId, Result<Arc<DataKey>, RecordError>>,
     deks: DekSet,
     producer: FutureProducer,
     /// Each chunk is one transaction.
@@ -380,20 +380,24 @@ impl Run<'_> {
         let registry_topic = &self.config.kafka.registry_topic;
         let unwraps = wanted.iter().map(|dek| async move {
             let result = match registry.get(dek) {
-                None => Err(format!(
-                    "DEK {dek} is not in the registry topic {registry_topic}"
-                )),
-                Some(rec) => match providers.get(&rec.tenant).or(
-                    (rec.tenant == QUARANTINE_TENANT).then_some(operator),
-                ) {
-                    None => Err(format!(
-                        "DEK {dek} belongs to tenant {}, which has no BYOK key in the configuration",
-                        rec.tenant
-                    )),
-                    Some(p) => p
-                        .unwrap(&rec.kek, *dek, &rec.wrapped)
-                        .await
-                        .map_err(|e| format!("DEK {dek} cannot be unwrapped: {e}")),
+                None => Err(RecordError::DekUnknown {
+                    dek: *dek,
+                    registry_topic: registry_topic.clone(),
+                }),
+                Some(rec) => match providers
+                    .get(&rec.tenant)
+                    .or((rec.tenant == QUARANTINE_TENANT).then_some(operator))
+                {
+                    None => Err(RecordError::NoProvider {
+                        dek: *dek,
+                        tenant: rec.tenant.clone(),
+                    }),
+                    Some(p) => p.unwrap(&rec.kek, *dek, &rec.wrapped).await.map_err(|e| {
+                        RecordError::Unwrap {
+                            dek: *dek,
+                            source: Arc::new(e),
+                        }
+                    }),
                 },
             };
             (*dek, result)
@@ -466,7 +470,7 @@ impl Run<'_> {
                         topic: self.opts.from.clone(),
                         partition: at.0,
                         offset: at.1,
-                        reason,
+                        reason: reason.to_string(),
                     });
                 }
             }
@@ -483,7 +487,7 @@ impl Run<'_> {
     async fn reseal(
         &mut self,
         r: Raw,
-    ) -> Result<Option<(String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders)>, String> {
+    ) -> Result<Option<(String, Option<Vec<u8>>, Vec<u8>, OwnedHeaders)>, RecordError> {
         let (h, quarantine) = self.headers_of(&r)?;
         if !self.opts.tenants.is_empty() && !self.opts.tenants.contains(&h.tenant) {
             self.stats.filtered += 1;
@@ -514,33 +518,25 @@ impl Run<'_> {
             },
             &r.headers,
         );
-        let topic = TenantId::parse(&tenant)
-            .map(|t| self.target.topic_for(&t))
-            .map_err(|e| format!("tenant {tenant}: {e}"))?;
+        let topic = self.target.topic_for(&TenantId::parse(&tenant)?);
         self.count(&tenant, seen);
         Ok(Some((topic, r.key, out, headers)))
     }
 
     /// The record's headers as an archive record's, and whether it is a quarantine record (then
     /// re-sealed under its tenant's key, when it has one).
-    fn headers_of(&self, r: &Raw) -> Result<(ArchiveHeaders, bool), String> {
+    fn headers_of(&self, r: &Raw) -> Result<(ArchiveHeaders, bool), RecordError> {
         let pairs = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
         if !r.headers.iter().any(|(k, _)| k == "byok.reason") {
-            let h =
-                ArchiveHeaders::from_pairs(pairs).map_err(|e| format!("not a byok record: {e}"))?;
+            let h = ArchiveHeaders::from_pairs(pairs).map_err(RecordError::NotByok)?;
             return Ok((h, false));
         }
-        let q = QuarantineHeaders::from_pairs(pairs)
-            .map_err(|e| format!("not a byok quarantine record: {e}"))?;
-        let tenant = q
-            .tenant
-            .filter(|t| self.providers.contains_key(t))
-            .ok_or_else(|| {
-                format!(
-                    "quarantined as {} with no tenant key to re-seal under (a tenant with BYOK enabled)",
-                    q.reason.as_str()
-                )
-            })?;
+        let q = QuarantineHeaders::from_pairs(pairs).map_err(RecordError::NotByok)?;
+        let tenant = q.tenant.filter(|t| self.providers.contains_key(t)).ok_or(
+            RecordError::NoTenantKey {
+                reason: q.reason.as_str(),
+            },
+        )?;
         Ok((
             ArchiveHeaders {
                 tenant,
@@ -553,25 +549,27 @@ impl Run<'_> {
 
     /// The plaintext, opened with the DEK's owner as the AAD tenant: the record's tenant, or
     /// (quarantine records only) the operator's key with the tenant the record names bound.
-    fn open(&self, h: &ArchiveHeaders, quarantine: bool, r: &Raw) -> Result<Vec<u8>, String> {
+    fn open(&self, h: &ArchiveHeaders, quarantine: bool, r: &Raw) -> Result<Vec<u8>, RecordError> {
         let key = match self.keys.get(&h.dek) {
             Some(Ok(k)) => Arc::clone(k),
             Some(Err(e)) => return Err(e.clone()),
-            None => return Err(format!("DEK {} was not looked up", h.dek)),
+            None => {
+                return Err(RecordError::DekUnknown {
+                    dek: h.dek,
+                    registry_topic: self.config.kafka.registry_topic.clone(),
+                });
+            }
         };
         let owner = self
             .registry
             .get(&h.dek)
             .map(|r| r.tenant.clone())
             .unwrap_or_default();
-        let value = r.value.as_deref().ok_or("null value")?;
+        let value = r.value.as_deref().ok_or(RecordError::NullValue)?;
         let max = self.config.max_record_bytes();
         if owner == QUARANTINE_TENANT {
             if !quarantine {
-                return Err(format!(
-                    "an archive record under the operator's DEK {}: archive records are sealed under their tenant's key only (planted?)",
-                    h.dek
-                ));
+                return Err(RecordError::OperatorDekInArchive { dek: h.dek });
             }
             return match crate::archive::open_operator(
                 &key,
@@ -581,27 +579,26 @@ impl Run<'_> {
                 max,
             ) {
                 Ok((p, crate::tenant::OperatorClaim::Bound(_))) => Ok(p),
-                Ok(_) => Err(format!(
-                    "quarantined before tenant claims were bound: {} is only the header's claim, not re-sealed for it",
-                    h.tenant
-                )),
-                Err(_) => Err(format!(
-                    "does not open with the operator's DEK {} as captured for {} (relabelled or corrupt)",
-                    h.dek, h.tenant
-                )),
+                Ok(_) => Err(RecordError::UnboundClaim {
+                    tenant: h.tenant.clone(),
+                }),
+                Err(_) => Err(RecordError::DoesNotOpen {
+                    dek: h.dek,
+                    owner: crate::tenant::operator_aad(Some(&h.tenant)),
+                }),
             };
         }
         if owner != h.tenant {
-            return Err(format!(
-                "header byok.tenant says {} but DEK {} belongs to {owner}",
-                h.tenant, h.dek
-            ));
+            return Err(RecordError::Relabelled {
+                claimed: h.tenant.clone(),
+                sealed_for: owner,
+            });
         }
         envelope::open_bounded(&key, &owner, r.key.as_deref(), value, max).map_err(|_| {
-            format!(
-                "the value does not open with DEK {} of {owner} (tampered or corrupt)",
-                h.dek
-            )
+            RecordError::DoesNotOpen {
+                dek: h.dek,
+                owner: owner.clone(),
+            }
         })
     }
 
@@ -612,12 +609,15 @@ impl Run<'_> {
         tenant: &str,
         record_key: Option<&[u8]>,
         plain: &[u8],
-    ) -> Result<(Vec<u8>, DekId), String> {
-        let kms = Arc::clone(
-            self.providers
-                .get(tenant)
-                .ok_or_else(|| format!("tenant {tenant} has no BYOK key"))?,
-        );
+    ) -> Result<(Vec<u8>, DekId), RecordError> {
+        let kms =
+            Arc::clone(
+                self.providers
+                    .get(tenant)
+                    .ok_or_else(|| RecordError::TenantHasNoKey {
+                        tenant: tenant.to_owned(),
+                    })?,
+            );
         let mut out = Vec::with_capacity(plain.len() + envelope::OVERHEAD);
         for attempt in 0..2 {
             let dek = match self.deks.current(tenant) {
@@ -626,7 +626,10 @@ impl Run<'_> {
                     .deks
                     .rotate(tenant, kms.as_ref(), &self.producer)
                     .await
-                    .map_err(|e| format!("no new DEK for {tenant}: {e}"))?,
+                    .map_err(|e| RecordError::NoDek {
+                        tenant: tenant.to_owned(),
+                        source: Arc::new(e),
+                    })?,
             };
             out.clear();
             match envelope::seal_into(
@@ -640,10 +643,10 @@ impl Run<'_> {
                 Ok(_) => return Ok((out, dek.id())),
                 // the DEK reached a limit between the check and the seal: take a new one
                 Err(_) if attempt == 0 => self.deks.forget(tenant),
-                Err(e) => return Err(format!("re-sealing failed: {e}")),
+                Err(e) => return Err(e.into()),
             }
         }
-        Err("re-sealing failed".into())
+        Err(envelope::SealError::BlockUsedUp.into())
     }
 
     fn count(&mut self, tenant: &str, seen: crate::seen::Key) {

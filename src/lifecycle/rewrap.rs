@@ -127,13 +127,59 @@ pub async fn rewrap(
                     stats.rewrapped += 1;
                     tracing::info!(tenant = %id, dek = %r.dek, from = %r.kek, to = %updated.kek, "DEK rewrapped");
                 }
-                Err(why) => stats.failed.push(why),
+                Err(why) => stats.failed.push(why.to_string()),
             }
         }
         out.insert(id.to_string(), stats);
     }
     let _ = producer.flush(Timeout::After(Duration::from_secs(30)));
     Ok(out)
+}
+
+/// Why one DEK was not rewrapped (it keeps its old registry record).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RewrapError {
+    /// The DEK did not unwrap under the version its record names.
+    #[error("DEK {dek} (under {kek}): cannot be unwrapped: {source}")]
+    Unwrap {
+        /// The DEK.
+        dek: crate::dek::DekId,
+        /// The key version its record names.
+        kek: crate::kms::KekId,
+        /// Key Vault's answer.
+        source: crate::kms::KmsError,
+    },
+    /// Key Vault wrapped under another version than the target (the key changed during the run).
+    #[error(
+        "DEK {dek}: Key Vault wrapped it under {got}, not {target}; the key changed during the run, run again"
+    )]
+    KeyChanged {
+        /// The DEK.
+        dek: crate::dek::DekId,
+        /// The version Key Vault used.
+        got: crate::kms::KekId,
+        /// The version asked for.
+        target: crate::kms::KekId,
+    },
+    /// Key Vault did not wrap.
+    #[error("DEK {dek}: cannot be wrapped under {target}: {source}")]
+    Wrap {
+        /// The DEK.
+        dek: crate::dek::DekId,
+        /// The version asked for.
+        target: crate::kms::KekId,
+        /// Key Vault's answer.
+        source: crate::kms::KmsError,
+    },
+    /// The new registry record was not acknowledged.
+    #[error("DEK {dek}: the registry record was not acknowledged: {source}")]
+    Registry {
+        /// The DEK.
+        dek: crate::dek::DekId,
+        /// The producer's error.
+        source: rdkafka::error::KafkaError,
+    },
 }
 
 /// One DEK unwrapped with the version its record names, wrapped under `target`, and its new
@@ -144,24 +190,30 @@ async fn rewrap_one(
     r: &DekRecord,
     target: &crate::kms::KekId,
     producer: &FutureProducer,
-) -> Result<DekRecord, String> {
+) -> Result<DekRecord, RewrapError> {
     let key = kms
         .unwrap(&r.kek, r.dek, &r.wrapped)
         .await
-        .map_err(|e| format!("DEK {} (under {}): cannot be unwrapped: {e}", r.dek, r.kek))?;
+        .map_err(|source| RewrapError::Unwrap {
+            dek: r.dek,
+            kek: r.kek.clone(),
+            source,
+        })?;
     let wrapped = match kms.wrap(&key).await {
         Ok(w) if w.kek == *target => w,
         Ok(w) => {
-            return Err(format!(
-                "DEK {}: Key Vault wrapped it under {}, not {target}; the key changed during the run, run again",
-                r.dek, w.kek
-            ));
+            return Err(RewrapError::KeyChanged {
+                dek: r.dek,
+                got: w.kek,
+                target: target.clone(),
+            });
         }
         Err(e) => {
-            return Err(format!(
-                "DEK {}: cannot be wrapped under {target}: {e}",
-                r.dek
-            ));
+            return Err(RewrapError::Wrap {
+                dek: r.dek,
+                target: target.clone(),
+                source: e,
+            });
         }
     };
     let updated = DekRecord {
@@ -180,11 +232,6 @@ async fn rewrap_one(
             Timeout::After(Duration::from_secs(60)),
         )
         .await
-        .map_err(|(e, _)| {
-            format!(
-                "DEK {}: the registry record was not acknowledged: {e}",
-                r.dek
-            )
-        })?;
+        .map_err(|(source, _)| RewrapError::Registry { dek: r.dek, source })?;
     Ok(updated)
 }

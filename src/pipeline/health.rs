@@ -200,22 +200,39 @@ impl Health {
     }
 
     /// Live: not stalled.
-    pub fn live(&self) -> Result<(), String> {
+    pub fn live(&self) -> Result<(), Stalled> {
         if !self.stalled.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let idle_s = self
-            .now_ms()
-            .saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
-            / 1000;
-        Err(format!(
-            "stalled: no batch completed for {idle_s} s with records waiting ({} consumed and not committed, {} behind) on {} partitions (worker.stall_timeout {} s)",
-            self.in_hand.load(Ordering::Relaxed),
-            self.lag.load(Ordering::Relaxed),
-            self.assigned.load(Ordering::Relaxed),
-            self.stall_timeout_ms.load(Ordering::Relaxed) / 1000
-        ))
+        Err(Stalled {
+            idle_s: self
+                .now_ms()
+                .saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
+                / 1000,
+            in_hand: self.in_hand.load(Ordering::Relaxed),
+            behind: self.lag.load(Ordering::Relaxed),
+            partitions: self.assigned.load(Ordering::Relaxed),
+            stall_timeout_s: self.stall_timeout_ms.load(Ordering::Relaxed) / 1000,
+        })
     }
+}
+
+/// The worker holds or is behind on records and completed no batch for `worker.stall_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "stalled: no batch completed for {idle_s} s with records waiting ({in_hand} consumed and not committed, {behind} behind) on {partitions} partitions (worker.stall_timeout {stall_timeout_s} s)"
+)]
+pub struct Stalled {
+    /// Seconds since the last completed batch.
+    pub idle_s: u64,
+    /// Records consumed and not committed.
+    pub in_hand: u64,
+    /// Records behind (lag).
+    pub behind: u64,
+    /// Partitions assigned.
+    pub partitions: u64,
+    /// The configured stall timeout, in seconds.
+    pub stall_timeout_s: u64,
 }
 
 #[cfg(test)]
@@ -237,7 +254,7 @@ mod tests {
         assert!(h.live().is_ok());
         assert!(!h.watch_at(100_000));
         assert!(h.watch_at(121_001), "the stall begins");
-        assert!(h.live().unwrap_err().contains("stalled"));
+        assert!(h.live().unwrap_err().to_string().contains("stalled"));
         assert!(!h.watch_at(200_000), "counted once");
         assert!(h.live().is_err());
         // a batch completes: live again

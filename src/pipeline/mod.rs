@@ -332,7 +332,11 @@ fn spawn_watchdog(health: Arc<Health>) -> tokio::task::JoinHandle<()> {
             if health.watch() {
                 ::metrics::counter!("byok_stalls_total").increment(1);
                 tracing::error!(
-                    reason = health.live().err().unwrap_or_default(),
+                    reason = health
+                        .live()
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default(),
                     "worker stalled: /live turns 503"
                 );
             }

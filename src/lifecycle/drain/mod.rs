@@ -38,6 +38,7 @@ use serde::Serialize;
 
 use self::copies::Wanted;
 use self::decide::{Cx, Decision};
+use crate::archive::RecordError;
 use crate::archive::{ReadOptions, load_registry};
 use crate::config::{Config, TenantId};
 use crate::dek::DekId;
@@ -331,18 +332,23 @@ impl Run<'_> {
         tenant: &TenantId,
         r: &Quarantined,
         plain: &[u8],
-    ) -> Result<Vec<u8>, String> {
-        let kms = self
-            .keyring
-            .tenant(tenant.as_str())
-            .ok_or_else(|| format!("no key provider for {tenant}"))?;
+    ) -> Result<Vec<u8>, RecordError> {
+        let kms =
+            self.keyring
+                .tenant(tenant.as_str())
+                .ok_or_else(|| RecordError::TenantHasNoKey {
+                    tenant: tenant.to_string(),
+                })?;
         let dek = match self.deks.current(tenant.as_str()) {
             Some(d) => d,
             None => self
                 .deks
                 .rotate(tenant.as_str(), kms.as_ref(), &self.producer)
                 .await
-                .map_err(|e| format!("no DEK for re-sealing under {tenant}'s key: {e}"))?,
+                .map_err(|e| RecordError::NoDek {
+                    tenant: tenant.to_string(),
+                    source: std::sync::Arc::new(e),
+                })?,
         };
         let mut out = Vec::with_capacity(plain.len() + envelope::OVERHEAD);
         envelope::seal_into(
@@ -352,8 +358,7 @@ impl Run<'_> {
             plain,
             self.config.dek.compression,
             &mut out,
-        )
-        .map_err(|e| format!("re-sealing failed: {e}"))?;
+        )?;
         Ok(out)
     }
 

@@ -184,11 +184,57 @@ fn count(bootstrap: &str, topic: &str) -> i64 {
         .sum()
 }
 
+/// The demo could not run a step (what the demo shows going wrong is a mismatch, not this).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DemoError {
+    /// Writing the demo's files in its temporary directory.
+    #[error("writing the demo's files: {0}")]
+    Files(#[from] std::io::Error),
+    /// The emulator did not start.
+    #[error("starting the Key Vault emulator: {0}")]
+    Emulator(#[from] crate::emulator::StartError),
+    /// The emulator's admin API refused a step.
+    #[error("emulator admin API: {0}")]
+    Admin(#[from] crate::emulator::client::AdminError),
+    /// The mock cluster or a client on it.
+    #[error("Kafka ({step}): {source}")]
+    Kafka {
+        /// What was done.
+        step: &'static str,
+        /// Cause.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The generated configuration did not load.
+    #[error("the demo's configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The worker did not finish the captured records in time.
+    #[error("the worker stalled with {done} of {of} records done")]
+    Stalled {
+        /// Records done.
+        done: u64,
+        /// Records captured.
+        of: u64,
+    },
+    /// The worker stopped with an error.
+    #[error("the worker: {0}")]
+    Worker(#[from] crate::pipeline::WorkerError),
+    /// The worker's task panicked.
+    #[error("the worker's task: {0}")]
+    WorkerTask(#[from] tokio::task::JoinError),
+    /// The drain could not run.
+    #[error("the drain: {0}")]
+    Drain(#[from] crate::lifecycle::LifecycleError),
+    /// Reading the archive back failed as a whole.
+    #[error("reading back: {0}")]
+    Read(#[from] crate::archive::ReadError),
+}
+
 /// Produces captured messages and waits for every acknowledgement.
 async fn capture(
     producer: &FutureProducer,
     part: &[(Option<String>, String)],
-) -> Result<(), String> {
+) -> Result<(), DemoError> {
     let sends = part.iter().map(|(k, b)| {
         let mut rec = FutureRecord::to("capture.messages").payload(b.as_bytes());
         if let Some(k) = k {
@@ -197,23 +243,25 @@ async fn capture(
         producer.send(rec, Timeout::Never)
     });
     for r in futures::future::join_all(sends).await {
-        r.map_err(|(e, _)| format!("capturing a message failed: {e}"))?;
+        r.map_err(|(source, _)| DemoError::Kafka {
+            step: "capture a message",
+            source,
+        })?;
     }
     Ok(())
 }
 
 /// Runs the demo, printing its story. Returns the summary; `mismatches > 0` is a failure.
-pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
+pub async fn run(opts: DemoOptions) -> Result<DemoSummary, DemoError> {
     let started = Instant::now();
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
     let root = dir.path();
     write_files(root)?;
     let emu = start_emulator(root).await?;
     let (cluster, bootstrap) = start_kafka(&opts)?;
     let config_path = root.join("byok.toml");
-    std::fs::write(&config_path, config_text(root, emu.addr.port(), &bootstrap))
-        .map_err(|e| e.to_string())?;
-    let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+    std::fs::write(&config_path, config_text(root, emu.addr.port(), &bootstrap))?;
+    let config = Config::load(&config_path)?;
     println!(
         "3. Tenants: acme (certificate credential), globex (client secret, Private Link host), initech (client secret)"
     );
@@ -226,7 +274,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, String> {
         .set("bootstrap.servers", &bootstrap)
         .set("linger.ms", "5")
         .create()
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| DemoError::Kafka {
+            step: "create the capture producer",
+            source,
+        })?;
     let (msgs, originals, bytes) = messages(&opts);
     let total = msgs.len() as i64;
     let (stats, elapsed) =
@@ -273,7 +324,7 @@ async fn capture_in_three_parts(
     producer: &FutureProducer,
     msgs: &[(Option<String>, String)],
     bytes: usize,
-) -> Result<(crate::pipeline::RunStats, Duration), String> {
+) -> Result<(crate::pipeline::RunStats, Duration), DemoError> {
     let total = msgs.len() as i64;
     let third = msgs.len() / 3;
     let parts: Vec<&[(Option<String>, String)]> =
@@ -292,18 +343,17 @@ async fn capture_in_three_parts(
             let deadline = Instant::now() + Duration::from_secs(300);
             while health.records_done() < n {
                 if Instant::now() > deadline {
-                    return Err(format!(
-                        "the worker stalled with {} of {n} records done",
-                        health.records_done()
-                    ));
+                    return Err(DemoError::Stalled {
+                        done: health.records_done(),
+                        of: n,
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ok(())
         }
     };
-    let admin = crate::emulator::client::AdminClient::new(&emu.authority(), &emu.ca_pem, None)
-        .map_err(|e| e.to_string())?;
+    let admin = crate::emulator::client::AdminClient::new(&emu.authority(), &emu.ca_pem, None)?;
     let key_check = Duration::from_secs(6);
 
     capture(producer, parts[0]).await?;
@@ -315,8 +365,7 @@ async fn capture_in_three_parts(
     );
     admin
         .set_key_enabled("acme-vault", "byok-key", None, false)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     println!("   acme disables its key in its vault; the worker's key check (every 5 s) notices");
     tokio::time::sleep(key_check).await;
     capture(producer, parts[1]).await?;
@@ -329,18 +378,14 @@ async fn capture_in_three_parts(
     );
     admin
         .set_key_enabled("acme-vault", "byok-key", None, true)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     println!("   acme enables its key again");
     tokio::time::sleep(key_check).await;
     capture(producer, parts[2]).await?;
     wait_done(total as u64).await?;
     let elapsed = worker_started.elapsed();
     let _ = stop.send(true);
-    let stats = worker
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let stats = worker.await??;
     let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
     println!(
         "   part 3: {} messages archived. In all: {} records in {} batches: {} archived, quarantined {:?}; {} DEKs made",
@@ -355,14 +400,13 @@ async fn capture_in_three_parts(
 }
 
 /// Step 5: the operator's drain after the worker's own.
-async fn drain_step(config: &Config) -> Result<crate::lifecycle::drain::DrainStats, String> {
+async fn drain_step(config: &Config) -> Result<crate::lifecycle::drain::DrainStats, DemoError> {
     let drained = crate::lifecycle::drain::drain_quarantine(
         config,
         &crate::lifecycle::drain::DrainOptions::default(),
         |_, _| {},
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     println!(
         "   {} more records moved unchanged after acme's DEKs opened through Key Vault; {} stay ({:?}), {} parked for good ({:?})",
         drained.moved,
@@ -378,32 +422,31 @@ async fn drain_step(config: &Config) -> Result<crate::lifecycle::drain::DrainSta
 }
 
 /// The emulator's seed, the tenants' credential files and the secrets, in `root`.
-fn write_files(root: &Path) -> Result<(), String> {
-    std::fs::write(root.join("emulator.toml"), SEED).map_err(|e| e.to_string())?;
+fn write_files(root: &Path) -> Result<(), DemoError> {
+    std::fs::write(root.join("emulator.toml"), SEED)?;
     for (rel, text) in FILES {
-        write_private(&root.join(rel), text).map_err(|e| e.to_string())?;
+        write_private(&root.join(rel), text)?;
     }
     for (f, s) in [
         ("globex.secret", "example-client-secret-not-real"),
         ("initech.secret", "initech-example-secret-not-real"),
         ("operator.secret", "example-operator-secret-not-real"),
     ] {
-        write_private(&root.join(f), s).map_err(|e| e.to_string())?;
+        write_private(&root.join(f), s)?;
     }
 
     Ok(())
 }
 
 /// Step 1: the Key Vault and Entra ID emulator on a free port.
-async fn start_emulator(root: &Path) -> Result<crate::emulator::Running, String> {
+async fn start_emulator(root: &Path) -> Result<crate::emulator::Running, DemoError> {
     println!("1. Key Vault + Entra ID emulator (HTTPS, real RSA-4096 keys)");
     let emu = crate::emulator::start(crate::emulator::Options {
         seed: Some(root.join("emulator.toml")),
         ca_out: Some(root.join("emulator-ca.pem")),
         ..crate::emulator::Options::default()
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     println!(
         "   listening on {}; vaults acme-vault, globex-kv (Private Link), initech-kv, byok-operator",
         emu.addr
@@ -420,10 +463,13 @@ fn start_kafka(
         MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
         String,
     ),
-    String,
+    DemoError,
 > {
     println!("2. In-process Kafka (librdkafka mock cluster)");
-    let cluster = MockCluster::new(1).map_err(|e| e.to_string())?;
+    let cluster = MockCluster::new(1).map_err(|source| DemoError::Kafka {
+        step: "start the mock cluster",
+        source,
+    })?;
     let bootstrap = cluster.bootstrap_servers();
     for (t, p) in [
         ("capture.messages", opts.partitions),
@@ -432,7 +478,12 @@ fn start_kafka(
         ("byok.keks", 1),
         ("byok.quarantine", 1),
     ] {
-        cluster.create_topic(t, p, 1).map_err(|e| e.to_string())?;
+        cluster
+            .create_topic(t, p, 1)
+            .map_err(|source| DemoError::Kafka {
+                step: "create a topic",
+                source,
+            })?;
     }
     println!(
         "   topics capture.messages ({} partitions), archive.messages, byok.deks, byok.keks, byok.quarantine",
@@ -497,7 +548,7 @@ async fn verify(
     config: &Config,
     originals: &HashMap<String, (Option<String>, Option<&'static str>)>,
     summary: &mut DemoSummary,
-) -> Result<(), String> {
+) -> Result<(), DemoError> {
     let mut seen = std::collections::HashSet::new();
     let mut archived_values = std::collections::HashSet::new();
     let mut revoked_period = Vec::new();
@@ -505,9 +556,7 @@ async fn verify(
         let o = ReadOptions::topic(topic);
         let mut failures = Vec::new();
         let mut opened = Vec::new();
-        reader::read(config, &o, |r| opened.push(r), |f| failures.push(f))
-            .await
-            .map_err(|e| e.to_string())?;
+        reader::read(config, &o, |r| opened.push(r), |f| failures.push(f)).await?;
         for f in failures {
             println!("   MISMATCH {}/{}: {}", f.partition, f.offset, f.reason);
             summary.mismatches += 1;

@@ -174,8 +174,45 @@ fn group_lag(c: &BaseConsumer, topic: &str, partitions: &[i32]) -> Option<u64> {
     Some(lag)
 }
 
+/// The load could not be generated.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// No tenant to write messages for.
+    #[error("no tenants: give --tenants N or --tenant NAME")]
+    NoTenants,
+    /// A fixed size too small for the message's JSON fields.
+    #[error(
+        "--size {size} is too small for the JSON fields around the body (tenant {tenant:?}); use at least {least} bytes"
+    )]
+    SizeTooSmall {
+        /// The size asked for.
+        size: usize,
+        /// The longest tenant id.
+        tenant: String,
+        /// The least size that fits.
+        least: usize,
+    },
+    /// A Kafka client could not be made or asked.
+    #[error("Kafka ({step}): {source}")]
+    Kafka {
+        /// What was done.
+        step: &'static str,
+        /// Cause.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A message was not acknowledged.
+    #[error("produce to {topic}: {source}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// Cause.
+        source: rdkafka::error::KafkaError,
+    },
+}
+
 /// A fixed `--size` must leave room for the JSON fields around the body.
-fn check_size(opts: &LoadOptions) -> Result<(), String> {
+fn check_size(opts: &LoadOptions) -> Result<(), LoadError> {
     if let Size::Fixed(n) = opts.size {
         let longest = opts
             .tenants
@@ -189,10 +226,11 @@ fn check_size(opts: &LoadOptions) -> Result<(), String> {
         )
         .1;
         if n < MIN_FIXED_SIZE || probe.len() != n {
-            return Err(format!(
-                "--size {n} is too small for the JSON fields around the body (tenant {longest:?}); use at least {} bytes",
-                probe.len().max(MIN_FIXED_SIZE)
-            ));
+            return Err(LoadError::SizeTooSmall {
+                size: n,
+                tenant: longest.to_owned(),
+                least: probe.len().max(MIN_FIXED_SIZE),
+            });
         }
     }
     Ok(())
@@ -200,17 +238,23 @@ fn check_size(opts: &LoadOptions) -> Result<(), String> {
 
 /// With `--follow-group`: a consumer of that group and the topic's partitions, to read its lag.
 #[allow(clippy::type_complexity)]
-fn follower(opts: &LoadOptions) -> Result<Option<(BaseConsumer, Vec<i32>, u64)>, String> {
+fn follower(opts: &LoadOptions) -> Result<Option<(BaseConsumer, Vec<i32>, u64)>, LoadError> {
     Ok(match &opts.follow {
         Some((group, max_lag)) => {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &opts.bootstrap)
                 .set("group.id", group)
                 .create()
-                .map_err(|e| format!("Kafka consumer: {e}"))?;
+                .map_err(|source| LoadError::Kafka {
+                    step: "create the group follower",
+                    source,
+                })?;
             let md = c
                 .fetch_metadata(Some(&opts.topic), Duration::from_secs(10))
-                .map_err(|e| format!("topic {}: {e}", opts.topic))?;
+                .map_err(|source| LoadError::Kafka {
+                    step: "read the topic's partitions",
+                    source,
+                })?;
             let partitions: Vec<i32> = md
                 .topics()
                 .iter()
@@ -228,9 +272,9 @@ pub async fn run(
     opts: &LoadOptions,
     mut stop: watch::Receiver<bool>,
     mut progress: impl FnMut(&LoadStats),
-) -> Result<LoadStats, String> {
+) -> Result<LoadStats, LoadError> {
     if opts.tenants.is_empty() {
-        return Err("no tenants: give --tenants N or --tenant NAME".into());
+        return Err(LoadError::NoTenants);
     }
     check_size(opts)?;
     let mut pc = ClientConfig::new();
@@ -240,7 +284,10 @@ pub async fn run(
     for (k, v) in &opts.producer {
         pc.set(k, v);
     }
-    let producer: FutureProducer = pc.create().map_err(|e| format!("Kafka producer: {e}"))?;
+    let producer: FutureProducer = pc.create().map_err(|source| LoadError::Kafka {
+        step: "create the producer",
+        source,
+    })?;
     let follower = follower(opts)?;
     let started = Instant::now();
     let mut stats = LoadStats::default();
@@ -277,7 +324,10 @@ pub async fn run(
             .into_iter()
             .zip(&batch)
         {
-            r.map_err(|(e, _)| format!("produce to {}: {e}", opts.topic))?;
+            r.map_err(|(source, _)| LoadError::Produce {
+                topic: opts.topic.clone(),
+                source,
+            })?;
             stats.sent += 1;
             stats.bytes += v.len() as u64;
         }

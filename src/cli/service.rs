@@ -143,7 +143,8 @@ pub(crate) async fn loadgen(a: LoadgenArgs) -> Result<ExitCode, String> {
             s.bytes as f64 / 1e6 / s.elapsed.as_secs_f64().max(1e-9)
         ));
     })
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     eprintln!(
         "loadgen: {} messages, {:.1} MB in {:.1} s ({:.0} msg/s, {:.1} MB/s){}",

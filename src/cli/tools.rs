@@ -249,7 +249,8 @@ pub(crate) async fn demo(messages: usize) -> Result<ExitCode, String> {
         messages,
         ..Default::default()
     })
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(if s.mismatches == 0 {
         ExitCode::SUCCESS
     } else {

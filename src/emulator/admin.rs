@@ -6,14 +6,15 @@
 //! It must never be reachable without its token when one is configured, and never hand out a
 //! private key.
 
+use super::error::EmuError;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::model::{Key, Role, RoleAssignment, UploadedCert, now_secs};
 use super::{Fault, Reply, Req, Shared};
 
-fn error(status: StatusCode, message: impl Into<String>) -> Reply {
-    Reply::json(status, json!({"error": message.into()}))
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
+    Reply::json(status, json!({"error": message.to_string()}))
 }
 
 pub(super) async fn handle(shared: &Shared, req: &Req) -> Reply {
@@ -124,7 +125,9 @@ async fn route(shared: &Shared, req: &Req, segs: &[&str], body: &Value) -> Reply
                     !c.sha1.eq_ignore_ascii_case(thumb) && !c.sha256.eq_ignore_ascii_case(thumb)
                 });
                 if a.certificates.len() == before {
-                    return Err(format!("no certificate with thumbprint {thumb}"));
+                    return Err(EmuError::NoCertificate {
+                        thumbprint: (*thumb).to_owned(),
+                    });
                 }
                 Ok(json!({"certificates": a.certificates.len()}))
             })
@@ -229,7 +232,11 @@ fn key_action(
     let Some(v) = world.vaults.get_mut(vault) else {
         return error(StatusCode::NOT_FOUND, format!("no vault {vault}"));
     };
-    let result: Result<Value, String> = match action {
+    let no_key = || EmuError::NoKey {
+        key: key.to_owned(),
+        version: version.map(str::to_owned),
+    };
+    let result: Result<Value, EmuError> = match action {
         "disable" | "enable" => v
             .keys
             .get_mut(key)
@@ -250,7 +257,7 @@ fn key_action(
                 }
                 json!({"key": key, "enabled": enabled, "version": version})
             })
-            .ok_or_else(|| format!("no key {key}")),
+            .ok_or_else(no_key),
         "update" => v
             .keys
             .get_mut(key)
@@ -269,32 +276,32 @@ fn key_action(
                 kv.attributes.updated = now;
                 json!({"key": key, "version": kv.version, "nbf": kv.attributes.nbf, "exp": kv.attributes.exp, "key_ops": kv.key_ops})
             })
-            .ok_or_else(|| format!("no key {key} (version {version:?})")),
+            .ok_or_else(no_key),
         "delete" => match v.keys.remove(key) {
             Some(k) => {
                 let purge = now + i64::from(v.soft_delete_days) * 86_400;
                 v.deleted.insert(key.to_owned(), super::model::DeletedKey { key: k, deleted: now, scheduled_purge: purge });
                 Ok(json!({"deleted": key, "scheduled_purge": purge}))
             }
-            None => Err(format!("no key {key}")),
+            None => Err(no_key()),
         },
         "recover" => match v.deleted.remove(key) {
             Some(d) => {
                 v.keys.insert(key.to_owned(), d.key);
                 Ok(json!({"recovered": key}))
             }
-            None => Err(format!("no deleted key {key}")),
+            None => Err(EmuError::NoDeletedKey { key: key.to_owned() }),
         },
         "purge" => {
             if v.purge_protection && body["force"].as_bool() != Some(true) {
-                Err("purge protection is on for this vault (pass {\"force\": true} to purge anyway, as the retention period ending would)".into())
+                Err(EmuError::PurgeProtected)
             } else if v.deleted.remove(key).is_some() {
                 Ok(json!({"purged": key}))
             } else {
-                Err(format!("no deleted key {key}"))
+                Err(EmuError::NoDeletedKey { key: key.to_owned() })
             }
         }
-        other => Err(format!("unknown key action {other:?}; use disable, enable, update, delete, recover, purge or rotate")),
+        other => Err(EmuError::UnknownAction { action: other.to_owned() }),
     };
     match result {
         Ok(v) => Reply::json(StatusCode::OK, v),
@@ -430,7 +437,7 @@ fn with_app(
     shared: &Shared,
     tenant: &str,
     app: &str,
-    f: impl FnOnce(&mut super::model::App) -> Result<Value, String>,
+    f: impl FnOnce(&mut super::model::App) -> Result<Value, EmuError>,
 ) -> Reply {
     let mut world = shared.world();
     let Some(a) = world

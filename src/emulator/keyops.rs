@@ -4,6 +4,7 @@
 //!
 //! It must never answer an operation the real service would refuse.
 
+use super::error::EmuError;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -77,7 +78,12 @@ pub(super) async fn crypto(
         let key = match kv.private() {
             Ok(k) => k,
             Err(e) => {
-                return kv_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None, &e);
+                return kv_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    None,
+                    &e.to_string(),
+                );
             }
         };
         (key, format!("{base}/keys/{name}/{}", kv.version))
@@ -104,7 +110,7 @@ pub(super) async fn crypto(
             StatusCode::OK,
             json!({"kid": kid, "value": URL_SAFE_NO_PAD.encode(out)}),
         ),
-        Ok(Err(msg)) => bad(&msg),
+        Ok(Err(e)) => bad(&e.to_string()),
         Err(_) => kv_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
@@ -164,23 +170,28 @@ fn allowed(
     Ok(())
 }
 
-fn rsa_op(key: &RsaPrivateKey, alg: &str, private: bool, input: &[u8]) -> Result<Vec<u8>, String> {
+fn rsa_op(
+    key: &RsaPrivateKey,
+    alg: &str,
+    private: bool,
+    input: &[u8],
+) -> Result<Vec<u8>, EmuError> {
     let mut rng = rand::rngs::OsRng;
     let k = key.size();
     if private {
         if input.len() != k {
-            return Err(format!(
-                "The ciphertext is {} bytes; this {}-bit key needs exactly {k}.",
-                input.len(),
-                k * 8
-            ));
+            return Err(EmuError::CiphertextLength {
+                got: input.len(),
+                need: k,
+                bits: k * 8,
+            });
         }
         let r = match alg {
             "RSA-OAEP-256" => key.decrypt_blinded(&mut rng, Oaep::new::<sha2::Sha256>(), input),
             "RSA-OAEP" => key.decrypt_blinded(&mut rng, Oaep::new::<sha1::Sha1>(), input),
             _ => key.decrypt_blinded(&mut rng, Pkcs1v15Encrypt, input),
         };
-        r.map_err(|_| "The parameter is incorrect: the ciphertext does not decrypt with this key and algorithm.".to_owned())
+        r.map_err(|_| EmuError::DoesNotDecrypt)
     } else {
         let public = key.to_public_key();
         let max = match alg {
@@ -189,16 +200,17 @@ fn rsa_op(key: &RsaPrivateKey, alg: &str, private: bool, input: &[u8]) -> Result
             _ => k.saturating_sub(11),
         };
         if input.len() > max {
-            return Err(format!(
-                "The plaintext is {} bytes; {alg} with this key takes at most {max}.",
-                input.len()
-            ));
+            return Err(EmuError::PlaintextLength {
+                got: input.len(),
+                alg: alg.to_owned(),
+                max,
+            });
         }
         let r = match alg {
             "RSA-OAEP-256" => public.encrypt(&mut rng, Oaep::new::<sha2::Sha256>(), input),
             "RSA-OAEP" => public.encrypt(&mut rng, Oaep::new::<sha1::Sha1>(), input),
             _ => public.encrypt(&mut rng, Pkcs1v15Encrypt, input),
         };
-        r.map_err(|e| format!("encryption failed: {e}"))
+        r.map_err(|e| EmuError::Rsa(e.to_string()))
     }
 }

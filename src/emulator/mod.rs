@@ -21,6 +21,7 @@
 mod admin;
 pub mod client;
 mod entra;
+pub mod error;
 mod keyops;
 pub mod model;
 pub mod seed;
@@ -311,9 +312,9 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             (world, CaMaterial::generate()?)
         }
     };
-    world.warm().map_err(|reason| StartError::State {
+    world.warm().map_err(|e| StartError::State {
         path: opts.state.clone().unwrap_or_default(),
-        reason,
+        reason: e.to_string(),
     })?;
     if world.token_key.is_empty() {
         let mut k = [0u8; 32];

@@ -5,6 +5,7 @@
 //!
 //! It must never do RSA work or I/O while holding its lock.
 
+use super::error::EmuError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -89,27 +90,28 @@ impl std::fmt::Debug for UploadedCert {
 impl UploadedCert {
     /// Reads a certificate (PEM or DER). Only RSA certificates are accepted, as by Entra ID for
     /// client assertions signed RS256/PS256.
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, EmuError> {
+        let bad = |m: String| EmuError::Certificate(m);
         use x509_cert::der::{Decode, Encode};
         let der = if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
             let mut reader = bytes;
             rustls_pemfile::certs(&mut reader)
                 .next()
-                .ok_or("the PEM has no CERTIFICATE block")?
-                .map_err(|e| format!("certificate PEM cannot be read: {e}"))?
+                .ok_or_else(|| bad("the PEM has no CERTIFICATE block".into()))?
+                .map_err(|e| bad(format!("certificate PEM cannot be read: {e}")))?
                 .to_vec()
         } else {
             bytes.to_vec()
         };
         let cert = x509_cert::Certificate::from_der(&der)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+            .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
         let spki = cert
             .tbs_certificate
             .subject_public_key_info
             .to_der()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| bad(e.to_string()))?;
         RsaPublicKey::from_public_key_der(&spki)
-            .map_err(|_| "the certificate's key is not RSA".to_owned())?;
+            .map_err(|_| bad("the certificate's key is not RSA".into()))?;
         let not_after = cert
             .tbs_certificate
             .validity
@@ -129,19 +131,20 @@ impl UploadedCert {
     }
 
     /// The certificate's RSA public key.
-    pub fn public_key(&mut self) -> Result<Arc<RsaPublicKey>, String> {
+    pub fn public_key(&mut self) -> Result<Arc<RsaPublicKey>, EmuError> {
         use x509_cert::der::{Decode, Encode};
         if let Some(k) = &self.public {
             return Ok(Arc::clone(k));
         }
-        let der = STANDARD.decode(&self.der_b64).map_err(|e| e.to_string())?;
-        let cert = x509_cert::Certificate::from_der(&der).map_err(|e| e.to_string())?;
+        let m = |e: &dyn std::fmt::Display| EmuError::Material(format!("certificate: {e}"));
+        let der = STANDARD.decode(&self.der_b64).map_err(|e| m(&e))?;
+        let cert = x509_cert::Certificate::from_der(&der).map_err(|e| m(&e))?;
         let spki = cert
             .tbs_certificate
             .subject_public_key_info
             .to_der()
-            .map_err(|e| e.to_string())?;
-        let key = Arc::new(RsaPublicKey::from_public_key_der(&spki).map_err(|e| e.to_string())?);
+            .map_err(|e| m(&e))?;
+        let key = Arc::new(RsaPublicKey::from_public_key_der(&spki).map_err(|e| m(&e))?);
         self.public = Some(Arc::clone(&key));
         Ok(key)
     }
@@ -285,8 +288,10 @@ impl KeyVersion {
         key: RsaPrivateKey,
         key_ops: Vec<String>,
         attributes: Attributes,
-    ) -> Result<Self, String> {
-        let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    ) -> Result<Self, EmuError> {
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| EmuError::Material(format!("private key: {e}")))?;
         Ok(Self {
             version: new_version(),
             pkcs8_b64: STANDARD.encode(der.as_bytes()),
@@ -299,14 +304,13 @@ impl KeyVersion {
     }
 
     /// The private key (decoded once, then shared).
-    pub fn private(&mut self) -> Result<Arc<RsaPrivateKey>, String> {
+    pub fn private(&mut self) -> Result<Arc<RsaPrivateKey>, EmuError> {
         if let Some(k) = &self.private {
             return Ok(Arc::clone(k));
         }
-        let der = STANDARD
-            .decode(&self.pkcs8_b64)
-            .map_err(|e| e.to_string())?;
-        let key = Arc::new(RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| e.to_string())?);
+        let m = |e: &dyn std::fmt::Display| EmuError::Material(format!("private key: {e}"));
+        let der = STANDARD.decode(&self.pkcs8_b64).map_err(|e| m(&e))?;
+        let key = Arc::new(RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| m(&e))?);
         self.private = Some(Arc::clone(&key));
         Ok(key)
     }
@@ -353,23 +357,23 @@ impl KeyVersion {
 }
 
 /// Builds a private key from a JWK with private parts (Key Vault import).
-pub fn private_from_jwk(jwk: &serde_json::Value) -> Result<RsaPrivateKey, String> {
-    let field = |name: &str| -> Result<BigUint, String> {
+pub fn private_from_jwk(jwk: &serde_json::Value) -> Result<RsaPrivateKey, EmuError> {
+    let field = |name: &str| -> Result<BigUint, EmuError> {
         let s = jwk
             .get(name)
             .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("the JWK has no '{name}'"))?;
+            .ok_or_else(|| EmuError::Jwk(format!("the JWK has no '{name}'")))?;
         let bytes = URL_SAFE_NO_PAD
             .decode(s.trim_end_matches('='))
             .or_else(|_| STANDARD.decode(s))
-            .map_err(|_| format!("JWK '{name}' is not base64url"))?;
+            .map_err(|_| EmuError::Jwk(format!("JWK '{name}' is not base64url")))?;
         Ok(BigUint::from_bytes_be(&bytes))
     };
     let kty = jwk.get("kty").and_then(|v| v.as_str()).unwrap_or_default();
     if !matches!(kty, "RSA" | "RSA-HSM") {
-        return Err(format!(
+        return Err(EmuError::Jwk(format!(
             "kty {kty:?} is not supported by this emulator (RSA only)"
-        ));
+        )));
     }
     let key = RsaPrivateKey::from_components(
         field("n")?,
@@ -377,9 +381,9 @@ pub fn private_from_jwk(jwk: &serde_json::Value) -> Result<RsaPrivateKey, String
         field("d")?,
         vec![field("p")?, field("q")?],
     )
-    .map_err(|e| format!("the RSA key is not valid: {e}"))?;
+    .map_err(|e| EmuError::Jwk(format!("the RSA key is not valid: {e}")))?;
     key.validate()
-        .map_err(|e| format!("the RSA key is not valid: {e}"))?;
+        .map_err(|e| EmuError::Jwk(format!("the RSA key is not valid: {e}")))?;
     Ok(key)
 }
 
@@ -439,7 +443,7 @@ pub const PRESETS: [&str; 5] = [
 
 impl Role {
     /// The data actions the role grants, or an error naming the presets.
-    pub fn data_actions(&self) -> Result<Vec<&str>, String> {
+    pub fn data_actions(&self) -> Result<Vec<&str>, EmuError> {
         use actions::*;
         Ok(match self {
             Role::Custom { data_actions, .. } => data_actions.iter().map(String::as_str).collect(),
@@ -464,10 +468,10 @@ impl Role {
                 ],
                 "Key Vault Reader" => vec![READ, DELETED_READ],
                 other => {
-                    return Err(format!(
-                        "unknown role {other:?}; presets are {}, or give data_actions",
-                        PRESETS.join(", ")
-                    ));
+                    return Err(EmuError::UnknownRole {
+                        name: other.to_owned(),
+                        presets: PRESETS.join(", "),
+                    });
                 }
             },
         })
@@ -518,7 +522,7 @@ impl Vault {
 
 impl World {
     /// Decodes every private key and certificate once, so requests never parse DER.
-    pub fn warm(&mut self) -> Result<(), String> {
+    pub fn warm(&mut self) -> Result<(), EmuError> {
         for vault in self.vaults.values_mut() {
             for key in vault
                 .keys

@@ -5,6 +5,7 @@
 //!
 //! It must never accept a seed silently: an unknown field or a bad key file is an error naming it.
 
+use super::error::EmuError;
 use std::path::{Path, PathBuf};
 
 use rsa::RsaPrivateKey;
@@ -185,11 +186,13 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
             roles: Vec::new(),
         };
         for k in v.keys {
-            let (name, key) = seed_key(base, k).map_err(&fail)?;
+            let (name, key) = seed_key(base, k).map_err(|e| fail(e.to_string()))?;
             vault.keys.insert(name, key);
         }
         for r in v.roles {
-            vault.roles.push(seed_role(&v.name, r).map_err(&fail)?);
+            vault
+                .roles
+                .push(seed_role(&v.name, r).map_err(|e| fail(e.to_string()))?);
         }
         world.vaults.insert(v.name.to_ascii_lowercase(), vault);
     }
@@ -197,15 +200,20 @@ pub fn load(path: &Path) -> Result<World, SeedError> {
 }
 
 /// One seeded key: its private key (from a PEM file, or generated), operations and version.
-fn seed_key(base: &Path, k: KeySeed) -> Result<(String, Key), String> {
+fn seed_key(base: &Path, k: KeySeed) -> Result<(String, Key), EmuError> {
     let private = match &k.pem {
         Some(p) => {
             let p = base.join(p);
-            let pem =
-                std::fs::read_to_string(&p).map_err(|e| format!("key {}: {e}", p.display()))?;
+            let pem = std::fs::read_to_string(&p).map_err(|e| EmuError::KeyFile {
+                path: p.clone(),
+                detail: e.to_string(),
+            })?;
             RsaPrivateKey::from_pkcs8_pem(&pem)
                 .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
-                .map_err(|e| format!("key {}: not an RSA private key PEM: {e}", p.display()))?
+                .map_err(|e| EmuError::KeyFile {
+                    path: p.clone(),
+                    detail: format!("not an RSA private key PEM: {e}"),
+                })?
         }
         None => generate(k.size)?,
     };
@@ -226,7 +234,7 @@ fn seed_key(base: &Path, k: KeySeed) -> Result<(String, Key), String> {
     )?;
     if let Some(fixed) = k.version {
         if fixed.len() != 32 || !fixed.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("key {}: version must be 32 hex digits", k.name));
+            return Err(EmuError::KeyVersion { key: k.name });
         }
         version.version = fixed.to_ascii_lowercase();
     }
@@ -239,7 +247,7 @@ fn seed_key(base: &Path, k: KeySeed) -> Result<(String, Key), String> {
 }
 
 /// One seeded role assignment of vault `vault`.
-fn seed_role(vault: &str, r: RoleSeed) -> Result<RoleAssignment, String> {
+fn seed_role(vault: &str, r: RoleSeed) -> Result<RoleAssignment, EmuError> {
     let role = match (r.role, r.data_actions) {
         (Some(name), None) => Role::Preset(name),
         (role, Some(data_actions)) => Role::Custom {
@@ -247,9 +255,9 @@ fn seed_role(vault: &str, r: RoleSeed) -> Result<RoleAssignment, String> {
             data_actions,
         },
         (None, None) => {
-            return Err(format!(
-                "vault {vault}: a role assignment needs role or data_actions"
-            ));
+            return Err(EmuError::RoleWithoutActions {
+                vault: vault.to_owned(),
+            });
         }
     };
     role.data_actions()?;
@@ -261,11 +269,9 @@ fn seed_role(vault: &str, r: RoleSeed) -> Result<RoleAssignment, String> {
 }
 
 /// Generates an RSA key of `bits` (2048, 3072 or 4096).
-pub fn generate(bits: usize) -> Result<RsaPrivateKey, String> {
+pub fn generate(bits: usize) -> Result<RsaPrivateKey, EmuError> {
     if !matches!(bits, 2048 | 3072 | 4096) {
-        return Err(format!(
-            "RSA key size {bits} is not one Key Vault offers (2048, 3072, 4096)"
-        ));
+        return Err(EmuError::KeySize { bits });
     }
-    RsaPrivateKey::new(&mut rand::rngs::OsRng, bits).map_err(|e| e.to_string())
+    RsaPrivateKey::new(&mut rand::rngs::OsRng, bits).map_err(|e| EmuError::Generate(e.to_string()))
 }

@@ -357,7 +357,7 @@ impl<'a> Op<'a> {
             Op::Import(k) => {
                 let private = match private_from_jwk(&body["key"]) {
                     Ok(p) => p,
-                    Err(e) => return bad(&e),
+                    Err(e) => return bad(&e.to_string()),
                 };
                 let ops = key_ops_of(&body["key"]["key_ops"]).unwrap_or_else(all_ops);
                 add_version(shared, vault, base, k, private, ops, &body)
@@ -556,7 +556,7 @@ fn add_version(
     attributes.updated = now;
     let mut version = match KeyVersion::from_private(private, ops, attributes) {
         Ok(v) => v,
-        Err(e) => return bad(&e),
+        Err(e) => return bad(&e.to_string()),
     };
     if let Some(tags) = body["tags"].as_object() {
         version.tags = tags

@@ -107,29 +107,47 @@ impl fmt::Display for SourceRef {
     }
 }
 
+/// Why a `byok.src` value is not `<topic>/<partition>/<offset>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadSourceRef {
+    /// Fewer than three `/`-separated fields.
+    #[error("expected <topic>/<partition>/<offset>, got {0:?}")]
+    Shape(String),
+    /// The topic is empty.
+    #[error("empty topic in {0:?}")]
+    EmptyTopic(String),
+    /// The partition is not a non-negative integer.
+    #[error("partition {0:?} is not a non-negative integer")]
+    Partition(String),
+    /// The offset is not a non-negative integer.
+    #[error("offset {0:?} is not a non-negative integer")]
+    Offset(String),
+}
+
 impl FromStr for SourceRef {
-    type Err = String;
+    type Err = BadSourceRef;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Kafka topic names cannot contain '/', so the last two fields are split from the right.
         let mut parts = s.rsplitn(3, '/');
         let (Some(offset), Some(partition), Some(topic)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            return Err(format!("expected <topic>/<partition>/<offset>, got {s:?}"));
+            return Err(BadSourceRef::Shape(s.to_owned()));
         };
         if topic.is_empty() {
-            return Err(format!("empty topic in {s:?}"));
+            return Err(BadSourceRef::EmptyTopic(s.to_owned()));
         }
         let partition: i32 = partition
             .parse()
             .ok()
             .filter(|p| *p >= 0)
-            .ok_or_else(|| format!("partition {partition:?} is not a non-negative integer"))?;
+            .ok_or_else(|| BadSourceRef::Partition(partition.to_owned()))?;
         let offset: i64 = offset
             .parse()
             .ok()
             .filter(|o| *o >= 0)
-            .ok_or_else(|| format!("offset {offset:?} is not a non-negative integer"))?;
+            .ok_or_else(|| BadSourceRef::Offset(offset.to_owned()))?;
         Ok(Self::new(topic, partition, offset))
     }
 }
@@ -286,17 +304,25 @@ impl fmt::Display for QuarantineReason {
     }
 }
 
+/// A quarantine reason this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reason {found:?}; expected one of {expected}")]
+pub struct UnknownReason {
+    /// The value found.
+    pub found: String,
+    /// The reasons known.
+    pub expected: String,
+}
+
 impl FromStr for QuarantineReason {
-    type Err = String;
+    type Err = UnknownReason;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown reason {s:?}; expected one of {}",
-                    Self::ALL.map(|r| r.as_str()).join(", ")
-                )
+            .ok_or_else(|| UnknownReason {
+                found: s.to_owned(),
+                expected: Self::ALL.map(|r| r.as_str()).join(", "),
             })
     }
 }
@@ -356,13 +382,13 @@ impl QuarantineHeaders {
     ) -> Result<Self, HeaderError> {
         let h = Collected::from(pairs)?;
         h.check_version()?;
-        let reason = h
-            .required_str(names::REASON, h.reason)?
-            .parse()
-            .map_err(|reason| HeaderError::Invalid {
-                name: names::REASON,
-                reason,
-            })?;
+        let reason =
+            h.required_str(names::REASON, h.reason)?
+                .parse()
+                .map_err(|e: UnknownReason| HeaderError::Invalid {
+                    name: names::REASON,
+                    reason: e.to_string(),
+                })?;
         let reason: QuarantineReason = reason;
         if reason.is_marker() {
             return Err(HeaderError::Marker { reason });
@@ -471,9 +497,9 @@ impl<'a> Collected<'a> {
     fn src(&self) -> Result<SourceRef, HeaderError> {
         self.required_str(names::SRC, self.src)?
             .parse()
-            .map_err(|reason| HeaderError::Invalid {
+            .map_err(|e: BadSourceRef| HeaderError::Invalid {
                 name: names::SRC,
-                reason,
+                reason: e.to_string(),
             })
     }
 }

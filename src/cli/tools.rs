@@ -42,10 +42,10 @@ pub(crate) async fn keys_usage(
 /// Runs an operator tool over the configuration at `path`: logs on, a progress bar the tool
 /// feeds (`what` names its unit), the records or DEKs it could not handle on stderr, its JSON
 /// summary on stdout; exit 1 when anything could not be handled.
-pub(crate) async fn tool<S: serde::Serialize>(
+pub(crate) async fn tool<S: serde::Serialize, E: std::fmt::Display>(
     path: &std::path::Path,
     what: &str,
-    run: impl AsyncFnOnce(&Config, &mut dyn FnMut(u64, u64)) -> Result<S, String>,
+    run: impl AsyncFnOnce(&Config, &mut dyn FnMut(u64, u64)) -> Result<S, E>,
     failures: impl Fn(&S) -> Vec<String>,
 ) -> Result<ExitCode, String> {
     let config = super::load_config(path)?;
@@ -60,7 +60,8 @@ pub(crate) async fn tool<S: serde::Serialize>(
         bar.set_length(total);
         bar.set_position(done);
     })
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     let failed = failures(&stats);
     for f in &failed {
@@ -84,11 +85,7 @@ pub(crate) async fn rewrap(
     tool(
         path,
         "DEKs",
-        async |config, progress| {
-            byok::lifecycle::rewrap::rewrap(config, &opts, progress)
-                .await
-                .map_err(|e| e.to_string())
-        },
+        async |config, progress| byok::lifecycle::rewrap::rewrap(config, &opts, progress).await,
         |stats| {
             stats
                 .iter()
@@ -106,11 +103,7 @@ pub(crate) async fn replay(
     tool(
         path,
         "records",
-        async |config, progress| {
-            byok::lifecycle::replay::replay(config, &opts, progress)
-                .await
-                .map_err(|e| e.to_string())
-        },
+        async |config, progress| byok::lifecycle::replay::replay(config, &opts, progress).await,
         |stats| {
             stats
                 .failed
@@ -137,9 +130,7 @@ pub(crate) async fn drain(
         path,
         "quarantine records",
         async |config, progress| {
-            byok::lifecycle::drain::drain_quarantine(config, &opts, progress)
-                .await
-                .map_err(|e| e.to_string())
+            byok::lifecycle::drain::drain_quarantine(config, &opts, progress).await
         },
         |stats| {
             stats

@@ -370,17 +370,9 @@ impl<'a> Op<'a> {
                         None => return not_found(k, None),
                     }
                 };
-                let private = match tokio::task::spawn_blocking(move || seed::generate(bits)).await
-                {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        return kv_error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "InternalError",
-                            None,
-                            "key generation failed",
-                        );
-                    }
+                let private = match generate(bits).await {
+                    Ok(p) => p,
+                    Err(r) => return r,
                 };
                 add_version(shared, vault, base, k, private, ops, &Value::Null)
             }
@@ -519,18 +511,24 @@ async fn create(shared: &Shared, vault: &str, base: &str, name: &str, body: &Val
         return bad("Only public_exponent 65537 is supported.");
     }
     let ops = key_ops_of(&body["key_ops"]).unwrap_or_else(all_ops);
-    let private = match tokio::task::spawn_blocking(move || seed::generate(bits)).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            return kv_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                None,
-                "key generation failed",
-            );
-        }
+    let private = match generate(bits).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     add_version(shared, vault, base, name, private, ops, body)
+}
+
+/// A new RSA key of `bits`, generated off the request threads; a 500 when that fails.
+async fn generate(bits: usize) -> Result<RsaPrivateKey, Reply> {
+    match tokio::task::spawn_blocking(move || seed::generate(bits)).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(kv_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            None,
+            "key generation failed",
+        )),
+    }
 }
 
 fn add_version(

@@ -113,12 +113,7 @@ impl DekSet {
         kms: &P,
         producer: &FutureProducer,
     ) -> Result<Option<DekRecord>, DekError> {
-        let Some(old) = self
-            .records
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&dek.id()).cloned())
-        else {
+        let Some(old) = self.records().get(&dek.id()).cloned() else {
             return Ok(None);
         };
         let wrapped = kms.wrap(dek.key()).await?;
@@ -133,9 +128,7 @@ impl DekSet {
             ..old.clone()
         };
         self.send_with(tenant, &record, producer).await?;
-        if let Ok(mut r) = self.records.lock() {
-            r.insert(record.dek, record.clone());
-        }
+        self.records().insert(record.dek, record.clone());
         metrics::counter!("byok_deks_rewrapped_total", "tenant" => tenant.to_owned()).increment(1);
         tracing::info!(tenant, dek = %record.dek, from = %old.kek, to = %record.kek, "DEK rewrapped from memory onto the usable version");
         Ok(Some(record))
@@ -179,14 +172,21 @@ impl DekSet {
             if ok {
                 done += 1;
                 metrics::gauge!("byok_deks_rewrap_pending").decrement(1.0);
-                if let Ok(mut r) = self.records.lock() {
-                    r.remove(&dek.id());
-                }
+                self.records().remove(&dek.id());
             } else {
                 self.pending_rewraps.push((tenant, dek));
             }
         }
         done
+    }
+
+    /// The registry records of this process's DEKs. A panic elsewhere while the lock was held
+    /// cannot leave the map half-changed (each use is one insert, remove or get), so a poisoned
+    /// lock is taken over rather than skipped: no record is ever silently not kept.
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<crate::dek::DekId, DekRecord>> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A transaction begins: DEKs made from now on have their registry records in it.
@@ -229,10 +229,8 @@ impl DekSet {
 
     /// Drops a tenant's DEK from memory (revocation).
     pub fn forget(&mut self, tenant: &str) {
-        if let Some(d) = self.active.remove(tenant)
-            && let Ok(mut r) = self.records.lock()
-        {
-            r.remove(&d.id());
+        if let Some(d) = self.active.remove(tenant) {
+            self.records().remove(&d.id());
         }
     }
 
@@ -296,9 +294,7 @@ impl DekSet {
             wrapped_locally,
         };
         self.send_with(tenant, &record, producer).await?;
-        if let Ok(mut r) = self.records.lock() {
-            r.insert(record.dek, record.clone());
-        }
+        self.records().insert(record.dek, record.clone());
         tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, wrapped_locally, "new DEK wrapped and registered");
         Ok(record)
     }
@@ -338,9 +334,7 @@ impl DekSet {
         let dek = Arc::new(dek);
         if let Some(old) = self.active.insert(tenant.to_owned(), Arc::clone(&dek)) {
             old.retire(crate::dek::Retired::Manual);
-            if let Ok(mut r) = self.records.lock() {
-                r.remove(&old.id());
-            }
+            self.records().remove(&old.id());
         }
         dek
     }

@@ -33,6 +33,14 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+/// Takes a lock, taking over a poisoned one: for the process's shared maps, sets and queues,
+/// whose every change is one insert, remove or swap, so a panic elsewhere cannot leave them
+/// half-changed. The work the caller came to do is done, never silently skipped. (State whose
+/// changes span several steps, as the offset tracker's, reports poisoning as an error instead.)
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub mod tenant;
 
 pub mod dek;

@@ -129,9 +129,12 @@ impl<P: KeyProvider> Resilient<P> {
     }
 
     fn cool_down(&self, retry_after: Option<Duration>) {
-        if let Some(ra) = retry_after
-            && let Ok(mut nb) = self.not_before.lock()
-        {
+        if let Some(ra) = retry_after {
+            // a poisoned lock holds a plain Option<Instant>: taken over, never skipped
+            let mut nb = self
+                .not_before
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let until = Instant::now() + ra.min(self.policy.max_delay);
             *nb = Some(nb.map_or(until, |t| t.max(until)));
         }
@@ -151,8 +154,7 @@ impl<P: KeyProvider> Resilient<P> {
         let cooling = self
             .not_before
             .lock()
-            .ok()
-            .and_then(|nb| *nb)
+            .map_or_else(|p| *p.into_inner(), |nb| *nb)
             .and_then(|t| t.checked_duration_since(Instant::now()));
         if let Some(wait) = cooling {
             return Err(unavailable(

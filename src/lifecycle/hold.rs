@@ -7,7 +7,9 @@
 //! hold early: a fault on our side (a vault that blinks) is never a reason for the operator's key.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use crate::lock;
 use std::time::{Duration, Instant};
 
 /// The tenants held, and since when.
@@ -29,14 +31,14 @@ impl Default for Holds {
 impl Holds {
     /// Sets `keys.unknown_key_hold`.
     pub fn set_limit(&self, limit: Duration) {
-        *self.limit.lock().unwrap_or_else(PoisonError::into_inner) = limit;
+        *lock(&self.limit) = limit;
     }
 
     /// The tenant's records wait from now on (or since they began waiting); true when its hold
     /// is over.
     pub fn hold(&self, tenant: &str) -> bool {
-        let limit = *self.limit.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = *lock(&self.limit);
+        let mut since = lock(&self.since);
         let started = *since.entry(tenant.to_owned()).or_insert_with(|| {
             tracing::warn!(
                 tenant,
@@ -52,17 +54,15 @@ impl Holds {
     /// Whether the tenant is held and its hold is over (its paused partitions should be read
     /// again, for their records to go to the quarantine).
     pub fn over(&self, tenant: &str) -> bool {
-        let limit = *self.limit.lock().unwrap_or_else(PoisonError::into_inner);
-        self.since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let limit = *lock(&self.limit);
+        lock(&self.since)
             .get(tenant)
             .is_some_and(|s| s.elapsed() >= limit)
     }
 
     /// The tenant got a DEK or a public key: its records no longer wait.
     pub fn release(&self, tenant: &str) {
-        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut since = lock(&self.since);
         if let Some(s) = since.remove(tenant) {
             tracing::info!(
                 tenant,
@@ -75,10 +75,7 @@ impl Holds {
 
     /// Tenants held now.
     pub fn count(&self) -> usize {
-        self.since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.since).len()
     }
 }
 

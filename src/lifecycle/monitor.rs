@@ -10,6 +10,7 @@
 //!
 //! It must never call the vault per record: it checks each key on a schedule and after errors.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,12 +71,12 @@ impl KeyViews {
 
     /// Every tenant's view now.
     pub fn snapshot(&self) -> HashMap<String, KeyView> {
-        self.views.lock().map(|v| v.clone()).unwrap_or_default()
+        lock(&self.views).clone()
     }
 
     /// The revoked tenants of a snapshot, with their last known public keys.
     pub fn revoked(&self, snapshot: &HashMap<String, KeyView>) -> Revoked {
-        let public = self.public.lock();
+        let public = lock(&self.public);
         snapshot
             .iter()
             .filter_map(|(t, v)| match v {
@@ -84,7 +85,7 @@ impl KeyViews {
                     (
                         why.quarantine_reason(),
                         detail.clone(),
-                        public.as_ref().ok().and_then(|p| p.get(t).cloned()),
+                        public.get(t).cloned(),
                     ),
                 )),
                 _ => None,
@@ -94,15 +95,14 @@ impl KeyViews {
 
     /// The tenant's last known public key.
     pub fn public_key(&self, tenant: &str) -> Option<VersionInfo> {
-        self.public.lock().ok()?.get(tenant).cloned()
+        lock(&self.public).get(tenant).cloned()
     }
 
     /// Seeds last known public keys (from `byok.keks` at start-up).
     pub fn seed_public(&self, keys: HashMap<String, VersionInfo>) {
-        if let Ok(mut p) = self.public.lock() {
-            for (t, v) in keys {
-                p.entry(t).or_insert(v);
-            }
+        let mut p = lock(&self.public);
+        for (t, v) in keys {
+            p.entry(t).or_insert(v);
         }
     }
 
@@ -119,30 +119,21 @@ impl KeyViews {
     }
 
     fn requeue(&self, record: DekRecord) {
-        if let Ok(mut u) = self.unverified.lock() {
-            u.push(record);
-        }
+        lock(&self.unverified).push(record);
     }
 
     /// Tenants whose key came back since the last call (their quarantine can be drained).
     pub fn take_restored(&self) -> Vec<String> {
-        self.restored
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default()
+        std::mem::take(&mut *lock(&self.restored))
     }
 
     /// Locally wrapped DEKs not yet proven.
     pub fn unverified(&self) -> usize {
-        self.unverified.lock().map_or(0, |u| u.len())
+        lock(&self.unverified).len()
     }
 
     fn set(&self, tenant: &str, view: KeyView) -> Option<KeyView> {
-        let old = self
-            .views
-            .lock()
-            .ok()?
-            .insert(tenant.to_owned(), view.clone());
+        let old = lock(&self.views).insert(tenant.to_owned(), view.clone());
         if old.as_ref() != Some(&view) {
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
@@ -151,9 +142,7 @@ impl KeyViews {
 
     /// Remembers `v` as the tenant's public key; true when it is new.
     fn remember(&self, tenant: &str, v: &VersionInfo) -> bool {
-        let Ok(mut p) = self.public.lock() else {
-            return false;
-        };
+        let mut p = lock(&self.public);
         if p.get(tenant)
             .is_some_and(|old| old.kid == v.kid && old.n == v.n)
         {
@@ -191,10 +180,7 @@ pub async fn check_all(
             } => (KeyView::Revoked { why, detail }, last_seen),
             KeyState::Unavailable { .. } => (KeyView::Unavailable, None),
         };
-        let retry = views
-            .unpublished
-            .lock()
-            .is_ok_and(|u| u.contains(tenant.as_str()));
+        let retry = lock(&views.unpublished).contains(tenant.as_str());
         if let Some(v) = &public
             && (views.remember(tenant, v) || retry)
         {
@@ -210,7 +196,8 @@ pub async fn check_all(
                     Timeout::After(Duration::from_secs(30)),
                 )
                 .await;
-            if let Ok(mut u) = views.unpublished.lock() {
+            {
+                let mut u = lock(&views.unpublished);
                 match sent {
                     Ok(_) => {
                         u.remove(tenant.as_str());
@@ -232,10 +219,8 @@ pub async fn check_all(
                 }
                 KeyView::Usable(kid) => {
                     tracing::info!(tenant, kek = %kid, previous = ?previous, "tenant key usable");
-                    if matches!(previous, Some(KeyView::Revoked { .. }))
-                        && let Ok(mut r) = views.restored.lock()
-                    {
-                        r.push(tenant.clone());
+                    if matches!(previous, Some(KeyView::Revoked { .. })) {
+                        lock(&views.restored).push(tenant.clone());
                     }
                 }
                 KeyView::Unavailable => {
@@ -257,13 +242,11 @@ pub async fn check_all(
 
 /// Proves the tenant's locally wrapped DEKs through Key Vault `decrypt`.
 async fn verify(tenant: &str, kms: &TenantKms, views: &KeyViews) {
-    let mine: Vec<DekRecord> = match views.unverified.lock() {
-        Ok(mut u) => {
-            let (mine, rest) = u.drain(..).partition(|r| r.tenant == tenant);
-            *u = rest;
-            mine
-        }
-        Err(_) => return,
+    let mine: Vec<DekRecord> = {
+        let mut u = lock(&views.unverified);
+        let (mine, rest) = u.drain(..).partition(|r| r.tenant == tenant);
+        *u = rest;
+        mine
     };
     for r in mine {
         match kms.unwrap(&r.kek, r.dek, &r.wrapped).await {

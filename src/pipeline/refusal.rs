@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -244,10 +244,7 @@ fn header<'a>(out: &'a Out, name: &str) -> Option<&'a Bytes> {
     out.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
-/// The sets are caches: a panic elsewhere leaves them usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::lock;
 
 #[cfg(test)]
 mod tests {

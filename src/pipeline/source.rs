@@ -317,7 +317,11 @@ impl rdkafka::ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let paused = self.paused.lock().map(|p| p.clone()).unwrap_or_default();
+        // a set of partitions: a poisoned lock still holds the last whole set
+        let paused = self
+            .paused
+            .lock()
+            .map_or_else(|p| p.into_inner().clone(), |p| p.clone());
         let (mut total, mut waiting) = (0i64, 0i64);
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
@@ -488,9 +492,11 @@ impl Paused {
     }
 
     fn publish(&self) {
-        if let Ok(mut s) = self.shared.lock() {
-            *s = self.parts.keys().cloned().collect();
-        }
+        *self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            self.parts.keys().cloned().collect();
         metrics::gauge!("byok_partitions_paused").set(self.parts.len() as f64);
     }
 

@@ -5,7 +5,7 @@
 //! - [`generate`] makes an RSA key (3072 bits or more) and a certificate fit for an Entra ID app
 //!   registration; [`write_files`] writes the `.cer`/`.pem` to upload and the private credential
 //!   file (PEM or PKCS#12, mode 0600).
-//! - [`describe`] reads a configured credential back (`byok cert show`).
+//! - [`read_credential`] and [`info`] read a configured credential back (`byok cert show`).
 //! - [`RotatingCertificateCredential`] holds the current and the next certificate and uses the
 //!   newest one Entra ID accepts, falling back to the other on AADSTS700027 (not uploaded yet),
 //!   so a rotation never fails a token request.

@@ -13,10 +13,12 @@
 //!  beside it: lifecycle::monitor (key states, byok.keks), lifecycle::autodrain, watchdog (/live)
 //! ```
 //!
-//! - [`source`]: the consumer's context, batch collection, paused partitions, offset tracker.
+//! - [`source`]: the consumer's context, batch collection, offset tracker; [`pause`]: partitions
+//!   paused while a tenant's key cannot be had, resumed when it can.
 //! - [`scan`] and [`route`]: which tenant a record belongs to, and where it goes.
-//! - [`stage`]: the [`Stage`] the loop drives; [`seal`]: the sealing stage ([`Sealer`]).
+//! - [`stage`]: the [`Stage`] the loop drives; [`seal`]: the sealing stage ([`Sealer`](seal::Sealer)).
 //! - [`sink`]: producing, the batches in flight, commits and transactions.
+//! - [`refusal`]: records the broker refuses (too large, topic missing, not authorized).
 //! - [`health`], [`http`], [`metrics`]: `/health`, `/live`, `/metrics`.
 //!
 //! This module is the loop only: it must never seal, route or parse a record itself. A record
@@ -26,6 +28,7 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod pause;
 pub mod refusal;
 pub mod route;
 pub mod scan;
@@ -49,8 +52,9 @@ pub use seal::Sealer;
 pub use stage::{Out, RunStats, Stage, StageError};
 
 use self::health::Health;
+use self::pause::Paused;
 use self::sink::{Sink, SinkError};
-use self::source::{OffsetTracker, Offsets, Paused, SourceContext, TrackerPoisoned, holds};
+use self::source::{OffsetTracker, Offsets, SourceContext, TrackerPoisoned, holds};
 use crate::config::{Config, Delivery};
 use crate::kafka::{consumer_config, producer_config};
 use crate::keyring::Keyring;

@@ -21,7 +21,6 @@ use rdkafka::util::Timeout;
 
 use super::health::Health;
 use crate::config::Config;
-use crate::lifecycle::monitor::KeyViews;
 
 /// A partition of a topic.
 pub type Partition = (String, i32);
@@ -464,128 +463,6 @@ pub async fn collect(
     batch
 }
 
-/// Partitions paused because a tenant in them has a vault that does not answer and no public key
-/// known to wrap a DEK locally. Only those partitions wait (from that tenant's first record on,
-/// other tenants' records after it included, as offsets are committed in order); every other
-/// partition keeps flowing. Kafka keeps the data; nothing is committed past the held record.
-#[derive(Debug, Default)]
-pub struct Paused {
-    /// (topic, partition) -> the tenants it waits for, and since when.
-    parts: BTreeMap<Partition, (BTreeSet<String>, Instant)>,
-    /// The same partitions, for the lag the consumer context reports.
-    shared: Arc<Mutex<BTreeSet<Partition>>>,
-}
-
-/// A paused partition is tried again after this long even without news from the monitor (the
-/// attempt pauses it again if the vault still does not answer).
-const PAUSED_RETRY: Duration = Duration::from_secs(60);
-
-impl Paused {
-    /// The set of paused partitions the consumer context reads.
-    pub fn shared(&self) -> Arc<Mutex<BTreeSet<Partition>>> {
-        Arc::clone(&self.shared)
-    }
-
-    /// No partition paused.
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
-    }
-
-    fn publish(&self) {
-        *self
-            .shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            self.parts.keys().cloned().collect();
-        metrics::gauge!("byok_partitions_paused").set(self.parts.len() as f64);
-    }
-
-    /// Takes out of `batch` each partition's records from its first record in `held` (indices
-    /// of the batch, with their owner) on, seeks those partitions back to that record and pauses
-    /// them; returns the records kept.
-    pub fn hold_back(
-        &mut self,
-        consumer: &StreamConsumer<SourceContext>,
-        batch: &[OwnedMessage],
-        held: &[(usize, String)],
-        detail: &str,
-    ) -> Vec<OwnedMessage> {
-        let mut first: BTreeMap<Partition, (i64, String)> = BTreeMap::new();
-        for (i, owner) in held {
-            let Some(m) = batch.get(*i) else { continue };
-            let e = first
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert((m.offset(), owner.clone()));
-            if m.offset() < e.0 {
-                *e = (m.offset(), owner.clone());
-            }
-        }
-        let mut tpl = TopicPartitionList::new();
-        let mut unseekable = BTreeSet::new();
-        for ((t, p), (offset, tenant)) in &first {
-            let _ = tpl.add_partition(t, *p);
-            let e = self
-                .parts
-                .entry((t.clone(), *p))
-                .or_insert_with(|| (BTreeSet::new(), Instant::now()));
-            e.0.insert(tenant.clone());
-            e.1 = Instant::now();
-            if let Err(e) = consumer.seek(t, *p, Offset::Offset(*offset), Duration::from_secs(5)) {
-                // without the seek the held records would not come again: keep them all in this
-                // batch's retry instead (nothing skipped)
-                tracing::warn!(topic = %t, partition = p, offset, error = %e, "cannot seek back a paused partition; its records stay in the batch");
-                unseekable.insert((t.clone(), *p));
-            }
-            tracing::warn!(tenant = %tenant, topic = %t, partition = p, offset, detail, "vault unavailable and no public key of the tenant known: partition paused from this record (Kafka keeps the data) until the vault answers");
-        }
-        if let Err(e) = consumer.pause(&tpl) {
-            tracing::warn!(error = %e, "cannot pause partitions");
-        }
-        self.publish();
-        batch
-            .iter()
-            .filter(|m| {
-                let k = (m.topic().to_owned(), m.partition());
-                unseekable.contains(&k) || first.get(&k).is_none_or(|(o, _)| m.offset() < *o)
-            })
-            .cloned()
-            .collect()
-    }
-
-    /// Resumes the partitions whose tenants now have a public key (the monitor reached their
-    /// vault) or whose hold is over (`keys.unknown_key_hold`), or that waited [`PAUSED_RETRY`].
-    pub fn resume_ready(&mut self, consumer: &StreamConsumer<SourceContext>, views: &KeyViews) {
-        if self.parts.is_empty() {
-            return;
-        }
-        let ready: Vec<Partition> = self
-            .parts
-            .iter()
-            .filter(|(_, (tenants, since))| {
-                since.elapsed() >= PAUSED_RETRY
-                    || tenants
-                        .iter()
-                        .all(|t| views.public_key(t).is_some() || views.holds.over(t))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        if ready.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in &ready {
-            let _ = tpl.add_partition(t, *p);
-            if let Some((tenants, since)) = self.parts.remove(&(t.clone(), *p)) {
-                tracing::info!(topic = %t, partition = p, tenants = ?tenants, paused_s = since.elapsed().as_secs(), "partition resumed");
-            }
-        }
-        if let Err(e) = consumer.resume(&tpl) {
-            tracing::warn!(error = %e, "cannot resume partitions");
-        }
-        self.publish();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,6 +481,18 @@ mod tests {
             l.add_partition(t, *p);
         }
         l
+    }
+
+    fn msg(p: i32, o: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "in".into(),
+            rdkafka::Timestamp::NotAvailable,
+            p,
+            o,
+            None,
+        )
     }
 
     #[test]
@@ -706,18 +595,7 @@ mod tests {
 
     #[test]
     fn commit_points_are_one_past_the_last_record_of_each_partition() {
-        let m = |p: i32, o: i64| {
-            OwnedMessage::new(
-                None,
-                None,
-                "in".into(),
-                rdkafka::Timestamp::NotAvailable,
-                p,
-                o,
-                None,
-            )
-        };
-        let batch = vec![m(0, 4), m(1, 9), m(0, 6), m(0, 5)];
+        let batch = vec![msg(0, 4), msg(1, 9), msg(0, 6), msg(0, 5)];
         assert_eq!(
             Offsets::of_batch(&batch),
             offs(&[("in", 0, 7), ("in", 1, 10)])

@@ -81,7 +81,7 @@ pub enum StageError {
     Retry(DekError),
 }
 
-/// What the worker does to a batch between consuming and producing: [`Sealer`] in `byok run`;
+/// What the worker does to a batch between consuming and producing: [`Sealer`](super::seal::Sealer) in `byok run`;
 /// the load harness drives a plaintext pass-through through the same loop.
 #[async_trait::async_trait]
 pub trait Stage: Send {

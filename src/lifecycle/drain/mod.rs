@@ -15,7 +15,7 @@
 //! The quarantine is read in chunks of at most [`CHUNK_RECORDS`] records or [`CHUNK_BYTES`]
 //! bytes, so memory stays bounded whatever its size. For each chunk the archive is searched
 //! (from an hour before the chunk's oldest record) for copies: same `byok.src` **and** the same
-//! plaintext once opened ([`copies`]), so a junk record carrying a copied `byok.src` hides
+//! plaintext once opened (`copies.rs`), so a junk record carrying a copied `byok.src` hides
 //! nothing; copies are not written again. Progress is kept as offsets of the consumer group
 //! `<group_id>.drain` on the quarantine topic, saved after every chunk: each partition's first
 //! record that stays, so a later drain starts there.

@@ -60,6 +60,17 @@ pub struct KeyViews {
     pub holds: super::hold::Holds,
 }
 
+/// What [`KeyViews::apply`] changed.
+#[derive(Debug)]
+pub struct Applied {
+    /// The tenant's view now.
+    pub view: KeyView,
+    /// Its view before.
+    pub previous: Option<KeyView>,
+    /// A public key to publish to `byok.keks`.
+    pub publish: Option<VersionInfo>,
+}
+
 /// A batch's snapshot of the revoked tenants: reason, detail, and the public key to wrap with.
 pub type Revoked = HashMap<String, (QuarantineReason, String, Option<VersionInfo>)>;
 
@@ -140,6 +151,40 @@ impl KeyViews {
         old
     }
 
+    /// Reconciles one tenant's view with the key state the vault gave: the view to use from the
+    /// next batch on, the public key to publish (new, or not yet acknowledged), and, when a
+    /// revoked key is usable again, the tenant queued for draining ([`KeyViews::take_restored`]).
+    pub fn apply(&self, tenant: &str, state: KeyState) -> Applied {
+        let (view, public) = match state {
+            KeyState::Usable(v) => (KeyView::Usable(v.kid.clone()), Some(v)),
+            KeyState::VersionUnusable {
+                usable,
+                why,
+                unusable,
+            } => {
+                tracing::warn!(tenant, %unusable, %why, now = %usable.kid, "the key version in use cannot be used; new DEKs under the newest usable version");
+                (KeyView::Usable(usable.kid.clone()), Some(usable))
+            }
+            KeyState::Revoked {
+                why,
+                detail,
+                last_seen,
+            } => (KeyView::Revoked { why, detail }, last_seen),
+            KeyState::Unavailable { .. } => (KeyView::Unavailable, None),
+        };
+        let retry = lock(&self.unpublished).contains(tenant);
+        let publish = public.filter(|v| self.remember(tenant, v) || retry);
+        let previous = self.set(tenant, view.clone());
+        if matches!(view, KeyView::Usable(_)) && matches!(previous, Some(KeyView::Revoked { .. })) {
+            lock(&self.restored).push(tenant.to_owned());
+        }
+        Applied {
+            view,
+            previous,
+            publish,
+        }
+    }
+
     /// Remembers `v` as the tenant's public key; true when it is new.
     fn remember(&self, tenant: &str, v: &VersionInfo) -> bool {
         let mut p = lock(&self.public);
@@ -163,54 +208,12 @@ pub async fn check_all(
 ) {
     let states = futures::future::join_all(tenants.iter().map(|(_, k)| k.key_state())).await;
     for ((tenant, kms), state) in tenants.iter().zip(states) {
-        let (view, public) = match state {
-            KeyState::Usable(v) => (KeyView::Usable(v.kid.clone()), Some(v)),
-            KeyState::VersionUnusable {
-                usable,
-                why,
-                unusable,
-            } => {
-                tracing::warn!(tenant, %unusable, %why, now = %usable.kid, "the key version in use cannot be used; new DEKs under the newest usable version");
-                (KeyView::Usable(usable.kid.clone()), Some(usable))
-            }
-            KeyState::Revoked {
-                why,
-                detail,
-                last_seen,
-            } => (KeyView::Revoked { why, detail }, last_seen),
-            KeyState::Unavailable { .. } => (KeyView::Unavailable, None),
-        };
-        let retry = lock(&views.unpublished).contains(tenant.as_str());
-        if let Some(v) = &public
-            && (views.remember(tenant, v) || retry)
-        {
-            let record = KekRecord {
-                tenant: tenant.clone(),
-                version: v.clone(),
-                seen: crate::registry::format_time(time::OffsetDateTime::now_utc()),
-            };
-            let value = record.to_json();
-            let sent = producer
-                .send(
-                    FutureRecord::to(keks_topic).key(tenant).payload(&value),
-                    Timeout::After(Duration::from_secs(30)),
-                )
-                .await;
-            {
-                let mut u = lock(&views.unpublished);
-                match sent {
-                    Ok(_) => {
-                        u.remove(tenant.as_str());
-                    }
-                    Err((e, _)) => {
-                        tracing::warn!(tenant, error = %e, topic = keks_topic, "could not publish the tenant's public key; tried again at the next check");
-                        u.insert(tenant.clone());
-                    }
-                }
-            }
+        let applied = views.apply(tenant, state);
+        if let Some(v) = &applied.publish {
+            publish_public(tenant, v, views, producer, keks_topic).await;
         }
-        let previous = views.set(tenant, view.clone());
-        if previous.as_ref() != Some(&view) {
+        let view = applied.view;
+        if applied.previous.as_ref() != Some(&view) {
             match &view {
                 KeyView::Revoked { why, detail } => {
                     // nothing of the tenant's plaintext keys stays in memory
@@ -218,10 +221,7 @@ pub async fn check_all(
                     tracing::warn!(tenant, %why, detail, "tenant key revoked: its records go to the quarantine, sealed for its key only");
                 }
                 KeyView::Usable(kid) => {
-                    tracing::info!(tenant, kek = %kid, previous = ?previous, "tenant key usable");
-                    if matches!(previous, Some(KeyView::Revoked { .. })) {
-                        lock(&views.restored).push(tenant.clone());
-                    }
+                    tracing::info!(tenant, kek = %kid, previous = ?applied.previous, "tenant key usable");
                 }
                 KeyView::Unavailable => {
                     tracing::warn!(tenant, "tenant key vault unavailable: sealing continues")
@@ -236,6 +236,39 @@ pub async fn check_all(
         }
         if matches!(view, KeyView::Usable(_)) {
             verify(tenant, kms, views).await;
+        }
+    }
+}
+
+/// Publishes the tenant's public key to `keks_topic`; marks it to be tried again at the next
+/// check when the broker does not acknowledge it.
+async fn publish_public(
+    tenant: &str,
+    v: &VersionInfo,
+    views: &KeyViews,
+    producer: &FutureProducer,
+    keks_topic: &str,
+) {
+    let record = KekRecord {
+        tenant: tenant.to_owned(),
+        version: v.clone(),
+        seen: crate::registry::format_time(time::OffsetDateTime::now_utc()),
+    };
+    let value = record.to_json();
+    let sent = producer
+        .send(
+            FutureRecord::to(keks_topic).key(tenant).payload(&value),
+            Timeout::After(Duration::from_secs(30)),
+        )
+        .await;
+    let mut u = lock(&views.unpublished);
+    match sent {
+        Ok(_) => {
+            u.remove(tenant);
+        }
+        Err((e, _)) => {
+            tracing::warn!(tenant, error = %e, topic = keks_topic, "could not publish the tenant's public key; tried again at the next check");
+            u.insert(tenant.to_owned());
         }
     }
 }
@@ -315,5 +348,121 @@ pub async fn check_vaults(tenants: Vec<Arc<TenantKms>>, ready: impl FnOnce()) {
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(v: &str, n: u8) -> VersionInfo {
+        VersionInfo {
+            kid: KekId::parse(&format!(
+                "https://acme-vault.vault.azure.net/keys/byok-key/{v}"
+            ))
+            .unwrap(),
+            kty: "RSA".into(),
+            n: vec![n; 384],
+            e: vec![1, 0, 1],
+            key_ops: vec!["encrypt".into(), "decrypt".into()],
+            enabled: true,
+            nbf: None,
+            exp: None,
+            recovery_level: None,
+            recoverable_days: None,
+        }
+    }
+
+    fn revoked(last_seen: Option<VersionInfo>) -> KeyState {
+        KeyState::Revoked {
+            why: Revocation::KeyDisabled,
+            detail: "Operation encrypt is not allowed on a disabled key.".into(),
+            last_seen,
+        }
+    }
+
+    fn unavailable() -> KeyState {
+        KeyState::Unavailable {
+            why: crate::kms::Outage::Network,
+            detail: "timed out".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn the_same_usable_version_changes_nothing_and_a_rotation_is_published_once() {
+        let views = KeyViews::default();
+        let first = views.apply("acme", KeyState::Usable(version("v1", 1)));
+        assert_eq!(first.previous, None);
+        assert!(first.publish.is_some(), "a first public key is published");
+        let generation = views.generation();
+        let again = views.apply("acme", KeyState::Usable(version("v1", 1)));
+        assert_eq!(again.previous, Some(again.view.clone()));
+        assert!(again.publish.is_none());
+        assert_eq!(views.generation(), generation, "no change, no re-read");
+        let rotated = views.apply("acme", KeyState::Usable(version("v2", 2)));
+        assert_eq!(rotated.view, KeyView::Usable(version("v2", 2).kid));
+        assert_eq!(rotated.publish.map(|v| v.kid), Some(version("v2", 2).kid));
+        assert!(views.generation() > generation);
+        assert_eq!(
+            views.public_key("acme").map(|v| v.kid),
+            Some(version("v2", 2).kid)
+        );
+    }
+
+    #[test]
+    fn a_revoked_key_keeps_its_last_public_key_for_quarantine_and_its_return_is_queued_once() {
+        let views = KeyViews::default();
+        views.apply("acme", KeyState::Usable(version("v1", 1)));
+        let r = views.apply("acme", revoked(None));
+        assert!(matches!(r.view, KeyView::Revoked { .. }));
+        assert!(r.publish.is_none());
+        let snapshot = views.snapshot();
+        let list = views.revoked(&snapshot);
+        let (reason, _, public) = &list["acme"];
+        assert_eq!(*reason, QuarantineReason::KeyDisabled);
+        // the key last seen usable wraps the quarantine DEKs
+        assert_eq!(
+            public.as_ref().map(|v| v.kid.clone()),
+            Some(version("v1", 1).kid)
+        );
+        assert!(views.take_restored().is_empty());
+        views.apply("acme", KeyState::Usable(version("v1", 1)));
+        assert_eq!(views.take_restored(), vec!["acme".to_owned()]);
+        assert!(views.take_restored().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn an_unavailable_vault_is_not_a_revocation_and_keeps_the_public_key() {
+        let views = KeyViews::default();
+        views.apply("acme", KeyState::Usable(version("v1", 1)));
+        let u = views.apply("acme", unavailable());
+        assert_eq!(u.view, KeyView::Unavailable);
+        assert!(u.publish.is_none());
+        assert!(views.revoked(&views.snapshot()).is_empty());
+        assert!(views.public_key("acme").is_some());
+        // back from an outage: not a restore (nothing was quarantined for a revocation)
+        views.apply("acme", KeyState::Usable(version("v1", 1)));
+        assert!(views.take_restored().is_empty());
+    }
+
+    #[test]
+    fn an_unacknowledged_public_key_is_published_again_at_the_next_check() {
+        let views = KeyViews::default();
+        views.apply("acme", KeyState::Usable(version("v1", 1)));
+        lock(&views.unpublished).insert("acme".into());
+        let again = views.apply("acme", KeyState::Usable(version("v1", 1)));
+        assert!(again.publish.is_some());
+        // a version that became unusable switches to the usable one, published as new
+        let switched = views.apply(
+            "acme",
+            KeyState::VersionUnusable {
+                unusable: version("v1", 1).kid,
+                why: Revocation::KeyExpired,
+                usable: version("v0", 3),
+            },
+        );
+        assert_eq!(switched.view, KeyView::Usable(version("v0", 3).kid));
+        assert!(switched.publish.is_some());
     }
 }

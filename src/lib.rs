@@ -9,6 +9,7 @@
 //! - [`tenant`]: tenant ids and the owner of a record (a tenant, or the operator).
 //! - [`dek`]: one data key, its nonce sequence and retirement limits. No I/O.
 //! - [`envelope`]: the v1 wire format (sealed value, AAD, record headers). Pure, no I/O.
+//! - [`audit`]: audit log v1: leaves, Merkle roots, chains, signed records. Pure, no I/O.
 //! - [`config`]: the worker's configuration, loaded into typed values and checked as a whole.
 //! - [`cert`]: certificate credentials for the customers' app registrations.
 //! - [`kms`]: the KEK side: Key Vault key ids, the key provider trait, Azure, caching, retries,
@@ -45,6 +46,8 @@ pub mod tenant;
 
 pub mod dek;
 pub mod envelope;
+
+pub mod audit;
 
 pub mod config;
 

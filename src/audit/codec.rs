@@ -76,10 +76,7 @@ pub fn append_signature(unsigned: &str, member: &str, sig: &[u8]) -> String {
 /// Splits a signed value into the signed text `S` and the signature, as §0 says: the value
 /// ends with `"}`, the last `,"<member>":"` starts the last member, the signature text is
 /// canonical. Everything else is refused.
-pub fn split_signed(
-    value: &[u8],
-    member: &'static str,
-) -> Result<(String, Vec<u8>), AuditError> {
+pub fn split_signed(value: &[u8], member: &'static str) -> Result<(String, Vec<u8>), AuditError> {
     let text = std::str::from_utf8(value).map_err(|_| AuditError::Encoding {
         field: "value",
         reason: "not UTF-8",

@@ -77,6 +77,9 @@ pub enum EmuError {
         /// The most the key takes.
         max: usize,
     },
+    /// A sign or verify request Key Vault would refuse (algorithm, digest length, encoding).
+    #[error("{0}")]
+    Signing(String),
     /// The RSA operation failed.
     #[error("the RSA operation failed: {0}")]
     Rsa(String),

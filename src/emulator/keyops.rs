@@ -1,5 +1,5 @@
-//! The Key Vault RSA crypto operations (`encrypt`, `decrypt`, `wrapkey`, `unwrapkey`) on a key
-//! version, with the real service's checks: RBAC data action, `key_ops`, state and expiry, then
+//! The Key Vault RSA crypto operations (`encrypt`, `decrypt`, `wrapkey`, `unwrapkey`, `sign`,
+//! `verify`) on a key version, with the real service's checks: RBAC data action, `key_ops`, state and expiry, then
 //! the algorithm's input limits.
 //!
 //! It must never answer an operation the real service would refuse.
@@ -24,6 +24,8 @@ pub(super) enum CryptoOp {
     Decrypt,
     Wrap,
     Unwrap,
+    Sign,
+    Verify,
 }
 
 impl CryptoOp {
@@ -33,6 +35,8 @@ impl CryptoOp {
             "decrypt" => Some(Self::Decrypt),
             "wrapkey" => Some(Self::Wrap),
             "unwrapkey" => Some(Self::Unwrap),
+            "sign" => Some(Self::Sign),
+            "verify" => Some(Self::Verify),
             _ => None,
         }
     }
@@ -42,10 +46,24 @@ impl CryptoOp {
             Self::Decrypt => "decrypt",
             Self::Wrap => "wrapKey",
             Self::Unwrap => "unwrapKey",
+            Self::Sign => "sign",
+            Self::Verify => "verify",
         }
     }
     pub(super) fn private(self) -> bool {
-        matches!(self, Self::Decrypt | Self::Unwrap)
+        matches!(self, Self::Decrypt | Self::Unwrap | Self::Sign)
+    }
+    /// The name in request counters and the RBAC data action.
+    pub(super) fn counter_and_action(self) -> (&'static str, &'static str) {
+        use super::model::actions;
+        match self {
+            Self::Encrypt => ("encrypt", actions::ENCRYPT),
+            Self::Decrypt => ("decrypt", actions::DECRYPT),
+            Self::Wrap => ("wrapkey", actions::WRAP),
+            Self::Unwrap => ("unwrapkey", actions::UNWRAP),
+            Self::Sign => ("sign", actions::SIGN),
+            Self::Verify => ("verify", actions::VERIFY),
+        }
     }
 }
 
@@ -88,6 +106,9 @@ pub(super) async fn crypto(
         };
         (key, format!("{base}/keys/{name}/{}", kv.version))
     };
+    if matches!(kind, CryptoOp::Sign | CryptoOp::Verify) {
+        return signature(key, kid, kind, body.clone()).await;
+    }
     let alg = body["alg"].as_str().unwrap_or_default().to_owned();
     if !matches!(alg.as_str(), "RSA-OAEP-256" | "RSA-OAEP" | "RSA1_5") {
         return bad(&format!(
@@ -120,6 +141,28 @@ pub(super) async fn crypto(
     }
 }
 
+/// `sign` or `verify`, off the request threads.
+async fn signature(key: Arc<RsaPrivateKey>, kid: String, kind: CryptoOp, body: Value) -> Reply {
+    let result = tokio::task::spawn_blocking(move || match kind {
+        CryptoOp::Sign => super::signing::sign(&key, &body),
+        _ => super::signing::verify(&key, &body),
+    })
+    .await;
+    match result {
+        Ok(Ok(value)) if kind == CryptoOp::Sign => {
+            Reply::json(StatusCode::OK, json!({"kid": kid, "value": value}))
+        }
+        Ok(Ok(value)) => Reply::json(StatusCode::OK, json!({"value": value})),
+        Ok(Err(e)) => bad(&e.to_string()),
+        Err(_) => kv_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            None,
+            "the signing operation failed",
+        ),
+    }
+}
+
 /// Whether the key version permits `kind` now, in the real service's order: `key_ops`, then
 /// enabled (encrypt on a disabled key only where the vault refuses it), then the dates (an
 /// expired key still decrypts).
@@ -140,7 +183,9 @@ fn allowed(
             ),
         ));
     }
-    if !kv.attributes.enabled && (kind.private() || refuse_disabled_encrypt) {
+    if !kv.attributes.enabled
+        && (kind.private() || kind == CryptoOp::Verify || refuse_disabled_encrypt)
+    {
         return Err(kv_error(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -157,7 +202,8 @@ fn allowed(
                 &format!("Operation {op} is not allowed on a key that is not yet valid (nbf)."),
             ));
         }
-        Err(code) if !kind.private() => {
+        // after `exp` only decrypt, unwrap and verify still work
+        Err(code) if matches!(kind, CryptoOp::Encrypt | CryptoOp::Wrap | CryptoOp::Sign) => {
             return Err(kv_error(
                 StatusCode::FORBIDDEN,
                 "Forbidden",

@@ -25,6 +25,7 @@ pub mod error;
 mod keyops;
 pub mod model;
 pub mod seed;
+mod signing;
 pub mod tls;
 mod vault;
 

@@ -405,6 +405,10 @@ pub mod actions {
     pub const ENCRYPT: &str = "Microsoft.KeyVault/vaults/keys/encrypt/action";
     /// Decrypt.
     pub const DECRYPT: &str = "Microsoft.KeyVault/vaults/keys/decrypt/action";
+    /// Sign a digest.
+    pub const SIGN: &str = "Microsoft.KeyVault/vaults/keys/sign/action";
+    /// Verify a signature.
+    pub const VERIFY: &str = "Microsoft.KeyVault/vaults/keys/verify/action";
     /// Wrap a key.
     pub const WRAP: &str = "Microsoft.KeyVault/vaults/keys/wrap/action";
     /// Unwrap a key.
@@ -450,7 +454,9 @@ impl Role {
             Role::Preset(name) => match name.as_str() {
                 // The setup guide's custom role.
                 "byok" => vec![READ, ENCRYPT, DECRYPT],
-                "Key Vault Crypto User" => vec![READ, UPDATE, ENCRYPT, DECRYPT, WRAP, UNWRAP],
+                "Key Vault Crypto User" => {
+                    vec![READ, UPDATE, ENCRYPT, DECRYPT, SIGN, VERIFY, WRAP, UNWRAP]
+                }
                 "Key Vault Crypto Officer" | "Key Vault Administrator" => vec![
                     READ,
                     CREATE,
@@ -460,6 +466,8 @@ impl Role {
                     ROTATE,
                     ENCRYPT,
                     DECRYPT,
+                    SIGN,
+                    VERIFY,
                     WRAP,
                     UNWRAP,
                     DELETED_READ,

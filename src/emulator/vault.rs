@@ -293,12 +293,7 @@ impl<'a> Op<'a> {
             Op::GetDeleted(_) => "get-deleted",
             Op::Recover(_) => "recover",
             Op::Purge(_) => "purge",
-            Op::Crypto { kind, .. } => match kind {
-                CryptoOp::Encrypt => "encrypt",
-                CryptoOp::Decrypt => "decrypt",
-                CryptoOp::Wrap => "wrapkey",
-                CryptoOp::Unwrap => "unwrapkey",
-            },
+            Op::Crypto { kind, .. } => kind.counter_and_action().0,
         }
     }
 
@@ -316,15 +311,7 @@ impl<'a> Op<'a> {
             Op::GetDeleted(k) => (actions::DELETED_READ, Some(k)),
             Op::Recover(k) => (actions::RECOVER, Some(k)),
             Op::Purge(k) => (actions::PURGE, Some(k)),
-            Op::Crypto { key, kind, .. } => (
-                match kind {
-                    CryptoOp::Encrypt => actions::ENCRYPT,
-                    CryptoOp::Decrypt => actions::DECRYPT,
-                    CryptoOp::Wrap => actions::WRAP,
-                    CryptoOp::Unwrap => actions::UNWRAP,
-                },
-                Some(key),
-            ),
+            Op::Crypto { key, kind, .. } => (kind.counter_and_action().1, Some(key)),
         }
     }
 

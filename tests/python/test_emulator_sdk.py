@@ -136,3 +136,56 @@ def test_certificate_credential_accepts_a_certificate_made_by_byok_cert_generate
         assert key_client(emulator, cred).get_key("byok-key").properties.version == BYOK_VERSION
     finally:
         emulator.admin("DELETE", f"tenants/{ACME_TENANT}/apps/{ACME_APP}/certificates/{sha1}")
+
+
+OPERATOR_TENANT = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
+OPERATOR_APP = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
+OPERATOR_SECRET = "example-operator-secret-not-real"
+
+
+def test_sign_and_verify_ps256_with_the_operators_audit_signing_key(emulator):
+    """AUDIT.md §5: the operator's signing key signs the SHA-256 of a signer statement (PS256,
+    salt 32); only an app with keys/sign/action on that key may."""
+    import hashlib
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+    from azure.keyvault.keys.crypto import SignatureAlgorithm
+
+    cred = ClientSecretCredential(
+        OPERATOR_TENANT, OPERATOR_APP, OPERATOR_SECRET, authority=emulator.authority,
+        disable_instance_discovery=True, connection_verify=emulator.ca,
+    )
+    key = KeyClient(emulator.vault_url("byok-operator"), cred, connection_verify=emulator.ca).get_key("audit-signing")
+    assert len(key.key.n) == 384 and sorted(key.key_operations) == ["sign", "verify"]
+    digest = hashlib.sha256(b'{"v":1,"t":"signer"}').digest()
+    crypto = CryptographyClient(key.id, cred, connection_verify=emulator.ca)
+    signed = crypto.sign(SignatureAlgorithm.ps256, digest)
+    assert signed.key_id == key.id and len(signed.signature) == 384
+    assert crypto.verify(SignatureAlgorithm.ps256, digest, signed.signature).is_valid
+    assert not crypto.verify(SignatureAlgorithm.ps256, hashlib.sha256(b"other").digest(), signed.signature).is_valid
+    # an independent PSS check (salt length 32) with the public key Key Vault returned
+    public = rsa.RSAPublicNumbers(int.from_bytes(key.key.e, "big"), int.from_bytes(key.key.n, "big")).public_key()
+    public.verify(signed.signature, digest, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+                  utils.Prehashed(hashes.SHA256()))
+    # a digest of the wrong length is refused
+    with pytest.raises(HttpResponseError) as e:
+        crypto.sign(SignatureAlgorithm.ps256, digest[:20])
+    assert e.value.status_code == 400
+    # the operator's quarantine key is not for signing: its role grants no keys/sign/action
+    quarantine = CryptographyClient(f"{emulator.vault_url('byok-operator')}/keys/quarantine-kek", cred, connection_verify=emulator.ca)
+    with pytest.raises(HttpResponseError) as e:
+        quarantine.sign(SignatureAlgorithm.ps256, digest)
+    assert e.value.status_code == 403
+
+
+def test_a_tenant_app_without_the_sign_action_cannot_sign(emulator):
+    from azure.keyvault.keys.crypto import SignatureAlgorithm
+
+    crypto = CryptographyClient(
+        f"{emulator.vault_url('acme-vault')}/keys/byok-key/{BYOK_VERSION}", secret_credential(emulator),
+        connection_verify=emulator.ca,
+    )
+    with pytest.raises(HttpResponseError) as e:
+        crypto.sign(SignatureAlgorithm.ps256, b"\x01" * 32)
+    assert e.value.status_code == 403
+    assert "sign" in str(e.value).lower()

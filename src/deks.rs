@@ -70,9 +70,16 @@ pub struct DekSet {
     /// DEKs retired from sealing whose rewrap onto the usable version failed: kept in memory
     /// (the old version may no longer decrypt their registry copy) and tried again.
     pending_rewraps: Vec<(String, Arc<ActiveDek>)>,
+    /// Where the leaves of registry records go for the next audit checkpoint.
+    audit: Option<Arc<crate::auditor::PendingLeaves>>,
 }
 
 impl DekSet {
+    /// Names each registry record this set publishes in the next audit checkpoint.
+    pub fn set_audit(&mut self, pending: Option<Arc<crate::auditor::PendingLeaves>>) {
+        self.audit = pending;
+    }
+
     /// An empty set.
     pub fn new(limits: DekLimits, worker: String, registry_topic: String) -> Self {
         Self {
@@ -85,6 +92,7 @@ impl DekSet {
             transaction_open: false,
             records: std::sync::Mutex::new(HashMap::new()),
             pending_rewraps: Vec::new(),
+            audit: None,
         }
     }
 
@@ -315,7 +323,18 @@ impl DekSet {
                 Timeout::After(Duration::from_secs(60)),
             )
             .await
-            .map(|_| ())
+            .map(|d| {
+                if let Some(p) = &self.audit {
+                    p.push(crate::auditor::leaf_of(
+                        &self.registry_topic,
+                        d.partition,
+                        d.offset,
+                        Some(&key),
+                        Some(&value),
+                        &[],
+                    ));
+                }
+            })
             .map_err(|(e, _)| DekError::Registry {
                 tenant: tenant.to_owned(),
                 dek: record.dek.to_string(),

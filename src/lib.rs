@@ -18,6 +18,7 @@
 //! - [`keyring`]: the process's key providers (tenants and operator), one limiter per vault.
 //! - [`deks`]: the DEKs a process makes, published to the registry before use.
 //! - [`kafka`]: every Kafka client configuration, and reading a topic's partitions.
+//! - [`auditor`]: writing the audit log: a certified session, checkpoints, chain heads.
 //! - [`seen`]: records already written, keyed by provenance and plaintext (never by a header alone).
 //! - [`topics`]: the topics a configuration names, as the cluster has them (`config check --connect`).
 //! - [`archive`]: opening archive and quarantine records (`byok cat`), the registry, `byok.keks`.
@@ -61,6 +62,8 @@ pub mod keyring;
 pub mod deks;
 
 pub mod kafka;
+
+pub mod auditor;
 pub mod seen;
 pub mod topics;
 

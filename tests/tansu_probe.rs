@@ -197,3 +197,48 @@ async fn probe_archive_like_read() {
     }
     eprintln!("final {:?} after {:?}", per, start.elapsed());
 }
+
+/// AUDIT.md §3 carries the chain link in the commit metadata: this checks that Tansu 0.6.0
+/// keeps and returns it (and the mock cluster, for comparison).
+#[tokio::test]
+async fn commit_metadata_is_kept_and_returned() {
+    let t = common::tansu::Tansu::start();
+    t.create_topic("meta", 2);
+    let bootstrap = t.bootstrap();
+    let consumer = |group: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap()
+    };
+    let c = consumer("meta-group");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("meta", 1, rdkafka::Offset::Offset(0))
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut commit = rdkafka::TopicPartitionList::new();
+    commit
+        .add_partition_offset("meta", 1, rdkafka::Offset::Offset(42))
+        .unwrap();
+    let meta = "byok-chain-v1:00ff:3:1234";
+    commit.elements_for_topic("meta")[0].set_metadata(meta);
+    c.commit(&commit, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    drop(c);
+    let other = consumer("meta-group");
+    let mut ask = rdkafka::TopicPartitionList::new();
+    ask.add_partition("meta", 1);
+    let got = other
+        .committed_offsets(ask, Duration::from_secs(10))
+        .unwrap();
+    let e = &got.elements()[0];
+    eprintln!("committed: {:?} metadata {:?}", e.offset(), e.metadata());
+    assert_eq!(e.offset(), rdkafka::Offset::Offset(42));
+    assert_eq!(
+        e.metadata(),
+        meta,
+        "Tansu 0.6.0 does not return the commit metadata"
+    );
+}

@@ -183,6 +183,16 @@ impl Session {
         self.wprev = wprev;
     }
 
+    /// The next `seq` and the hash of the last record.
+    pub fn position(&self) -> (u64, Hash) {
+        (self.next_seq, self.wprev)
+    }
+
+    /// Goes back to a [`Session::position`].
+    pub fn resume_position(&mut self, position: (u64, Hash)) {
+        (self.next_seq, self.wprev) = position;
+    }
+
     /// The writer id.
     pub fn writer(&self) -> &str {
         &self.writer

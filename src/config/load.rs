@@ -148,6 +148,10 @@ impl Loader {
                 .section::<KeyRaw>("quarantine", Some(v))
                 .and_then(|raw| self.key("quarantine", raw)),
         };
+        let audit = table.remove("audit").and_then(|v| {
+            self.section::<AuditRaw>("audit", Some(v))
+                .and_then(|raw| self.audit(raw))
+        });
         let tenants_dir = table.remove("tenants_dir");
         let tenants_value = table.remove("tenants");
         for (k, _) in table {
@@ -155,7 +159,7 @@ impl Loader {
                 k.as_str(),
                 format!("unknown top-level key `{k}`"),
                 format!(
-                    "the top level has [kafka], [batch], [dek], [keys], [metrics], [worker], [quarantine], [[tenants]] and tenants_dir; see {EXAMPLE}"
+                    "the top level has [kafka], [batch], [dek], [keys], [metrics], [worker], [quarantine], [audit], [[tenants]] and tenants_dir; see {EXAMPLE}"
                 ),
             );
         }
@@ -183,7 +187,53 @@ impl Loader {
             metrics: metrics?,
             worker: worker?,
             quarantine: quarantine?,
+            audit,
             tenants: tenants?,
+        })
+    }
+
+    /// `[audit]`: the cluster name, the signing key (checked as the quarantine key is), pinned
+    /// versions.
+    fn audit(&mut self, raw: AuditRaw) -> Option<AuditConfig> {
+        self.topic("audit.topic", &raw.topic);
+        let cluster = match raw.cluster {
+            Some(c) if !c.trim().is_empty() => Some(c),
+            _ => {
+                self.error(
+                    "audit.cluster",
+                    "is missing",
+                    "name the cluster (for example cluster = \"prod-eu\"): signer statements carry it and a verifier checks it",
+                );
+                None
+            }
+        };
+        let signing_key = match raw.signing_key {
+            Some(k) => self.key("audit.signing_key", k),
+            None => {
+                self.error(
+                    "audit.signing_key",
+                    "is missing",
+                    "add [audit.signing_key] naming the operator's RSA signing key (vault_url, key_name, entra_tenant_id, client_id, credential), as [quarantine] does",
+                );
+                None
+            }
+        };
+        let mut trusted = Vec::new();
+        for (i, kid) in raw.signing_keys.iter().enumerate() {
+            match crate::kms::KekId::parse(kid) {
+                Ok(k) => trusted.push(k),
+                Err(e) => self.error(
+                    format!("audit.signing_keys[{i}]"),
+                    e.to_string(),
+                    "give the full key id with its version: https://<vault>.vault.azure.net/keys/<name>/<version>",
+                ),
+            }
+        }
+        Some(AuditConfig {
+            topic: raw.topic,
+            cluster: cluster?,
+            signing_key: signing_key?,
+            trusted,
         })
     }
 

@@ -182,8 +182,23 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// The operator's quarantine key.
     pub quarantine: KeyVaultKey,
+    /// The audit log (docs/audit-v1.md), when configured.
+    pub audit: Option<AuditConfig>,
     /// Tenants by id, in id order.
     pub tenants: BTreeMap<TenantId, Tenant>,
+}
+
+/// `[audit]`: where the audit log goes and the operator's key that certifies its writers.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The audit topic (`cleanup.policy=delete`).
+    pub topic: String,
+    /// The cluster name signer statements carry (a verifier is configured for one).
+    pub cluster: String,
+    /// The operator's signing key in Key Vault (RSA ≥ 3072, `keys/sign/action`).
+    pub signing_key: KeyVaultKey,
+    /// Signing key versions readers trust (pinned; a record's own claim is never trusted).
+    pub trusted: Vec<crate::kms::KekId>,
 }
 
 /// Kafka settings.

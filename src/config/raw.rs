@@ -237,6 +237,23 @@ pub(super) struct WorkerRaw {
     pub(super) log_format: LogFormat,
 }
 
+pub(super) fn default_audit_topic() -> String {
+    "byok.audit".into()
+}
+
+/// `[audit]`: the audit log (docs/audit-v1.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditRaw {
+    #[serde(default = "default_audit_topic")]
+    pub(super) topic: String,
+    pub(super) cluster: Option<String>,
+    /// Pinned signing key versions (kids) readers trust.
+    #[serde(default)]
+    pub(super) signing_keys: Vec<String>,
+    pub(super) signing_key: Option<KeyRaw>,
+}
+
 /// The Key Vault fields shared by a tenant and the quarantine key.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

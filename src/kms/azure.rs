@@ -478,6 +478,38 @@ impl AzureKeyProvider {
         Ok(Wrapped { kek: kid, wrapped })
     }
 
+    /// Signs a SHA-256 digest with PS256 (salt 32) on the newest usable version of the key (or
+    /// its pinned version): the version that signed, and the signature.
+    pub async fn sign_ps256(&self, digest: &[u8; 32]) -> Result<(KekId, Vec<u8>), KmsError> {
+        let params = azure_security_keyvault_keys::models::SignParameters {
+            algorithm: Some(azure_security_keyvault_keys::models::SignatureAlgorithm::Ps256),
+            value: Some(digest.to_vec()),
+        };
+        let body = params.try_into().map_err(|e| self.error(&e))?;
+        let options = azure_security_keyvault_keys::models::KeyClientSignOptions {
+            key_version: self.pinned.clone(),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .sign(&self.key_name, body, Some(options))
+            .await
+            .map_err(|e| self.error(&e))?
+            .into_model()
+            .map_err(|e| self.error(&e))?;
+        let rejected = |detail: &str| KmsError::Rejected {
+            tenant: self.tenant.clone(),
+            detail: detail.to_owned(),
+        };
+        let sig = r.result.ok_or_else(|| rejected("sign returned no value"))?;
+        let kid = r
+            .kid
+            .as_deref()
+            .and_then(|k| KekId::parse(k).ok())
+            .ok_or_else(|| rejected("sign returned no versioned key id"))?;
+        Ok((kid, sig))
+    }
+
     /// Decrypts with RSA-OAEP-256 on the version `kek` names.
     pub async fn decrypt(&self, kek: &KekId, ciphertext: &[u8]) -> Result<Vec<u8>, KmsError> {
         // a registry record is a claim: the tenant's credential is used on its own key only

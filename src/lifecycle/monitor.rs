@@ -58,6 +58,8 @@ pub struct KeyViews {
     pub wake: Notify,
     /// Tenants whose records wait with no DEK possible and no public key known.
     pub holds: super::hold::Holds,
+    /// Where the leaves of `byok.keks` records go for the next audit checkpoint.
+    pub audit: std::sync::OnceLock<Arc<crate::auditor::PendingLeaves>>,
 }
 
 /// What [`KeyViews::apply`] changed.
@@ -263,8 +265,18 @@ async fn publish_public(
         .await;
     let mut u = lock(&views.unpublished);
     match sent {
-        Ok(_) => {
+        Ok(d) => {
             u.remove(tenant);
+            if let Some(p) = views.audit.get() {
+                p.push(crate::auditor::leaf_of(
+                    keks_topic,
+                    d.partition,
+                    d.offset,
+                    Some(tenant.as_bytes()),
+                    Some(&value),
+                    &[],
+                ));
+            }
         }
         Err((e, _)) => {
             tracing::warn!(tenant, error = %e, topic = keks_topic, "could not publish the tenant's public key; tried again at the next check");

@@ -89,6 +89,9 @@ pub enum WorkerError {
     /// The offset bookkeeping cannot be trusted.
     #[error(transparent)]
     Tracker(#[from] TrackerPoisoned),
+    /// The audit log could not be started (the worker does not join the group without it).
+    #[error(transparent)]
+    Audit(#[from] crate::auditor::AuditorError),
     /// The metrics and health endpoint could not listen.
     #[error("metrics endpoint {addr}: {source}; set metrics.listen to a free address")]
     Endpoint {
@@ -110,16 +113,21 @@ pub struct Wiring<'a> {
     pub producer: &'a FutureProducer,
     /// The tenants' key states.
     pub views: &'a Arc<KeyViews>,
+    /// Leaves of records produced outside batches (registry records), for the next checkpoint.
+    pub audit: Option<Arc<crate::auditor::PendingLeaves>>,
 }
 
 /// The sealing stage of `byok run`.
 pub fn seal_stage(w: &Wiring<'_>) -> Result<Box<dyn Stage>, WorkerError> {
-    Ok(Box::new(Sealer::new(
-        w.config,
-        Arc::clone(w.keyring),
-        w.producer.clone(),
-        Arc::clone(w.views),
-    )?))
+    Ok(Box::new(
+        Sealer::new(
+            w.config,
+            Arc::clone(w.keyring),
+            w.producer.clone(),
+            Arc::clone(w.views),
+        )?
+        .with_audit(w.audit.clone()),
+    ))
 }
 
 /// Runs the worker until `shutdown` turns true, then drains: the batches in flight are produced
@@ -169,6 +177,7 @@ where
             .map_err(client("producer (init transactions)"))?;
     }
     let keks_producer = keks_producer(&config, &producer, transactional)?;
+    let auditor = start_auditor(&config, &producer, &keks_producer).await?;
     let tracker = Arc::new(OffsetTracker::default());
     let paused = Paused::default();
     let ctx = SourceContext {
@@ -178,9 +187,13 @@ where
         drain_deadline: config.worker.drain_deadline,
         transactional,
         paused: paused.shared(),
+        auditor: auditor.clone(),
     };
     let consumer = subscribe(&config, ctx)?;
     let views = key_views(&config).await;
+    if let Some(a) = &auditor {
+        let _ = views.audit.set(Arc::clone(&a.pending));
+    }
     let background = [
         spawn_vault_check(&config, &keyring, &health),
         crate::lifecycle::monitor::spawn(
@@ -197,6 +210,7 @@ where
         keyring: &keyring,
         producer: &producer,
         views: &views,
+        audit: auditor.as_ref().map(|a| Arc::clone(&a.pending)),
     })?;
     tracing::info!(group = %config.kafka.group_id, topics = ?config.kafka.input_topics, tenants = keyring.tenants().len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
     let max_in_flight = if transactional {
@@ -218,7 +232,8 @@ where
             Arc::clone(&health),
             max_in_flight,
             refusals,
-        ),
+        )
+        .with_auditor(auditor.clone()),
         config: &config,
         consumer,
         stage,
@@ -276,6 +291,41 @@ fn keks_producer(
             client: "producer (byok.keks)",
             source,
         })
+}
+
+/// The audit writer when `[audit]` is configured: its session certified before the worker joins
+/// the group (retried while the signing key's vault does not answer; a refusal stops the worker).
+/// Checkpoints go through the worker's producer (in its transactions under exactly-once), the
+/// signer and end records through `statements` (never transactional).
+async fn start_auditor(
+    config: &Config,
+    producer: &FutureProducer,
+    statements: &FutureProducer,
+) -> Result<Option<Arc<crate::auditor::Auditor>>, WorkerError> {
+    let Some(audit) = &config.audit else {
+        return Ok(None);
+    };
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match crate::auditor::Auditor::start(
+            config,
+            audit,
+            crate::auditor::Role::Worker,
+            &config.kafka.group_id,
+            producer.clone(),
+            statements.clone(),
+        )
+        .await
+        {
+            Ok(a) => return Ok(Some(Arc::new(a))),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "the audit session cannot be certified yet; not joining the group until it is");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The worker's consumer, subscribed to the input topics.
@@ -535,13 +585,21 @@ impl Worker<'_> {
         started: Instant,
     ) -> Result<(), SinkError> {
         let next = Offsets::of_batch(batch);
+        let ranges = crate::auditor::ranges_of(batch);
         if !self.transactional {
-            return self.sink.send(outs, next, batch.len(), started);
+            return self.sink.send(outs, next, ranges, started);
         }
         let deadline = self.config.worker.drain_deadline;
         let r = self
             .sink
-            .commit_transaction(outs, &next, &self.consumer, self.shutdown.clone(), deadline)
+            .commit_transaction(
+                outs,
+                &next,
+                &ranges,
+                &self.consumer,
+                self.shutdown.clone(),
+                deadline,
+            )
             .await;
         match r {
             Ok(()) => {
@@ -603,6 +661,9 @@ impl Worker<'_> {
             tracing::warn!(error = %e, "stopping with records unacknowledged");
         }
         self.drains.stop(deadline, &mut self.drained).await;
+        if drained.is_ok() {
+            self.sink.end_audit().await;
+        }
         self.sink.flush(deadline);
         Ok(drained?)
     }

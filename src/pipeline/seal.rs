@@ -307,6 +307,12 @@ impl std::fmt::Debug for Sealer {
 
 impl Sealer {
     /// A sealer for the worker's configuration, keys and producer.
+    /// Names the registry records of its DEKs in the audit log's next checkpoint.
+    pub fn with_audit(mut self, pending: Option<Arc<crate::auditor::PendingLeaves>>) -> Self {
+        self.deks.set_audit(pending);
+        self
+    }
+
     pub fn new(
         config: &Config,
         keyring: Arc<Keyring>,

@@ -21,6 +21,8 @@ use super::health::Health;
 use super::refusal::{Refusal, Refusals};
 use super::source::{OffsetTracker, Offsets, SourceContext, TrackerPoisoned, holds};
 use super::stage::Out;
+use crate::audit::records::Leaf;
+use crate::auditor::{Auditor, BatchRange};
 
 /// Producing or committing failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +66,13 @@ pub enum SinkError {
     /// The offset bookkeeping cannot be trusted.
     #[error(transparent)]
     Tracker(#[from] TrackerPoisoned),
+    /// The batch's checkpoint was not written (its offsets are not committed).
+    #[error("audit log: {0}; the batch's offsets were not committed")]
+    Audit(#[from] crate::auditor::AuditorError),
 }
+
+/// Commit metadata per input partition (the chain link of the batch's checkpoint).
+pub type CommitMetadata = std::collections::BTreeMap<(String, i32), String>;
 
 /// How [`produce_all`] treats a transient refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,13 +98,15 @@ pub async fn produce_all(
     refusals: &Refusals,
     on_transient: OnTransient,
     health: &Health,
-) -> Result<(), SinkError> {
+    audit: bool,
+) -> Result<Vec<Leaf>, SinkError> {
     let mut replacements = Vec::new();
     let to = Attempt {
         producer,
         refusals,
         on_transient,
         health,
+        leaves: audit.then(|| std::sync::Mutex::new(Vec::new())),
     };
     let refused = to
         .send_all(outs.iter().collect(), Some(&mut replacements))
@@ -104,13 +114,19 @@ pub async fn produce_all(
     match on_transient {
         // the transaction holds a failed record: it is aborted and retried, and the retry
         // sends the refused records to the quarantine (`Refusals::rewrite`)
-        OnTransient::Fail if refused => Err(SinkError::Refused),
-        OnTransient::Fail => Ok(()),
-        OnTransient::Retry => to
-            .send_all(replacements.iter().collect(), None)
-            .await
-            .map(|_| ()),
+        OnTransient::Fail if refused => return Err(SinkError::Refused),
+        OnTransient::Fail => {}
+        OnTransient::Retry => {
+            to.send_all(replacements.iter().collect(), None).await?;
+        }
     }
+    Ok(to
+        .leaves
+        .map(|l| {
+            l.into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        })
+        .unwrap_or_default())
 }
 
 /// One [`produce_all`]'s settings.
@@ -119,6 +135,8 @@ struct Attempt<'a> {
     refusals: &'a Refusals,
     on_transient: OnTransient,
     health: &'a Health,
+    /// The leaves of the records acknowledged, when the audit log is written.
+    leaves: Option<std::sync::Mutex<Vec<Leaf>>>,
 }
 
 impl Attempt<'_> {
@@ -137,7 +155,15 @@ impl Attempt<'_> {
             let mut again = Vec::new();
             let mut last = None;
             for (r, o) in results.into_iter().zip(todo) {
-                let Err(e) = r else { continue };
+                let e = match r {
+                    Ok((partition, offset)) => {
+                        if let Some(l) = &self.leaves {
+                            crate::lock(l).push(leaf(o, partition, offset));
+                        }
+                        continue;
+                    }
+                    Err(e) => e,
+                };
                 match Refusal::classify(&e) {
                     Some(refusal)
                         if redirect.is_some() && self.refusals.redirectable(o, refusal) =>
@@ -181,8 +207,25 @@ impl Attempt<'_> {
     }
 }
 
-/// Hands one record to the producer.
-async fn send(producer: &FutureProducer, o: &Out) -> Result<(), KafkaError> {
+/// The audit leaf of `o` as delivered.
+fn leaf(o: &Out, partition: i32, offset: i64) -> Leaf {
+    let headers: Vec<(&str, Option<&[u8]>)> = o
+        .headers
+        .iter()
+        .map(|(k, v)| (*k, Some(v.as_ref())))
+        .collect();
+    crate::auditor::leaf_of(
+        &o.topic,
+        partition,
+        offset,
+        o.key.as_deref(),
+        Some(&o.value),
+        &headers,
+    )
+}
+
+/// Hands one record to the producer; where it was written.
+async fn send(producer: &FutureProducer, o: &Out) -> Result<(i32, i64), KafkaError> {
     let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
     for (k, v) in &o.headers {
         headers = headers.insert(Header {
@@ -199,15 +242,15 @@ async fn send(producer: &FutureProducer, o: &Out) -> Result<(), KafkaError> {
     producer
         .send(rec, Timeout::Never)
         .await
-        .map(|_| ())
+        .map(|d| (d.partition, d.offset))
         .map_err(|(e, _)| e)
 }
 
 /// A batch produced and not yet settled.
 struct InFlight {
-    done: tokio::task::JoinHandle<Result<(), SinkError>>,
+    done: tokio::task::JoinHandle<Result<CommitMetadata, SinkError>>,
     /// The task's answer, once seen (kept here so that waiting for it can be cancelled).
-    answer: Option<Result<Result<(), SinkError>, tokio::task::JoinError>>,
+    answer: Option<Result<Result<CommitMetadata, SinkError>, tokio::task::JoinError>>,
     seq: u64,
     next: Offsets,
     records: usize,
@@ -223,9 +266,19 @@ pub struct Sink {
     in_flight: VecDeque<InFlight>,
     max_in_flight: usize,
     refusals: Arc<Refusals>,
+    /// The audit writer, when the audit log is written.
+    auditor: Option<Arc<Auditor>>,
+    /// Resolves when the previous batch's checkpoint is written (checkpoints go in batch order).
+    previous: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Sink {
+    /// Writes a checkpoint for each batch before its offsets are committed.
+    pub fn with_auditor(mut self, auditor: Option<Arc<Auditor>>) -> Self {
+        self.auditor = auditor;
+        self
+    }
+
     /// A sink of at most `max_in_flight` batches in flight; records refused for good go where
     /// `refusals` says.
     pub fn new(
@@ -242,6 +295,8 @@ impl Sink {
             in_flight: VecDeque::new(),
             max_in_flight: max_in_flight.max(1),
             refusals,
+            auditor: None,
+            previous: None,
         }
     }
 
@@ -266,15 +321,39 @@ impl Sink {
         &mut self,
         outs: Vec<Out>,
         next: Offsets,
-        records: usize,
+        ranges: Vec<BatchRange>,
         started: Instant,
     ) -> Result<(), SinkError> {
+        let records = ranges.iter().map(|r| r.n as usize).sum();
         let seq = self.tracker.start(next.clone())?;
         let (producer, tracker) = (self.producer.clone(), Arc::clone(&self.tracker));
         let (refusals, health) = (Arc::clone(&self.refusals), Arc::clone(&self.health));
+        let auditor = self.auditor.clone();
         let outs = refusals.rewrite(outs);
+        // checkpoints are written in batch order: each waits for the one before
+        let (written, next_waits) = tokio::sync::oneshot::channel::<()>();
+        let previous = self.previous.replace(next_waits);
         let done = tokio::spawn(async move {
-            let r = produce_all(&producer, &outs, &refusals, OnTransient::Retry, &health).await;
+            let audit = auditor.is_some();
+            let r = produce_all(
+                &producer,
+                &outs,
+                &refusals,
+                OnTransient::Retry,
+                &health,
+                audit,
+            )
+            .await;
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            let r = match (r, auditor) {
+                (Ok(leaves), Some(a)) => a.checkpoint(leaves, &ranges).await.map_err(Into::into),
+                (Ok(_), None) => Ok(CommitMetadata::new()),
+                (Err(e), _) => Err(e),
+            };
+            drop(written);
+            // "acknowledged" for the tracker (and the rebalance's commit) means checkpointed too
             tracker.finish(seq, r.is_ok())?;
             r
         });
@@ -352,9 +431,10 @@ impl Sink {
         consumer: &StreamConsumer<SourceContext>,
         stopping: bool,
     ) -> Result<(), SinkError> {
-        if let Some(answer) = f.answer {
-            answer??;
-        }
+        let meta = match f.answer {
+            Some(answer) => answer??,
+            None => CommitMetadata::new(),
+        };
         // only partitions still assigned: a revoked one was committed by the rebalance, and a
         // late commit here could move its new owner's offset back
         let assigned = consumer.assignment().unwrap_or_default();
@@ -366,7 +446,7 @@ impl Sink {
             } else {
                 CommitMode::Async
             };
-            if let Err(e) = consumer.commit(&commit.to_list(), mode) {
+            if let Err(e) = consumer.commit(&commit.to_list_with(&meta), mode) {
                 // Not fatal: the records are archived; another member may own the partition.
                 tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (same byok.src)");
             }
@@ -382,32 +462,66 @@ impl Sink {
         &self,
         outs: Vec<Out>,
         next: &Offsets,
+        ranges: &[BatchRange],
         consumer: &StreamConsumer<SourceContext>,
         shutdown: watch::Receiver<bool>,
         drain_deadline: Duration,
     ) -> Result<(), SinkError> {
         let outs = self.refusals.rewrite(outs);
-        let produced = produce_all(
-            &self.producer,
-            &outs,
-            &self.refusals,
-            OnTransient::Fail,
-            &self.health,
-        );
-        tokio::select! {
+        let snapshot = match &self.auditor {
+            Some(a) => Some(a.snapshot().await),
+            None => None,
+        };
+        let r = self
+            .transact(outs, next, ranges, consumer, shutdown, drain_deadline)
+            .await;
+        if r.is_err()
+            && let (Some(a), Some(s)) = (&self.auditor, snapshot)
+        {
+            a.restore(s).await;
+        }
+        r
+    }
+
+    async fn transact(
+        &self,
+        outs: Vec<Out>,
+        next: &Offsets,
+        ranges: &[BatchRange],
+        consumer: &StreamConsumer<SourceContext>,
+        shutdown: watch::Receiver<bool>,
+        drain_deadline: Duration,
+    ) -> Result<(), SinkError> {
+        let produced = async {
+            let leaves = produce_all(
+                &self.producer,
+                &outs,
+                &self.refusals,
+                OnTransient::Fail,
+                &self.health,
+                self.auditor.is_some(),
+            )
+            .await?;
+            // the checkpoint goes in the same transaction, before the offsets
+            match &self.auditor {
+                Some(a) => Ok::<_, SinkError>(a.checkpoint(leaves, ranges).await?),
+                None => Ok(CommitMetadata::new()),
+            }
+        };
+        let meta = tokio::select! {
             r = produced => r?,
             _ = after_stop(shutdown, drain_deadline) => {
                 return Err(SinkError::DrainDeadline { batches: 1 });
             }
-        }
-        let meta = consumer
+        };
+        let group = consumer
             .group_metadata()
             .ok_or(SinkError::NoGroupMetadata)?;
         let assigned = consumer.assignment().unwrap_or_default();
         let commit = next.filtered(|t, p| holds(&assigned, t, p));
         let t = Timeout::After(Duration::from_secs(60));
         self.producer
-            .send_offsets_to_transaction(&commit.to_list(), &meta, t)
+            .send_offsets_to_transaction(&commit.to_list_with(&meta), &group, t)
             .map_err(|source| SinkError::Transaction {
                 step: "send offsets",
                 source,
@@ -439,6 +553,16 @@ impl Sink {
             .abort_transaction(Timeout::After(Duration::from_secs(60)))
         {
             tracing::warn!(error = %e, "aborting the transaction failed");
+        }
+    }
+
+    /// Writes the audit log's `end` record (a clean exit: nothing signed later by this session
+    /// is genuine).
+    pub async fn end_audit(&self) {
+        if let Some(a) = &self.auditor
+            && let Err(e) = a.end().await
+        {
+            tracing::warn!(error = %e, "the audit log's end record was not written");
         }
     }
 

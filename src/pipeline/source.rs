@@ -52,6 +52,20 @@ impl Offsets {
         tpl
     }
 
+    /// The same offsets as a list, each with its commit metadata when it has one.
+    pub fn to_list_with(
+        &self,
+        meta: &std::collections::BTreeMap<Partition, String>,
+    ) -> TopicPartitionList {
+        let tpl = self.to_list();
+        for ((t, p), m) in meta {
+            if let Some(mut e) = tpl.find_partition(t, *p) {
+                e.set_metadata(m.as_str());
+            }
+        }
+        tpl
+    }
+
     /// Only the partitions `keep` accepts.
     pub fn filtered(&self, keep: impl Fn(&str, i32) -> bool) -> Self {
         Offsets(
@@ -286,6 +300,8 @@ pub struct SourceContext {
     pub(crate) transactional: bool,
     /// Partitions paused (their lag is a wait, not a stall), shared with [`Paused`].
     pub(crate) paused: Arc<Mutex<BTreeSet<Partition>>>,
+    /// The audit writer: a revocation commits with its chain links and forgets the heads.
+    pub(crate) auditor: Option<Arc<crate::auditor::Auditor>>,
 }
 
 impl SourceContext {
@@ -377,11 +393,19 @@ impl ConsumerContext for SourceContext {
                 return;
             }
         };
+        let meta = self
+            .auditor
+            .as_ref()
+            .map(|a| a.metadata_for(&commit.0))
+            .unwrap_or_default();
+        if let Some(a) = &self.auditor {
+            a.forget(revoked);
+        }
         if commit.is_empty() {
             tracing::info!(partitions = revoked.count(), "partitions revoked");
             return;
         }
-        match c.commit(&commit.to_list(), CommitMode::Sync) {
+        match c.commit(&commit.to_list_with(&meta), CommitMode::Sync) {
             Ok(()) => tracing::info!(
                 partitions = revoked.count(),
                 committed = commit.0.len(),

@@ -1,0 +1,562 @@
+//! Writing the audit log (docs/audit-v1.md): a writer's Ed25519 session certified by the
+//! operator's signing key in Key Vault (`signer`), then a signed `checkpoint` per batch naming its
+//! outputs as leaves and chaining each input partition, and `end` on a clean exit.
+//!
+//! This module must never let a batch's offsets be committed before its checkpoint is
+//! acknowledged, and never sign anything with a key that leaves memory.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use time::OffsetDateTime;
+
+use crate::audit::codec::{append_signature, b64, format_ms};
+use crate::audit::merkle::{self, ChainStep, Hash, LeafRecord, ZERO, leaf_hash};
+use crate::audit::records::{
+    Checkpoint, Leaf, Range, Session, SignerStatement, out_runs, parse_checkpoint, to_json,
+    verify_session_signed,
+};
+use crate::config::{AuditConfig, Config};
+use crate::lock;
+
+impl AuditorError {
+    /// Whether trying again later may succeed (the vault or the broker did not answer).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            AuditorError::Certify(e) => e.is_transient(),
+            AuditorError::Produce { .. } | AuditorError::VersionChanged { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// The audit log could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditorError {
+    /// The operator's signing key could not be reached or refused to sign.
+    #[error("certifying the session key with the operator's signing key: {0}")]
+    Certify(#[from] crate::kms::KmsError),
+    /// The signing key's client could not be set up.
+    #[error("the operator's signing key: {0}")]
+    Setup(String),
+    /// Key Vault signed with another key version than the statement names.
+    #[error("Key Vault signed with {got}, the statement names {named}; run again")]
+    VersionChanged {
+        /// The version that signed.
+        got: String,
+        /// The version named.
+        named: String,
+    },
+    /// An audit record was not acknowledged.
+    #[error("produce to the audit topic {topic}: {source}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// Cause.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A Kafka client could not be made.
+    #[error("Kafka ({step}): {source}")]
+    Kafka {
+        /// What was done.
+        step: &'static str,
+        /// Cause.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The session's key could not be made.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// A writer's role in its signer statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A worker of the consumer group: its checkpoints carry input ranges.
+    Worker,
+    /// An operator tool (drain, replay, rewrap): checkpoints without ranges.
+    Tool,
+}
+
+/// One input partition's part of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRange {
+    /// Input topic.
+    pub topic: String,
+    /// Input partition.
+    pub partition: i32,
+    /// Offset of the batch's first record there.
+    pub first: i64,
+    /// The offset the batch commits (one past its last record).
+    pub to: i64,
+    /// Records consumed there.
+    pub n: u64,
+}
+
+/// A batch's input ranges: per partition, its first offset, its commit point and its records.
+pub fn ranges_of(batch: &[rdkafka::message::OwnedMessage]) -> Vec<BatchRange> {
+    let mut by: BTreeMap<(&str, i32), BatchRange> = BTreeMap::new();
+    for m in batch {
+        let r = by
+            .entry((m.topic(), m.partition()))
+            .or_insert_with(|| BatchRange {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                first: m.offset(),
+                to: m.offset() + 1,
+                n: 0,
+            });
+        r.first = r.first.min(m.offset());
+        r.to = r.to.max(m.offset() + 1);
+        r.n += 1;
+    }
+    by.into_values().collect()
+}
+
+/// Where the chains stood ([`Auditor::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    session: (u64, Hash),
+    heads: BTreeMap<(String, i32), Head>,
+}
+
+/// Where a partition's chain stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    to: i64,
+    link: Hash,
+    at: (i32, i64),
+}
+
+/// The leaf of a record produced, from its delivery report.
+pub fn leaf_of(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&str, Option<&[u8]>)],
+) -> Leaf {
+    let src = headers
+        .iter()
+        .find(|(n, _)| *n == crate::envelope::headers::names::SRC)
+        .and_then(|(_, v)| *v)
+        .unwrap_or_default();
+    let hash = leaf_hash(&LeafRecord {
+        topic,
+        partition,
+        offset,
+        src,
+        key,
+        value,
+        headers,
+    });
+    Leaf {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        hash,
+    }
+}
+
+/// Leaves of records produced outside a batch (registry and key records), for the next
+/// checkpoint.
+#[derive(Debug, Default)]
+pub struct PendingLeaves(Mutex<Vec<Leaf>>);
+
+impl PendingLeaves {
+    /// Adds one.
+    pub fn push(&self, leaf: Leaf) {
+        lock(&self.0).push(leaf);
+    }
+    fn take(&self) -> Vec<Leaf> {
+        std::mem::take(&mut *lock(&self.0))
+    }
+}
+
+/// The process's audit writer.
+#[allow(missing_debug_implementations)] // the producer and consumer have no Debug
+pub struct Auditor {
+    session: tokio::sync::Mutex<Session>,
+    /// Checkpoints (the worker's producer: in its transaction under exactly-once).
+    producer: FutureProducer,
+    /// Signer and end records (never transactional).
+    statements: FutureProducer,
+    topic: String,
+    group: String,
+    role: Role,
+    /// Records produced outside batches, named by the next checkpoint.
+    pub pending: Arc<PendingLeaves>,
+    heads: Mutex<BTreeMap<(String, i32), Head>>,
+    /// Reads committed offsets (with their metadata) and the checkpoints they name.
+    lookup: Mutex<BaseConsumer>,
+}
+
+impl Auditor {
+    /// Starts a writer: a new session key certified by the operator's signing key, and its
+    /// `signer` record acknowledged. A worker that cannot do this must not join the group.
+    pub async fn start(
+        config: &Config,
+        audit: &AuditConfig,
+        role: Role,
+        group: &str,
+        producer: FutureProducer,
+        statements: FutureProducer,
+    ) -> Result<Self, AuditorError> {
+        let writer = crate::kafka::worker_id(config);
+        let mut session = Session::generate(&writer)?;
+        let value = certify(config, audit, role, group, &mut session).await?;
+        let lookup: BaseConsumer = crate::kafka::consumer_config(config)
+            .set("group.id", group)
+            .create()
+            .map_err(|source| AuditorError::Kafka {
+                step: "create the audit lookup consumer",
+                source,
+            })?;
+        let a = Self {
+            session: tokio::sync::Mutex::new(session),
+            producer,
+            statements,
+            topic: audit.topic.clone(),
+            group: group.to_owned(),
+            role,
+            pending: Arc::new(PendingLeaves::default()),
+            heads: Mutex::new(BTreeMap::new()),
+            lookup: Mutex::new(lookup),
+        };
+        a.produce(&a.statements, &writer, value).await?;
+        tracing::info!(writer, topic = %a.topic, "audit session certified by the operator's signing key");
+        Ok(a)
+    }
+
+    async fn produce(
+        &self,
+        producer: &FutureProducer,
+        writer: &str,
+        value: Vec<u8>,
+    ) -> Result<(i32, i64), AuditorError> {
+        producer
+            .send(
+                FutureRecord::to(&self.topic).key(writer).payload(&value),
+                Timeout::After(Duration::from_secs(60)),
+            )
+            .await
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(source, _)| AuditorError::Produce {
+                topic: self.topic.clone(),
+                source,
+            })
+    }
+
+    /// Writes the checkpoint of a batch (or of a tool's writes, `ranges` empty): its leaves and
+    /// those pending, the root, and per input partition the chain link. Returns the commit
+    /// metadata per input partition, once the checkpoint is acknowledged.
+    pub async fn checkpoint(
+        &self,
+        mut leaves: Vec<Leaf>,
+        ranges: &[BatchRange],
+    ) -> Result<BTreeMap<(String, i32), String>, AuditorError> {
+        leaves.extend(self.pending.take());
+        let out = out_runs(&mut leaves);
+        let hashes: Vec<Hash> = leaves.iter().map(|l| l.hash).collect();
+        let root = merkle::root(&hashes);
+        let mut session = self.session.lock().await;
+        let (seq, wprev) = session.next();
+        let mut heads = Vec::new();
+        let mut out_ranges = Vec::new();
+        for r in ranges {
+            let (prev, from, restart) = self.prev_of(r);
+            let link = merkle::link(&ChainStep {
+                prev: &prev,
+                topic: &r.topic,
+                partition: r.partition,
+                from,
+                to: r.to,
+                n: r.n,
+                root: &root,
+            });
+            out_ranges.push(Range {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                from,
+                to: r.to,
+                n: r.n,
+                prev: b64(&prev),
+                link: b64(&link),
+                restart,
+            });
+            heads.push(((r.topic.clone(), r.partition), r.to, link));
+        }
+        let c = Checkpoint {
+            v: 1,
+            t: "checkpoint".into(),
+            writer: session.writer().to_owned(),
+            seq,
+            wprev,
+            created: format_ms(OffsetDateTime::now_utc()),
+            group: self.group.clone(),
+            root: b64(&root),
+            leaves: leaves.len() as u64,
+            out,
+            ranges: out_ranges,
+        };
+        let value = session.sign(&to_json(&c));
+        let writer = session.writer().to_owned();
+        let at = self.produce(&self.producer, &writer, value).await?;
+        drop(session);
+        let mut meta = BTreeMap::new();
+        let mut h = lock(&self.heads);
+        for (k, to, link) in heads {
+            meta.insert(k.clone(), metadata(&link, at));
+            h.insert(k, Head { to, link, at });
+        }
+        ::metrics::counter!("byok_audit_checkpoints_total").increment(1);
+        Ok(meta)
+    }
+
+    /// The previous link of a batch's range, its `from`, and why the chain restarts if it does.
+    fn prev_of(&self, r: &BatchRange) -> (Hash, i64, Option<String>) {
+        let key = (r.topic.clone(), r.partition);
+        if let Some(h) = lock(&self.heads).get(&key).cloned() {
+            return (h.link, h.to, None);
+        }
+        match self.adopt(&r.topic, r.partition) {
+            Ok(h) => (h.link, h.to, None),
+            Err(reason) => (ZERO, r.first, Some(reason)),
+        }
+    }
+
+    /// The chain head a previous owner left in the committed offset's metadata, if the
+    /// checkpoint it names verifies and its range for the partition ends at the committed
+    /// offset; else why not.
+    fn adopt(&self, topic: &str, partition: i32) -> Result<Head, String> {
+        let consumer = lock(&self.lookup);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .map_err(|e| format!("committed offset not readable: {e}"))?;
+        let e = committed
+            .elements()
+            .into_iter()
+            .next()
+            .ok_or("no committed offset")?;
+        let Offset::Offset(to) = e.offset() else {
+            return Err("first batch of the partition (no committed offset)".into());
+        };
+        let meta = e.metadata().to_owned();
+        let (link, at) = parse_metadata(&meta).ok_or_else(|| {
+            if meta.is_empty() {
+                "commit metadata missing".to_owned()
+            } else {
+                "commit metadata not byok-chain-v1".to_owned()
+            }
+        })?;
+        let value = read_at(&consumer, &self.topic, at)?;
+        drop(consumer);
+        let signed = signed_text(&value)?;
+        let c = parse_checkpoint(&signed).map_err(|e| e.to_string())?;
+        let ok = c.ranges.iter().any(|r| {
+            r.topic == topic && r.partition == partition && r.to == to && r.link == b64(&link)
+        });
+        if !ok {
+            return Err("the checkpoint named by the commit metadata does not end there".into());
+        }
+        Ok(Head { to, link, at })
+    }
+
+    /// Writes `end` (the writer's last `seq`) on a clean exit.
+    pub async fn end(&self) -> Result<(), AuditorError> {
+        let mut session = self.session.lock().await;
+        let (seq, wprev) = session.next();
+        let unsigned = format!(
+            "{{\"v\":1,\"t\":\"end\",\"writer\":{},\"seq\":{seq},\"wprev\":\"{wprev}\",\"created\":\"{}\"}}",
+            serde_json::Value::from(session.writer()),
+            format_ms(OffsetDateTime::now_utc())
+        );
+        let value = session.sign(&unsigned);
+        let writer = session.writer().to_owned();
+        drop(session);
+        self.produce(&self.statements, &writer, value)
+            .await
+            .map(|_| ())
+    }
+
+    /// The commit metadata of partitions whose chain head ends at the offset to commit.
+    pub fn metadata_for(
+        &self,
+        commit: &BTreeMap<(String, i32), i64>,
+    ) -> BTreeMap<(String, i32), String> {
+        let heads = lock(&self.heads);
+        commit
+            .iter()
+            .filter_map(|(k, to)| {
+                let h = heads.get(k).filter(|h| h.to == *to)?;
+                Some((k.clone(), metadata(&h.link, h.at)))
+            })
+            .collect()
+    }
+
+    /// Forgets the chain heads of revoked partitions (their next owner continues the chains; if
+    /// they come back, the committed metadata says where they stand).
+    pub fn forget(&self, revoked: &TopicPartitionList) {
+        let mut heads = lock(&self.heads);
+        for e in revoked.elements() {
+            heads.remove(&(e.topic().to_owned(), e.partition()));
+        }
+    }
+
+    /// Where the writer's chain and the partitions' chains stand (before a transaction).
+    pub async fn snapshot(&self) -> Snapshot {
+        let s = self.session.lock().await;
+        Snapshot {
+            session: s.position(),
+            heads: lock(&self.heads).clone(),
+        }
+    }
+
+    /// Puts the chains back where a snapshot saw them (the transaction holding a checkpoint was
+    /// aborted: that checkpoint never becomes visible, so nothing may follow it).
+    pub async fn restore(&self, snapshot: Snapshot) {
+        self.session.lock().await.resume_position(snapshot.session);
+        *lock(&self.heads) = snapshot.heads;
+    }
+
+    /// This writer's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+}
+
+/// The signed text of a checkpoint named by commit metadata. Its shape is checked here, not its
+/// signature (that needs its writer's signer record, which `byok verify` reads): a forged
+/// checkpoint can only make the next link start from a wrong `prev`, which verify reports as a
+/// chain break.
+fn signed_text(value: &[u8]) -> Result<String, String> {
+    crate::audit::codec::split_signed(value, "sig")
+        .map(|(s, _)| s)
+        .map_err(|e| e.to_string())
+}
+
+/// The commit metadata of a chain link: `byok-chain-v1:<hex link>:<audit partition>:<audit
+/// offset of the checkpoint>`.
+fn metadata(link: &Hash, at: (i32, i64)) -> String {
+    format!("byok-chain-v1:{}:{}:{}", hex::encode(link), at.0, at.1)
+}
+
+/// Reads [`metadata`] back.
+fn parse_metadata(meta: &str) -> Option<(Hash, (i32, i64))> {
+    let mut it = meta.strip_prefix("byok-chain-v1:")?.split(':');
+    let link: Hash = hex::decode(it.next()?).ok()?.try_into().ok()?;
+    let p = it.next()?.parse().ok()?;
+    let o = it.next()?.parse().ok()?;
+    it.next().is_none().then_some((link, (p, o)))
+}
+
+/// One record of the audit topic.
+fn read_at(consumer: &BaseConsumer, topic: &str, at: (i32, i64)) -> Result<Vec<u8>, String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, at.0, Offset::Offset(at.1))
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        if std::time::Instant::now() > deadline {
+            break Err("the checkpoint named by the commit metadata was not found".to_owned());
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) if m.offset() == at.1 => {
+                break Ok(m.payload().unwrap_or_default().to_vec());
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => break Err(e.to_string()),
+        }
+    };
+    let _ = consumer.unassign();
+    found
+}
+
+/// The signer statement of `session`, signed by the operator's key in Key Vault (PS256 over its
+/// SHA-256), and the session moved past it.
+async fn certify(
+    config: &Config,
+    audit: &AuditConfig,
+    role: Role,
+    group: &str,
+    session: &mut Session,
+) -> Result<Vec<u8>, AuditorError> {
+    let http = crate::kms::azure::http_client(&config.keys, audit.signing_key.ca_file.as_deref())
+        .map_err(|e| AuditorError::Setup(e.to_string()))?;
+    let provider = crate::kms::azure::AzureKeyProvider::new(
+        "_audit",
+        &audit.signing_key,
+        http,
+        Duration::ZERO,
+    )?;
+    let version = provider
+        .get_version(audit.signing_key.key_version.as_deref())
+        .await?;
+    let now = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let (seq, wprev) = session.next();
+    let st = SignerStatement {
+        v: 1,
+        t: "signer".into(),
+        writer: session.writer().to_owned(),
+        seq,
+        wprev,
+        cluster: audit.cluster.clone(),
+        group: group.to_owned(),
+        role: match role {
+            Role::Worker => "worker".into(),
+            Role::Tool => "tool".into(),
+        },
+        session_key: b64(session.public_key()),
+        not_before: format_ms(now),
+        not_after: format_ms(now + time::Duration::hours(24)),
+        signing_kid: version.kid.to_string(),
+    };
+    let unsigned = to_json(&st);
+    let (kid, sig) = provider
+        .sign_ps256(&merkle::hash(unsigned.as_bytes()))
+        .await?;
+    if kid != version.kid {
+        return Err(AuditorError::VersionChanged {
+            got: kid.to_string(),
+            named: version.kid.to_string(),
+        });
+    }
+    let value = append_signature(&unsigned, "kv_sig", &sig).into_bytes();
+    Ok(session.record(value))
+}
+
+/// Verifies a checkpoint under a session key (for readers holding the signer).
+pub fn verify_checkpoint(value: &[u8], session_key: &[u8]) -> Result<Checkpoint, String> {
+    let signed = verify_session_signed(value, session_key).map_err(|e| e.to_string())?;
+    parse_checkpoint(&signed).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_metadata_round_trips_and_refuses_other_shapes() {
+        let link = [0xab; 32];
+        let m = format!("byok-chain-v1:{}:3:1234", hex::encode(link));
+        assert_eq!(parse_metadata(&m), Some((link, (3, 1234))));
+        for bad in [
+            "",
+            "byok-chain-v1:zz:3:1",
+            &format!("byok-chain-v2:{}:3:1", hex::encode(link)),
+            &format!("byok-chain-v1:{}:3", hex::encode(link)),
+            &format!("byok-chain-v1:{}:3:1:9", hex::encode(link)),
+        ] {
+            assert_eq!(parse_metadata(bad), None, "{bad}");
+        }
+    }
+}

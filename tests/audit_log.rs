@@ -1,0 +1,421 @@
+//! The audit log (docs/audit-v1.md) written by the worker on Tansu with the Key Vault emulator:
+//! a signer record certified by the operator's signing key (PS256 through Key Vault), a signed
+//! checkpoint per batch naming every archive, quarantine, registry and key record as a leaf
+//! exactly once, per input partition a contiguous chain, `end` on a clean exit; and a second
+//! worker continuing the chains from the commit metadata.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use byok::audit::merkle::{self, ChainStep, Hash};
+use byok::audit::records::{Checkpoint, verify_session_signed, verify_signer};
+use byok::auditor::leaf_of;
+use byok::config::Config;
+use byok::pipeline::health::Health;
+use common::emu::*;
+use common::tansu::Tansu;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message};
+
+const OUTPUTS: [&str; 4] = [
+    "archive.messages",
+    "byok.quarantine",
+    "byok.deks",
+    "byok.keks",
+];
+
+/// Every record of a topic: (partition, offset, key, value, headers).
+type Raw = (
+    i32,
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn read_topic(bootstrap: &str, topic: &str) -> Vec<Raw> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("audit-test-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(20))
+        .unwrap();
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut want = 0;
+    for p in &parts {
+        let (lo, hi) = c
+            .fetch_watermarks(topic, *p, Duration::from_secs(20))
+            .unwrap();
+        want += hi - lo;
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as i64) < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(300)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.partition(),
+                m.offset(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                headers,
+            ));
+        }
+    }
+    assert_eq!(out.len() as i64, want, "read every record of {topic}");
+    out
+}
+
+struct Run {
+    tansu: Tansu,
+    emu: Emu,
+    config: Config,
+    producer: FutureProducer,
+    next: usize,
+}
+
+impl Run {
+    async fn start() -> Run {
+        let tansu = Tansu::start();
+        for t in ["capture.messages", "archive.messages", "byok.quarantine"] {
+            tansu.create_topic(t, 3);
+        }
+        for t in ["byok.deks", "byok.keks", "byok.audit"] {
+            tansu.create_topic(t, 1);
+        }
+        let emu = Emu::start().await;
+        let port = emu.port();
+        let dir = emu.dir.path();
+        let path = common::emu_config::write(dir, port, &emu.running.ca_pem, "");
+        let operator = dir.join("operator.secret");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(
+                "bootstrap_servers = \"127.0.0.1:9092\"",
+                &format!(
+                    "bootstrap_servers = \"{}\"\ngroup_id = \"byok-audit\"",
+                    tansu.bootstrap()
+                ),
+            )
+            .replace("[keys]", "[batch]\nmax_wait = \"20ms\"\n\n[keys]")
+            + &format!(
+                r#"
+[audit]
+cluster = "test-cluster"
+
+[audit.signing_key]
+vault_url = "https://byok-operator.vault.azure.net:{port}"
+key_name = "audit-signing"
+entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
+client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
+credential = {{ type = "client-secret", file = "{}" }}
+authority_host = "https://127.0.0.1:{port}"
+"#,
+                operator.display()
+            );
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert!(config.audit.is_some());
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", tansu.bootstrap())
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        Run {
+            tansu,
+            emu,
+            config,
+            producer,
+            next: 0,
+        }
+    }
+
+    /// Captures `n` messages: acme, globex and a tenant nobody knows (quarantined).
+    async fn capture(&mut self, n: usize) {
+        let mut sends = Vec::new();
+        for _ in 0..n {
+            let i = self.next;
+            self.next += 1;
+            let tenant = ["acme", "globex", "nobody"][i % 3];
+            let body =
+                format!(r#"{{"tenant_id":"{tenant}","message_id":"m{i}","body":"hello {i}"}}"#);
+            sends.push((format!("conv-{}", i % 5), body));
+        }
+        let futs = sends.iter().map(|(k, b)| {
+            self.producer.send(
+                FutureRecord::to("capture.messages").key(k).payload(b),
+                Timeout::Never,
+            )
+        });
+        for r in futures::future::join_all(futs).await {
+            r.unwrap();
+        }
+    }
+
+    /// Runs a worker until `total` records are done, then stops it cleanly.
+    async fn work_until(&self, total: u64) {
+        let health = Arc::new(Health::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(byok::pipeline::run_with(
+            self.config.clone(),
+            stopped,
+            Arc::clone(&health),
+            byok::pipeline::seal_stage,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while health.records_done() < total {
+            assert!(
+                Instant::now() < deadline,
+                "worker stalled at {}",
+                health.records_done()
+            );
+            assert!(
+                !worker.is_finished(),
+                "the worker stopped: {:?}",
+                worker.await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.send(true).unwrap();
+        worker.await.unwrap().unwrap();
+    }
+
+    async fn operator_signing_key(&self) -> (Vec<u8>, Vec<u8>) {
+        let audit = self.config.audit.as_ref().unwrap();
+        let http = byok::kms::azure::http_client(&self.config.keys, None).unwrap();
+        let p = byok::kms::azure::AzureKeyProvider::new(
+            "_audit",
+            &audit.signing_key,
+            http,
+            Duration::ZERO,
+        )
+        .unwrap();
+        let v = p.get_version(None).await.unwrap();
+        (v.n, v.e)
+    }
+}
+
+/// What the audit topic says, checked record by record.
+#[derive(Default)]
+struct Audit {
+    /// Checkpoints in audit order, with their writer.
+    checkpoints: Vec<Checkpoint>,
+    writers: BTreeSet<String>,
+    ended: BTreeSet<String>,
+}
+
+fn b64_32(s: &str) -> Hash {
+    URL_SAFE_NO_PAD.decode(s).unwrap().try_into().unwrap()
+}
+
+/// Verifies every writer's records: signer under the operator's key, then each record under the
+/// session key, `seq`/`wprev` unbroken, nothing after `end`.
+fn verify_audit(records: &[Raw], n: &[u8], e: &[u8]) -> Audit {
+    let mut audit = Audit::default();
+    // (session key, next seq, wprev) per writer
+    let mut state: BTreeMap<String, (Vec<u8>, u64, Hash)> = BTreeMap::new();
+    for (_, _, key, value, headers) in records {
+        assert!(headers.is_empty(), "audit records carry no headers");
+        let value = value.as_ref().unwrap();
+        let writer = String::from_utf8(key.clone().unwrap()).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(value).unwrap();
+        assert_eq!(j["writer"], writer.as_str(), "record key is the writer");
+        assert!(!audit.ended.contains(&writer), "a record after end");
+        match j["t"].as_str().unwrap() {
+            "signer" => {
+                let st =
+                    verify_signer(value, n, e).expect("signer verifies under the operator's key");
+                assert_eq!(st.cluster, "test-cluster");
+                assert_eq!(st.role, "worker");
+                assert_eq!(st.seq, 0);
+                let key = URL_SAFE_NO_PAD.decode(&st.session_key).unwrap();
+                state.insert(writer.clone(), (key, 1, merkle::hash(value)));
+                audit.writers.insert(writer);
+            }
+            t => {
+                let (key, seq, wprev) = state.get_mut(&writer).expect("a signer first");
+                let signed = verify_session_signed(value, key).expect("signed by the session key");
+                let j: serde_json::Value = serde_json::from_str(&signed).unwrap();
+                assert_eq!(j["seq"].as_u64().unwrap(), *seq, "writer chain: seq");
+                assert_eq!(
+                    b64_32(j["wprev"].as_str().unwrap()),
+                    *wprev,
+                    "writer chain: wprev"
+                );
+                *seq += 1;
+                *wprev = merkle::hash(value);
+                match t {
+                    "checkpoint" => audit
+                        .checkpoints
+                        .push(byok::audit::records::parse_checkpoint(&signed).unwrap()),
+                    "end" => {
+                        audit.ended.insert(writer);
+                    }
+                    other => panic!("unexpected record kind {other}"),
+                }
+            }
+        }
+    }
+    audit
+}
+
+/// Every output record is a leaf of exactly one checkpoint, with the hash its checkpoint's root
+/// was computed from.
+fn check_coverage(run: &Run, audit: &Audit) {
+    let mut named: BTreeMap<(String, i32, i64), usize> = BTreeMap::new();
+    for (i, c) in audit.checkpoints.iter().enumerate() {
+        let mut count = 0;
+        for o in &c.out {
+            for [first, len] in &o.runs {
+                for off in *first..first + len {
+                    let prev = named.insert((o.topic.clone(), o.partition, off), i);
+                    assert!(
+                        prev.is_none(),
+                        "{}/{}/{off} named twice",
+                        o.topic,
+                        o.partition
+                    );
+                    count += 1;
+                }
+            }
+        }
+        assert_eq!(count, c.leaves, "leaves count of checkpoint {i}");
+    }
+    type Place = (String, i32, i64);
+    let mut hashes: BTreeMap<usize, Vec<(Place, Hash)>> = BTreeMap::new();
+    let mut total = 0;
+    for topic in OUTPUTS {
+        for (p, o, key, value, headers) in read_topic(&run.tansu.bootstrap(), topic) {
+            let hs: Vec<(&str, Option<&[u8]>)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect();
+            let leaf = leaf_of(topic, p, o, key.as_deref(), value.as_deref(), &hs);
+            let at = (topic.to_owned(), p, o);
+            let i = *named
+                .get(&at)
+                .unwrap_or_else(|| panic!("{topic}/{p}/{o} is named by no checkpoint (injected?)"));
+            hashes.entry(i).or_default().push((at, leaf.hash));
+            total += 1;
+        }
+    }
+    assert_eq!(total, named.len(), "every named leaf is present");
+    for (i, mut leaves) in hashes {
+        leaves.sort();
+        let list: Vec<Hash> = leaves.iter().map(|(_, h)| *h).collect();
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(merkle::root(&list)),
+            audit.checkpoints[i].root,
+            "root of checkpoint {i}: a leaf's hash differs (altered?)"
+        );
+    }
+}
+
+/// Per input partition: ranges contiguous, each link computed from the previous one; returns
+/// how many ranges restarted.
+fn check_chains(audit: &Audit, captured: &BTreeMap<i32, i64>) -> usize {
+    let mut heads: BTreeMap<i32, (i64, Hash)> = BTreeMap::new();
+    let mut restarts = 0;
+    for c in &audit.checkpoints {
+        let root = b64_32(&c.root);
+        for r in &c.ranges {
+            assert_eq!(r.topic, "capture.messages");
+            let prev = b64_32(&r.prev);
+            match heads.get(&r.partition) {
+                Some((to, link)) if r.restart.is_none() => {
+                    assert_eq!(r.from, *to, "partition {} contiguous", r.partition);
+                    assert_eq!(prev, *link, "partition {} linked", r.partition);
+                }
+                Some((to, _)) => {
+                    restarts += 1;
+                    assert_eq!(
+                        r.from, *to,
+                        "partition {} contiguous across a restart",
+                        r.partition
+                    );
+                }
+                None => {
+                    assert_eq!(r.from, 0, "the first range starts at the first offset");
+                    assert_eq!(prev, [0u8; 32]);
+                }
+            }
+            let link = merkle::link(&ChainStep {
+                prev: &prev,
+                topic: &r.topic,
+                partition: r.partition,
+                from: r.from,
+                to: r.to,
+                n: r.n,
+                root: &root,
+            });
+            assert_eq!(URL_SAFE_NO_PAD.encode(link), r.link, "link recomputed");
+            heads.insert(r.partition, (r.to, link));
+        }
+    }
+    for (p, end) in captured {
+        assert_eq!(
+            heads.get(p).map(|h| h.0),
+            Some(*end),
+            "partition {p} chained to its end"
+        );
+    }
+    restarts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkpoints_name_every_output_once_chain_each_partition_and_continue_after_a_restart() {
+    let mut run = Run::start().await;
+    run.capture(300).await;
+    run.work_until(300).await;
+    // a second worker process (a new session) continues the chains from the commit metadata
+    run.capture(150).await;
+    run.work_until(150).await;
+
+    let (n, e) = run.operator_signing_key().await;
+    let records = read_topic(&run.tansu.bootstrap(), "byok.audit");
+    let audit = verify_audit(&records, &n, &e);
+    assert_eq!(audit.writers.len(), 2, "one session per worker start");
+    assert_eq!(audit.ended, audit.writers, "each clean exit wrote end");
+    assert!(audit.checkpoints.len() >= 2);
+    check_coverage(&run, &audit);
+    let captured: BTreeMap<i32, i64> = read_topic(&run.tansu.bootstrap(), "capture.messages")
+        .iter()
+        .fold(BTreeMap::new(), |mut m, (p, o, ..)| {
+            let e = m.entry(*p).or_insert(0);
+            *e = (*e).max(o + 1);
+            m
+        });
+    let restarts = check_chains(&audit, &captured);
+    assert_eq!(
+        restarts, 0,
+        "the second worker carried every chain on from the commit metadata"
+    );
+    // the worker asked Key Vault to sign twice (one statement per start), nothing else
+    let stats = run.emu.admin.stats().await.unwrap();
+    eprintln!("operator vault calls: {}", stats["calls"]["byok-operator"]);
+    assert_eq!(stats["calls"]["byok-operator"]["sign"].as_u64(), Some(2));
+}

@@ -48,6 +48,7 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Raw> {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("audit-test-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     let md = c
@@ -55,19 +56,28 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Raw> {
         .unwrap();
     let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut want = 0;
+    let mut ends = BTreeMap::new();
     for p in &parts {
-        let (lo, hi) = c
+        let (_, hi) = c
             .fetch_watermarks(topic, *p, Duration::from_secs(20))
             .unwrap();
-        want += hi - lo;
+        ends.insert(*p, hi);
         tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)
             .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while (out.len() as i64) < want && Instant::now() < deadline {
+    // read until every partition's position reaches its end (transaction markers included)
+    let done = |c: &BaseConsumer| {
+        let pos = c.position().unwrap();
+        ends.iter().all(|(p, hi)| {
+            *hi == 0
+                || matches!(pos.find_partition(topic, *p).map(|e| e.offset()), Some(rdkafka::Offset::Offset(o)) if o >= *hi)
+        })
+    };
+    while !done(&c) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
         if let Some(Ok(m)) = c.poll(Duration::from_millis(300)) {
             let headers = m
                 .headers()
@@ -86,8 +96,26 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Raw> {
             ));
         }
     }
-    assert_eq!(out.len() as i64, want, "read every record of {topic}");
     out
+}
+
+/// The `[audit]` section for the example seed's operator signing key.
+fn audit_toml(port: u16, operator_secret: &std::path::Path) -> String {
+    format!(
+        r#"
+[audit]
+cluster = "test-cluster"
+
+[audit.signing_key]
+vault_url = "https://byok-operator.vault.azure.net:{port}"
+key_name = "audit-signing"
+entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
+client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
+credential = {{ type = "client-secret", file = "{}" }}
+authority_host = "https://127.0.0.1:{port}"
+"#,
+        operator_secret.display()
+    )
 }
 
 struct Run {
@@ -122,21 +150,7 @@ impl Run {
                 ),
             )
             .replace("[keys]", "[batch]\nmax_wait = \"20ms\"\n\n[keys]")
-            + &format!(
-                r#"
-[audit]
-cluster = "test-cluster"
-
-[audit.signing_key]
-vault_url = "https://byok-operator.vault.azure.net:{port}"
-key_name = "audit-signing"
-entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
-client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
-credential = {{ type = "client-secret", file = "{}" }}
-authority_host = "https://127.0.0.1:{port}"
-"#,
-                operator.display()
-            );
+            + &audit_toml(port, &operator);
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         assert!(config.audit.is_some());
@@ -285,7 +299,7 @@ fn verify_audit(records: &[Raw], n: &[u8], e: &[u8]) -> Audit {
 
 /// Every output record is a leaf of exactly one checkpoint, with the hash its checkpoint's root
 /// was computed from.
-fn check_coverage(run: &Run, audit: &Audit) {
+fn check_coverage(bootstrap: &str, audit: &Audit) {
     let mut named: BTreeMap<(String, i32, i64), usize> = BTreeMap::new();
     for (i, c) in audit.checkpoints.iter().enumerate() {
         let mut count = 0;
@@ -309,7 +323,7 @@ fn check_coverage(run: &Run, audit: &Audit) {
     let mut hashes: BTreeMap<usize, Vec<(Place, Hash)>> = BTreeMap::new();
     let mut total = 0;
     for topic in OUTPUTS {
-        for (p, o, key, value, headers) in read_topic(&run.tansu.bootstrap(), topic) {
+        for (p, o, key, value, headers) in read_topic(bootstrap, topic) {
             let hs: Vec<(&str, Option<&[u8]>)> = headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_deref()))
@@ -401,7 +415,7 @@ async fn checkpoints_name_every_output_once_chain_each_partition_and_continue_af
     assert_eq!(audit.writers.len(), 2, "one session per worker start");
     assert_eq!(audit.ended, audit.writers, "each clean exit wrote end");
     assert!(audit.checkpoints.len() >= 2);
-    check_coverage(&run, &audit);
+    check_coverage(&run.tansu.bootstrap(), &audit);
     let captured: BTreeMap<i32, i64> = read_topic(&run.tansu.bootstrap(), "capture.messages")
         .iter()
         .fold(BTreeMap::new(), |mut m, (p, o, ..)| {
@@ -418,4 +432,71 @@ async fn checkpoints_name_every_output_once_chain_each_partition_and_continue_af
     let stats = run.emu.admin.stats().await.unwrap();
     eprintln!("operator vault calls: {}", stats["calls"]["byok-operator"]);
     assert_eq!(stats["calls"]["byok-operator"]["sign"].as_u64(), Some(2));
+}
+
+/// Exactly-once on the mock cluster: each checkpoint goes in its batch's transaction; a
+/// read_committed reader finds the same verified log (every output a leaf once, chains
+/// contiguous).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_writes_each_checkpoint_in_its_batchs_transaction() {
+    let r = common::mock::rig_with(&[
+        ("capture.messages", 3),
+        ("archive.messages", 3),
+        ("byok.deks", 1),
+        ("byok.keks", 1),
+        ("byok.quarantine", 1),
+        ("byok.audit", 1),
+    ])
+    .await;
+    let operator = r.emu.dir.path().join("operator.secret");
+    let config = r.edit_config(|t| {
+        t.replace(
+            &format!("bootstrap_servers = \"{}\"", r.bootstrap),
+            &format!(
+                "bootstrap_servers = \"{}\"\ndelivery = \"exactly-once\"",
+                r.bootstrap
+            ),
+        ) + &audit_toml(r.emu.port(), &operator)
+    });
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &r.bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..300 {
+        let t = ["acme", "globex", "nobody"][i % 3];
+        let body = format!(r#"{{"tenant_id":"{t}","body":"eos {i}"}}"#);
+        producer
+            .send(
+                FutureRecord::<(), _>::to("capture.messages").payload(&body),
+                Timeout::Never,
+            )
+            .await
+            .unwrap();
+    }
+    let (stop, worker, _) = common::mock::worker_until(&config, 300, 120).await;
+    common::mock::stop_worker(stop, worker).await;
+    let audit_cfg = config.audit.as_ref().unwrap();
+    let http = byok::kms::azure::http_client(&config.keys, None).unwrap();
+    let signer = byok::kms::azure::AzureKeyProvider::new(
+        "_audit",
+        &audit_cfg.signing_key,
+        http,
+        Duration::ZERO,
+    )
+    .unwrap();
+    let v = signer.get_version(None).await.unwrap();
+    let audit = verify_audit(&read_topic(&r.bootstrap, "byok.audit"), &v.n, &v.e);
+    assert_eq!(audit.writers.len(), 1);
+    assert_eq!(audit.ended, audit.writers);
+    check_coverage(&r.bootstrap, &audit);
+    let captured: BTreeMap<i32, i64> = read_topic(&r.bootstrap, "capture.messages").iter().fold(
+        BTreeMap::new(),
+        |mut m, (p, o, ..)| {
+            let e = m.entry(*p).or_insert(0);
+            *e = (*e).max(o + 1);
+            m
+        },
+    );
+    check_chains(&audit, &captured);
+    drop(producer);
 }

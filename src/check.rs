@@ -197,6 +197,98 @@ pub async fn check_tenant(tenant: &str, key: &KeyVaultKey, keys: &KeysConfig) ->
     r.lines
 }
 
+/// The operator's audit signing key (docs/audit-v1.md §5): token, key found, RSA of 3072 bits or
+/// more, enabled, `sign` permitted, and a real PS256 signature that verifies under the key's
+/// public part.
+pub async fn check_signing_key(key: &KeyVaultKey, keys: &KeysConfig) -> Vec<CheckLine> {
+    let mut r = Report {
+        tenant: "audit-signing",
+        lines: Vec::new(),
+    };
+    let provider = match crate::kms::azure::http_client(keys, key.ca_file.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|http| {
+            AzureKeyProvider::new("_audit", key, http, Duration::ZERO).map_err(|e| e.to_string())
+        }) {
+        Ok(p) => p,
+        Err(e) => {
+            r.fail(
+                "credential",
+                e,
+                "fix [audit.signing_key] (byok config check shows the field)",
+            );
+            return r.lines;
+        }
+    };
+    if !certificates(&mut r, key) || !token_check(&mut r, &provider, key, "its credential").await {
+        return r.lines;
+    }
+    let Some(version) = key_check(&mut r, &provider, key).await else {
+        return r.lines;
+    };
+    if version.bits() < 3072 || !version.kty.starts_with("RSA") {
+        r.fail(
+            "size",
+            format!(
+                "{} of {} bits; audit signing needs RSA of 3072 bits or more",
+                version.kty,
+                version.bits()
+            ),
+            "create an RSA key of 3072 or 4096 bits for signing and configure it",
+        );
+    } else {
+        r.pass("size", format!("RSA-{}", version.bits()));
+    }
+    if !version.enabled {
+        r.fail(
+            "enabled",
+            format!("version {} is disabled", version.kid.version()),
+            "enable the signing key's version",
+        );
+    }
+    if !version
+        .key_ops
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case("sign"))
+    {
+        r.fail(
+            "key-ops",
+            format!(
+                "permitted operations {:?} do not include sign",
+                version.key_ops
+            ),
+            "allow the Sign operation on the key (Permitted operations: Sign, Verify)",
+        );
+    }
+    let digest = crate::audit::merkle::hash(b"byok check-key: audit signing");
+    match provider.sign_ps256(&digest).await {
+        Ok((kid, sig)) => {
+            let ok = ring::signature::RsaPublicKeyComponents {
+                n: &version.n,
+                e: &version.e,
+            }
+            .verify(&ring::signature::RSA_PSS_2048_8192_SHA256, b"byok check-key: audit signing", &sig)
+            .is_ok();
+            if ok {
+                r.pass("sign", format!("PS256 signature by {kid} verifies under its public key"));
+            } else {
+                r.fail("sign", "the signature does not verify under the key's public part", "check that key_name names the signing key");
+            }
+        }
+        Err(e) => r.fail(
+            "sign",
+            e.to_string(),
+            format!(
+                "assign app {} a role with Microsoft.KeyVault/vaults/keys/sign/action (and keys/read) on key {} in vault {}",
+                key.client_id,
+                key.key_name,
+                vault_name(key)
+            ),
+        ),
+    }
+    r.lines
+}
+
 /// Step 1: a Key Vault token with the configured credential; false when there is none.
 async fn token_check(
     r: &mut Report<'_>,

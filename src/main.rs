@@ -249,11 +249,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         /// Check this tenant.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        #[arg(long, conflicts_with = "all", required_unless_present_any = ["all", "operator"])]
         tenant: Option<String>,
         /// Check every tenant with BYOK enabled.
         #[arg(long)]
         all: bool,
+        /// Check the operator's keys: the quarantine key (round trip) and, with [audit], the
+        /// audit signing key (RSA >= 3072, sign permitted, a real PS256 signature).
+        #[arg(long)]
+        operator: bool,
         /// Print JSON lines instead of text.
         #[arg(long)]
         json: bool,
@@ -566,9 +570,10 @@ fn main() -> ExitCode {
             config,
             tenant,
             all,
+            operator,
             json,
         } => runtime()
-            .and_then(|rt| rt.block_on(check_key(&config, tenant.as_deref(), all, json)))
+            .and_then(|rt| rt.block_on(check_key(&config, tenant.as_deref(), all, operator, json)))
             .unwrap_or_else(|e| fail(&e)),
         Command::VaultEmulator(args) => runtime()
             .and_then(|rt| rt.block_on(vault_emulator(*args)))

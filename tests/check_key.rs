@@ -209,3 +209,57 @@ async fn each_broken_setup_names_its_fix() {
         "{out}"
     );
 }
+
+/// `--operator`: the quarantine key's round trip and the audit signing key (RSA >= 3072, sign
+/// permitted, a real PS256 signature verified under its public key); without the sign action
+/// the signing check fails with the role to assign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keys_pass_then_a_signing_key_without_the_sign_role_fails_with_its_fix() {
+    let emu = Emu::start().await;
+    let port = emu.port();
+    let operator = emu.dir.path().join("operator.secret");
+    let audit = format!(
+        r#"
+[audit]
+cluster = "test"
+
+[audit.signing_key]
+vault_url = "https://byok-operator.vault.azure.net:{port}"
+key_name = "audit-signing"
+entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
+client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
+credential = {{ type = "client-secret", file = "{}" }}
+authority_host = "https://127.0.0.1:{port}"
+"#,
+        operator.display()
+    );
+    let config = common::emu_config::write(emu.dir.path(), port, &emu.running.ca_pem, &audit);
+    let (ok, out) = check(&config, &["--operator"]).await;
+    assert!(ok, "{out}");
+    for line in [
+        "_quarantine  PASS  round-trip",
+        "audit-signing PASS  size         RSA-3072",
+        "audit-signing PASS  sign",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    assert!(
+        !out.contains("acme"),
+        "--operator alone checks no tenant: {out}"
+    );
+    emu.admin
+        .remove_role(
+            "byok-operator",
+            "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10",
+            Some("audit signer"),
+        )
+        .await
+        .unwrap();
+    let (ok, out) = check(&config, &["--operator"]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("audit-signing FAIL  sign"), "{out}");
+    assert!(
+        out.contains("keys/sign/action"),
+        "the fix names the action: {out}"
+    );
+}

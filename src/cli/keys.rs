@@ -101,6 +101,7 @@ pub(crate) async fn check_key(
     config: &std::path::Path,
     tenant: Option<&str>,
     all: bool,
+    operator: bool,
     json: bool,
 ) -> Result<ExitCode, String> {
     let config = super::load_config(config)?;
@@ -109,7 +110,7 @@ pub(crate) async fn check_key(
         .values()
         .filter(|t| all || Some(t.id.as_str()) == tenant)
         .collect();
-    if selected.is_empty() {
+    if selected.is_empty() && !operator {
         return Err(match tenant {
             Some(t) => format!(
                 "tenant {t:?} is not in the configuration; configured: {}",
@@ -123,9 +124,28 @@ pub(crate) async fn check_key(
             None => "the configuration has no tenant".to_owned(),
         });
     }
-    let mut failed = false;
+    let mut reports = Vec::new();
+    if operator {
+        reports
+            .push(byok::check::check_tenant("_quarantine", &config.quarantine, &config.keys).await);
+        match &config.audit {
+            Some(a) => {
+                reports.push(byok::check::check_signing_key(&a.signing_key, &config.keys).await)
+            }
+            None => reports.push(vec![byok::check::CheckLine {
+                tenant: "audit-signing".into(),
+                check: "audit",
+                verdict: byok::check::Verdict::Warn,
+                message: "no [audit] section: no audit log is written, the archive is not provable"
+                    .into(),
+                fix: Some(
+                    "add [audit] with cluster and [audit.signing_key] (docs/audit-v1.md)".into(),
+                ),
+            }]),
+        }
+    }
     for t in selected {
-        let lines = match (&t.key, t.byok_enabled) {
+        reports.push(match (&t.key, t.byok_enabled) {
             (Some(key), true) => byok::check::check_tenant(t.id.as_str(), key, &config.keys).await,
             _ => vec![byok::check::CheckLine {
                 tenant: t.id.to_string(),
@@ -138,7 +158,10 @@ pub(crate) async fn check_key(
                         .into(),
                 ),
             }],
-        };
+        });
+    }
+    let mut failed = false;
+    for lines in reports {
         failed |= lines
             .iter()
             .any(|l| l.verdict == byok::check::Verdict::Fail);

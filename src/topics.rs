@@ -30,6 +30,8 @@ pub enum Role {
     Registry,
     /// Tenants' last known public keys (compacted).
     Keks,
+    /// The audit log (never compacted).
+    Audit,
 }
 
 impl Role {
@@ -37,7 +39,7 @@ impl Role {
     const fn needs(self) -> Option<&'static str> {
         match self {
             Role::Input => None,
-            Role::Archive | Role::Quarantine => Some("delete"),
+            Role::Archive | Role::Quarantine | Role::Audit => Some("delete"),
             Role::Registry | Role::Keks => Some("compact"),
         }
     }
@@ -47,6 +49,9 @@ impl Role {
             Role::Input => "",
             Role::Archive | Role::Quarantine => {
                 "compaction keeps only the last record of each key (conversation): it would delete archived messages"
+            }
+            Role::Audit => {
+                "compaction keeps only each writer's last record: it would delete checkpoints and break every chain"
             }
             Role::Registry | Role::Keks => {
                 "deletion by age removes the only wrapped copy of a DEK (or a tenant's last known public key)"
@@ -111,6 +116,9 @@ pub fn topics_of(config: &Config) -> Vec<(String, Role)> {
     out.push((config.kafka.quarantine_topic.clone(), Role::Quarantine));
     out.push((config.kafka.registry_topic.clone(), Role::Registry));
     out.push((config.kafka.keks_topic.clone(), Role::Keks));
+    if let Some(a) = &config.audit {
+        out.push((a.topic.clone(), Role::Audit));
+    }
     out
 }
 

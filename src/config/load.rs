@@ -148,10 +148,7 @@ impl Loader {
                 .section::<KeyRaw>("quarantine", Some(v))
                 .and_then(|raw| self.key("quarantine", raw)),
         };
-        let audit = table.remove("audit").and_then(|v| {
-            self.section::<AuditRaw>("audit", Some(v))
-                .and_then(|raw| self.audit(raw))
-        });
+        let audit = self.audit_section(table.remove("audit"));
         let tenants_dir = table.remove("tenants_dir");
         let tenants_value = table.remove("tenants");
         for (k, _) in table {
@@ -190,6 +187,12 @@ impl Loader {
             audit,
             tenants: tenants?,
         })
+    }
+
+    fn audit_section(&mut self, value: Option<toml::Value>) -> Option<AuditConfig> {
+        let v = value?;
+        self.section::<AuditRaw>("audit", Some(v))
+            .and_then(|raw| self.audit(raw))
     }
 
     /// `[audit]`: the cluster name, the signing key (checked as the quarantine key is), pinned

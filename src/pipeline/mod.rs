@@ -213,27 +213,8 @@ where
         audit: auditor.as_ref().map(|a| Arc::clone(&a.pending)),
     })?;
     tracing::info!(group = %config.kafka.group_id, topics = ?config.kafka.input_topics, tenants = keyring.tenants().len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
-    let max_in_flight = if transactional {
-        1
-    } else {
-        config.batch.in_flight.get()
-    };
-    let refusals = Arc::new(refusal::Refusals::new(
-        &config.kafka.quarantine_topic,
-        vec![
-            config.kafka.registry_topic.clone(),
-            config.kafka.keks_topic.clone(),
-        ],
-    ));
     let mut worker = Worker {
-        sink: Sink::new(
-            producer,
-            tracker,
-            Arc::clone(&health),
-            max_in_flight,
-            refusals,
-        )
-        .with_auditor(auditor.clone()),
+        sink: sink(&config, producer, tracker, &health, auditor),
         config: &config,
         consumer,
         stage,
@@ -326,6 +307,37 @@ async fn start_auditor(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The sink of the worker's batches: at most `batch.in_flight` in flight (one under
+/// exactly-once), refused records to the quarantine, checkpoints when the audit log is written.
+fn sink(
+    config: &Config,
+    producer: FutureProducer,
+    tracker: Arc<OffsetTracker>,
+    health: &Arc<Health>,
+    auditor: Option<Arc<crate::auditor::Auditor>>,
+) -> Sink {
+    let max_in_flight = if config.kafka.delivery == Delivery::ExactlyOnce {
+        1
+    } else {
+        config.batch.in_flight.get()
+    };
+    let refusals = Arc::new(refusal::Refusals::new(
+        &config.kafka.quarantine_topic,
+        vec![
+            config.kafka.registry_topic.clone(),
+            config.kafka.keks_topic.clone(),
+        ],
+    ));
+    Sink::new(
+        producer,
+        tracker,
+        Arc::clone(health),
+        max_in_flight,
+        refusals,
+    )
+    .with_auditor(auditor)
 }
 
 /// The worker's consumer, subscribed to the input topics.

@@ -208,7 +208,12 @@ impl Auditor {
         producer: FutureProducer,
         statements: FutureProducer,
     ) -> Result<Self, AuditorError> {
-        let writer = crate::kafka::worker_id(config);
+        // one writer per session: a restarted container keeps its host name and pid
+        let writer = format!(
+            "{}-{}",
+            crate::kafka::worker_id(config),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let mut session = Session::generate(&writer)?;
         let value = certify(config, audit, role, group, &mut session).await?;
         let lookup: BaseConsumer = crate::kafka::consumer_config(config)
@@ -350,21 +355,17 @@ impl Auditor {
             return Err("first batch of the partition (no committed offset)".into());
         };
         let meta = e.metadata().to_owned();
-        let (link, at) = parse_metadata(&meta).ok_or_else(|| {
-            if meta.is_empty() {
-                "commit metadata missing".to_owned()
-            } else {
-                "commit metadata not byok-chain-v1".to_owned()
-            }
-        })?;
+        if meta.is_empty() {
+            // brokers that drop commit metadata (Tansu 0.6.0): the link is in the partition's
+            // last checkpoint
+            return last_checkpoint(&consumer, &self.topic, topic, partition, to);
+        }
+        let (link, at) =
+            parse_metadata(&meta).ok_or("commit metadata not byok-chain-v1".to_owned())?;
         let value = read_at(&consumer, &self.topic, at)?;
         drop(consumer);
-        let signed = signed_text(&value)?;
-        let c = parse_checkpoint(&signed).map_err(|e| e.to_string())?;
-        let ok = c.ranges.iter().any(|r| {
-            r.topic == topic && r.partition == partition && r.to == to && r.link == b64(&link)
-        });
-        if !ok {
+        let ends_there = range_ending(&value, topic, partition, to).is_some_and(|l| l == link);
+        if !ends_there {
             return Err("the checkpoint named by the commit metadata does not end there".into());
         }
         Ok(Head { to, link, at })
@@ -433,6 +434,101 @@ impl Auditor {
     }
 }
 
+/// The link of the range of `topic`/`partition` ending at `to` in a checkpoint value, if it has
+/// one.
+fn range_ending(value: &[u8], topic: &str, partition: i32, to: i64) -> Option<Hash> {
+    let c = parse_checkpoint(&signed_text(value).ok()?).ok()?;
+    let r = c
+        .ranges
+        .iter()
+        .find(|r| r.topic == topic && r.partition == partition && r.to == to)?;
+    crate::audit::codec::unb64_32(&r.link, "link").ok()
+}
+
+/// How far back the audit topic is searched for a partition's last checkpoint.
+const LAST_CHECKPOINT_SEARCH: i64 = 50_000;
+
+/// The newest checkpoint of the audit topic whose range for `topic`/`partition` ends at `to`,
+/// searched backwards in windows over the last [`LAST_CHECKPOINT_SEARCH`] records of each
+/// audit partition.
+fn last_checkpoint(
+    consumer: &BaseConsumer,
+    audit_topic: &str,
+    topic: &str,
+    partition: i32,
+    to: i64,
+) -> Result<Head, String> {
+    let md = consumer
+        .fetch_metadata(Some(audit_topic), Duration::from_secs(10))
+        .map_err(|e| format!("audit topic not readable: {e}"))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    for ap in parts {
+        let (lo, hi) = consumer
+            .fetch_watermarks(audit_topic, ap, Duration::from_secs(10))
+            .map_err(|e| format!("audit topic not readable: {e}"))?;
+        let floor = lo.max(hi - LAST_CHECKPOINT_SEARCH);
+        let mut end = hi;
+        while end > floor {
+            let start = floor.max(end - 1000);
+            let window = read_range(consumer, audit_topic, ap, start, end)?;
+            for (offset, value) in window.iter().rev() {
+                if let Some(link) = range_ending(value, topic, partition, to) {
+                    return Ok(Head {
+                        to,
+                        link,
+                        at: (ap, *offset),
+                    });
+                }
+            }
+            end = start;
+        }
+    }
+    Err("commit metadata missing and no checkpoint ends at the committed offset".into())
+}
+
+/// The records of an audit partition in `[start, end)`.
+fn read_range(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    end: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut next = start;
+    while next < end && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                if m.offset() < end {
+                    out.push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+                }
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            // past transaction markers the position moves without a message
+            None => {
+                if let Ok(pos) = consumer.position()
+                    && let Some(Offset::Offset(o)) =
+                        pos.find_partition(topic, partition).map(|e| e.offset())
+                {
+                    next = next.max(o);
+                }
+            }
+        }
+    }
+    let _ = consumer.unassign();
+    Ok(out)
+}
+
 /// The signed text of a checkpoint named by commit metadata. Its shape is checked here, not its
 /// signature (that needs its writer's signer record, which `byok verify` reads): a forged
 /// checkpoint can only make the next link start from a wrong `prev`, which verify reports as a
@@ -460,25 +556,11 @@ fn parse_metadata(meta: &str) -> Option<(Hash, (i32, i64))> {
 
 /// One record of the audit topic.
 fn read_at(consumer: &BaseConsumer, topic: &str, at: (i32, i64)) -> Result<Vec<u8>, String> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, at.0, Offset::Offset(at.1))
-        .map_err(|e| e.to_string())?;
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let found = loop {
-        if std::time::Instant::now() > deadline {
-            break Err("the checkpoint named by the commit metadata was not found".to_owned());
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) if m.offset() == at.1 => {
-                break Ok(m.payload().unwrap_or_default().to_vec());
-            }
-            Some(Ok(_)) | None => {}
-            Some(Err(e)) => break Err(e.to_string()),
-        }
-    };
-    let _ = consumer.unassign();
-    found
+    read_range(consumer, topic, at.0, at.1, at.1 + 1)?
+        .into_iter()
+        .next()
+        .map(|(_, v)| v)
+        .ok_or_else(|| "the checkpoint named by the commit metadata was not found".to_owned())
 }
 
 /// The signer statement of `session`, signed by the operator's key in Key Vault (PS256 over its

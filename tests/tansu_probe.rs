@@ -198,9 +198,12 @@ async fn probe_archive_like_read() {
     eprintln!("final {:?} after {:?}", per, start.elapsed());
 }
 
-/// AUDIT.md §3 carries the chain link in the commit metadata: this checks that Tansu 0.6.0
-/// keeps and returns it (and the mock cluster, for comparison).
+/// AUDIT.md §3 carries the chain link in the commit metadata. Tansu 0.6.0 accepts a commit with
+/// metadata and returns the offset with empty metadata (`committed: Offset(42) metadata ""`), so
+/// a worker there takes the link from the partition's last checkpoint instead
+/// (`auditor::last_checkpoint`). Run with `--ignored --nocapture`.
 #[tokio::test]
+#[ignore = "documents a broker limit; prints what Tansu returns"]
 async fn commit_metadata_is_kept_and_returned() {
     let t = common::tansu::Tansu::start();
     t.create_topic("meta", 2);

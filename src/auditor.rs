@@ -331,15 +331,17 @@ impl Auditor {
             return (h.link, h.to, None);
         }
         match self.adopt(&r.topic, r.partition) {
-            Ok(h) => (h.link, h.to, None),
+            Ok(Some(h)) => (h.link, h.to, None),
+            // the partition's first batch ever: its chain starts here
+            Ok(None) => (ZERO, r.first, None),
             Err(reason) => (ZERO, r.first, Some(reason)),
         }
     }
 
     /// The chain head a previous owner left in the committed offset's metadata, if the
     /// checkpoint it names verifies and its range for the partition ends at the committed
-    /// offset; else why not.
-    fn adopt(&self, topic: &str, partition: i32) -> Result<Head, String> {
+    /// offset; `None` when nothing was ever committed (the chain starts); else why not.
+    fn adopt(&self, topic: &str, partition: i32) -> Result<Option<Head>, String> {
         let consumer = lock(&self.lookup);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
@@ -352,13 +354,13 @@ impl Auditor {
             .next()
             .ok_or("no committed offset")?;
         let Offset::Offset(to) = e.offset() else {
-            return Err("first batch of the partition (no committed offset)".into());
+            return Ok(None);
         };
         let meta = e.metadata().to_owned();
         if meta.is_empty() {
             // brokers that drop commit metadata (Tansu 0.6.0): the link is in the partition's
             // last checkpoint
-            return last_checkpoint(&consumer, &self.topic, topic, partition, to);
+            return last_checkpoint(&consumer, &self.topic, topic, partition, to).map(Some);
         }
         let (link, at) =
             parse_metadata(&meta).ok_or("commit metadata not byok-chain-v1".to_owned())?;
@@ -368,7 +370,7 @@ impl Auditor {
         if !ends_there {
             return Err("the checkpoint named by the commit metadata does not end there".into());
         }
-        Ok(Head { to, link, at })
+        Ok(Some(Head { to, link, at }))
     }
 
     /// Writes `end` (the writer's last `seq`) on a clean exit.

@@ -22,6 +22,7 @@
 //! - [`seen`]: records already written, keyed by provenance and plaintext (never by a header alone).
 //! - [`topics`]: the topics a configuration names, as the cluster has them (`config check --connect`).
 //! - [`archive`]: opening archive and quarantine records (`byok cat`), the registry, `byok.keks`.
+//! - [`verify`]: `byok verify`, the audit log checked against the topics it covers.
 //! - [`lifecycle`]: following keys (monitor), draining the quarantine, replay, rewrap, usage.
 //! - [`pipeline`]: `byok run`: source, route, seal, sink, health.
 //! - [`check`]: `byok check-key`, the customer's setup guide as a command.
@@ -68,6 +69,8 @@ pub mod seen;
 pub mod topics;
 
 pub mod archive;
+
+pub mod verify;
 
 pub mod lifecycle;
 

@@ -168,6 +168,22 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Verify the audit log (docs/audit-v1.md): every audit record under a signer certified by a
+    /// pinned signing key version (audit.signing_keys), writer chains, per input partition chains
+    /// (gaps, rewinds, restarts), and every archive, quarantine, registry and key record a leaf of
+    /// exactly one checkpoint (injected, removed, altered). Prints examples and a summary whose
+    /// last line is "N passed, M failed"; exit 1 on any finding (and on notices with --strict).
+    Verify {
+        /// The worker configuration (its [audit] section).
+        #[arg(long)]
+        config: PathBuf,
+        /// JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Notices (restarts) fail too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Re-seal archive records into another topic (--from/--to), or drain the quarantine into the
     /// archive (--quarantine).
     ///
@@ -513,6 +529,13 @@ fn main() -> ExitCode {
                 },
         } => runtime()
             .and_then(|rt| rt.block_on(keys_usage(&config, tenant, json)))
+            .unwrap_or_else(|e| fail(&e)),
+        Command::Verify {
+            config,
+            json,
+            strict,
+        } => runtime()
+            .and_then(|rt| rt.block_on(verify(&config, json, strict)))
             .unwrap_or_else(|e| fail(&e)),
         Command::Rewrap {
             config,

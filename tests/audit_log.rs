@@ -218,6 +218,36 @@ impl Run {
         worker.await.unwrap().unwrap();
     }
 
+    /// `byok verify` with the operator's signing key version pinned: (success, output).
+    async fn verify_cli(&self, kid: &str) -> (bool, String) {
+        let path = self.config.source.with_file_name("verify.toml");
+        let text = std::fs::read_to_string(&self.config.source)
+            .unwrap()
+            .replace(
+                "cluster = \"test-cluster\"",
+                &format!("cluster = \"test-cluster\"\nsigning_keys = [\"{kid}\"]"),
+            );
+        std::fs::write(&path, text).unwrap();
+        tokio::task::spawn_blocking(move || {
+            let out = common::byok()
+                .args(["verify", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                // examples (stderr) first, the summary ending in the verdict last
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
     async fn operator_signing_key(&self) -> (Vec<u8>, Vec<u8>) {
         let audit = self.config.audit.as_ref().unwrap();
         let http = byok::kms::azure::http_client(&self.config.keys, None).unwrap();
@@ -428,10 +458,62 @@ async fn checkpoints_name_every_output_once_chain_each_partition_and_continue_af
         restarts, 0,
         "the second worker carried every chain on from the commit metadata"
     );
+    // byok verify reaches the same verdict: every output verified, no finding
+    let kid = records
+        .iter()
+        .find_map(|(_, _, _, v, _)| {
+            let j: serde_json::Value = serde_json::from_slice(v.as_ref()?).ok()?;
+            j["signing_kid"].as_str().map(str::to_owned)
+        })
+        .unwrap();
+    let outputs: usize = OUTPUTS
+        .iter()
+        .map(|t| read_topic(&run.tansu.bootstrap(), t).len())
+        .sum();
+    let (ok, out) = run.verify_cli(&kid).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with(&format!("{outputs} passed, 0 failed")),
+        "{out}"
+    );
     // the worker asked Key Vault to sign twice (one statement per start), nothing else
     let stats = run.emu.admin.stats().await.unwrap();
     eprintln!("operator vault calls: {}", stats["calls"]["byok-operator"]);
     assert_eq!(stats["calls"]["byok-operator"]["sign"].as_u64(), Some(2));
+
+    // an attacker who can write to Kafka copies an archive record and a registry record: both
+    // open as before for anyone who trusts headers, and verify names them injected
+    let archive = read_topic(&run.tansu.bootstrap(), "archive.messages");
+    let registry = read_topic(&run.tansu.bootstrap(), "byok.deks");
+    for (topic, (_, _, key, value, headers)) in [
+        ("archive.messages", &archive[0]),
+        ("byok.deks", &registry[0]),
+    ] {
+        let mut h = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(rdkafka::message::Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let mut rec = FutureRecord::to(topic)
+            .payload(value.as_deref().unwrap())
+            .headers(h);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        run.producer.send(rec, Timeout::Never).await.unwrap();
+    }
+    let (ok, out) = run.verify_cli(&kid).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("injected: archive.messages/"), "{out}");
+    assert!(out.contains("injected: byok.deks/0/"), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with(&format!("{outputs} passed, 2 failed")),
+        "{out}"
+    );
 }
 
 /// Exactly-once on the mock cluster: each checkpoint goes in its batch's transaction; a

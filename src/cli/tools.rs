@@ -248,3 +248,44 @@ pub(crate) async fn demo(messages: usize) -> Result<ExitCode, String> {
         ExitCode::FAILURE
     })
 }
+
+/// `byok verify`: a spinner while the topics are read, the examples of each finding, the
+/// summary (text or JSON), last the verdict line.
+pub(crate) async fn verify(
+    path: &std::path::Path,
+    json: bool,
+    strict: bool,
+) -> Result<ExitCode, String> {
+    let config = super::load_config(path)?;
+    init_logs();
+    let bar = progress_bar(
+        0,
+        "{spinner} {elapsed_precise} {pos} records read, {per_sec}",
+    );
+    let report = byok::verify::verify(&config, &mut |done, _| bar.set_position(done))
+        .await
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    for e in &report.examples {
+        eprintln!("{e}");
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "{} writer(s), {} checkpoint(s); findings {:?}; notices {:?}",
+            report.writers, report.checkpoints, report.findings, report.notices
+        );
+        println!("note: {}", report.caveat);
+    }
+    println!("{}", report.verdict());
+    let notices: u64 = report.notices.values().sum();
+    Ok(if report.failed() > 0 || (strict && notices > 0) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,409 @@
+//! `byok verify`: reads the audit topic, the archive, the quarantine, the registry and the key
+//! topic, and reports what docs/audit-v1.md §7 asks: signatures (every record under a signer
+//! certified by a pinned signing key version, writer chains unbroken, nothing after `end`),
+//! chains (per input partition contiguous and linked, restarts reported), and coverage (every
+//! output record a leaf of exactly one checkpoint: injected, removed and altered records found).
+//!
+//! This module must never trust a key a record names: only the versions pinned in
+//! `audit.signing_keys`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rdkafka::Message;
+use serde::Serialize;
+
+use crate::audit::codec::{b64, parse_time, unb64_32};
+use crate::audit::merkle::{self, ChainStep, Hash};
+use crate::audit::records::{Checkpoint, parse_checkpoint, verify_session_signed, verify_signer};
+use crate::config::{AuditConfig, Config};
+use crate::kafka::{owned_headers, read_all, reader_consumer};
+
+/// Verification could not run (a finding is not an error: it is in the report).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// No `[audit]` section.
+    #[error("the configuration has no [audit] section: there is no audit log to verify")]
+    NotConfigured,
+    /// No pinned signing key version.
+    #[error("audit.signing_keys is empty: pin the signing key versions to trust (full key ids)")]
+    NothingPinned,
+    /// A pinned key version could not be read.
+    #[error("pinned signing key {kid}: {source}")]
+    Pinned {
+        /// The version.
+        kid: String,
+        /// Key Vault's answer.
+        source: crate::kms::KmsError,
+    },
+    /// A topic could not be read.
+    #[error(transparent)]
+    Topic(#[from] crate::kafka::TopicError),
+}
+
+/// How many examples of each finding are kept.
+const EXAMPLES: usize = 5;
+
+/// What `byok verify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Writers (sessions) seen.
+    pub writers: u64,
+    /// Checkpoints verified.
+    pub checkpoints: u64,
+    /// Output records verified as leaves.
+    pub passed: u64,
+    /// Findings by kind (exit 1).
+    pub findings: BTreeMap<&'static str, u64>,
+    /// Notices by kind (exit 0 unless strict).
+    pub notices: BTreeMap<&'static str, u64>,
+    /// The first examples of each finding and notice.
+    pub examples: Vec<String>,
+    /// Without a witness, removing the newest records with their checkpoints is not detectable.
+    pub caveat: &'static str,
+}
+
+impl VerifyReport {
+    fn finding(&mut self, kind: &'static str, example: String) {
+        let n = self.findings.entry(kind).or_default();
+        *n += 1;
+        if *n as usize <= EXAMPLES {
+            self.examples.push(format!("{kind}: {example}"));
+        }
+    }
+    fn notice(&mut self, kind: &'static str, example: String) {
+        let n = self.notices.entry(kind).or_default();
+        *n += 1;
+        if *n as usize <= EXAMPLES {
+            self.examples.push(format!("notice {kind}: {example}"));
+        }
+    }
+    /// The number of findings.
+    pub fn failed(&self) -> u64 {
+        self.findings.values().sum()
+    }
+    /// The summary's last line: `N passed, M failed`.
+    pub fn verdict(&self) -> String {
+        format!("{} passed, {} failed", self.passed, self.failed())
+    }
+}
+
+/// A writer's state while its records are read.
+struct WriterState {
+    session_key: Vec<u8>,
+    next_seq: u64,
+    wprev: Hash,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    ended: bool,
+}
+
+/// Verifies the audit log of `config`'s cluster. `progress` gets (records read, 0).
+pub async fn verify(
+    config: &Config,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport, VerifyError> {
+    let audit = config.audit.as_ref().ok_or(VerifyError::NotConfigured)?;
+    let pinned = pinned_keys(config, audit).await?;
+    let mut report = VerifyReport {
+        caveat: "without a witness (--witness), removing the newest records together with their checkpoints and commits is not detectable inside Kafka",
+        ..VerifyReport::default()
+    };
+    let consumer = reader_consumer(config)?;
+    let mut writers: HashMap<String, WriterState> = HashMap::new();
+    let mut checkpoints: Vec<Checkpoint> = Vec::new();
+    let mut read = 0u64;
+    read_all(&consumer, &audit.topic, None, |m| {
+        read += 1;
+        if read % 1000 == 0 {
+            progress(read, 0);
+        }
+        let writer = m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let value = m.payload().unwrap_or_default();
+        let at = format!("{}/{}/{}", audit.topic, m.partition(), m.offset());
+        if writer.starts_with("dek:") || writer.starts_with("kek:") {
+            return;
+        }
+        match audit_record(&pinned, audit, &mut writers, &writer, value) {
+            Ok(Some(c)) => checkpoints.push(c),
+            Ok(None) => {}
+            Err(kind) => report.finding(kind, at),
+        }
+    })
+    .await?;
+    report.writers = writers.len() as u64;
+    report.checkpoints = checkpoints.len() as u64;
+    coverage(config, &checkpoints, &mut report, progress).await?;
+    chains(&checkpoints, &mut report);
+    Ok(report)
+}
+
+/// The pinned signing key versions: kid -> (n, e).
+async fn pinned_keys(
+    config: &Config,
+    audit: &AuditConfig,
+) -> Result<HashMap<String, (Vec<u8>, Vec<u8>)>, VerifyError> {
+    if audit.trusted.is_empty() {
+        return Err(VerifyError::NothingPinned);
+    }
+    let pinned_err = |kid: &crate::kms::KekId| {
+        let kid = kid.to_string();
+        move |source| VerifyError::Pinned { kid, source }
+    };
+    let mut out = HashMap::new();
+    for kid in &audit.trusted {
+        let http =
+            crate::kms::azure::http_client(&config.keys, audit.signing_key.ca_file.as_deref())
+                .map_err(|e| VerifyError::Pinned {
+                    kid: kid.to_string(),
+                    source: crate::kms::KmsError::Setup {
+                        tenant: "_audit".into(),
+                        detail: e.to_string(),
+                    },
+                })?;
+        let p = crate::kms::azure::AzureKeyProvider::new(
+            "_audit",
+            &audit.signing_key,
+            http,
+            std::time::Duration::ZERO,
+        )
+        .map_err(pinned_err(kid))?;
+        let v = p
+            .get_version(Some(kid.version()))
+            .await
+            .map_err(pinned_err(kid))?;
+        out.insert(kid.to_string(), (v.n, v.e));
+    }
+    Ok(out)
+}
+
+/// One record of the audit topic: a checkpoint to keep, nothing, or the kind of finding.
+fn audit_record(
+    pinned: &HashMap<String, (Vec<u8>, Vec<u8>)>,
+    audit: &AuditConfig,
+    writers: &mut HashMap<String, WriterState>,
+    writer: &str,
+    value: &[u8],
+) -> Result<Option<Checkpoint>, &'static str> {
+    let j: serde_json::Value = serde_json::from_slice(value).map_err(|_| "bad signature")?;
+    if j["writer"].as_str() != Some(writer) {
+        return Err("bad signature");
+    }
+    if j["t"] == "signer" {
+        let kid = j["signing_kid"].as_str().unwrap_or_default();
+        let (n, e) = pinned.get(kid).ok_or("bad signature")?;
+        let st = verify_signer(value, n, e).map_err(|_| "bad signature")?;
+        if st.cluster != audit.cluster {
+            return Err("bad signature");
+        }
+        let time = |t: &str| parse_time(t, "time").map_err(|_| "bad signature");
+        let key = crate::audit::codec::unb64(&st.session_key, "session_key")
+            .map_err(|_| "bad signature")?;
+        match writers.get_mut(writer) {
+            // a later statement of the same writer (re-certification): its chain continues
+            Some(w)
+                if st.seq == w.next_seq && unb64_32(&st.wprev, "wprev").ok() == Some(w.wprev) =>
+            {
+                w.session_key = key;
+                w.next_seq += 1;
+                w.wprev = merkle::hash(value);
+                w.not_before = time(&st.not_before)?;
+                w.not_after = time(&st.not_after)?;
+            }
+            Some(_) => return Err("writer-chain break"),
+            None if st.seq == 0 => {
+                writers.insert(
+                    writer.to_owned(),
+                    WriterState {
+                        session_key: key,
+                        next_seq: 1,
+                        wprev: merkle::hash(value),
+                        not_before: time(&st.not_before)?,
+                        not_after: time(&st.not_after)?,
+                        ended: false,
+                    },
+                );
+            }
+            None => return Err("writer-chain break"),
+        }
+        return Ok(None);
+    }
+    let w = writers.get_mut(writer).ok_or("bad signature")?;
+    if w.ended {
+        return Err("record after end");
+    }
+    let signed = verify_session_signed(value, &w.session_key).map_err(|_| "bad signature")?;
+    let j: serde_json::Value = serde_json::from_str(&signed).map_err(|_| "bad signature")?;
+    let created = parse_time(j["created"].as_str().unwrap_or_default(), "created")
+        .map_err(|_| "bad signature")?;
+    if created < w.not_before || created > w.not_after {
+        return Err("bad signature");
+    }
+    let wprev = unb64_32(j["wprev"].as_str().unwrap_or_default(), "wprev").ok();
+    if j["seq"].as_u64() != Some(w.next_seq) || wprev != Some(w.wprev) {
+        return Err("writer-chain break");
+    }
+    w.next_seq += 1;
+    w.wprev = merkle::hash(value);
+    match j["t"].as_str() {
+        Some("checkpoint") => parse_checkpoint(&signed)
+            .map(Some)
+            .map_err(|_| "bad signature"),
+        Some("end") => {
+            w.ended = true;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Every output record a leaf of exactly one checkpoint; roots recomputed.
+async fn coverage(
+    config: &Config,
+    checkpoints: &[Checkpoint],
+    report: &mut VerifyReport,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), VerifyError> {
+    let mut named: HashMap<(String, i32, i64), usize> = HashMap::new();
+    for (i, c) in checkpoints.iter().enumerate() {
+        for o in &c.out {
+            for [first, len] in &o.runs {
+                for off in *first..first + len {
+                    if named
+                        .insert((o.topic.clone(), o.partition, off), i)
+                        .is_some()
+                    {
+                        report.finding(
+                            "rewind",
+                            format!("{}/{}/{off} named twice", o.topic, o.partition),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut hashes: Vec<Vec<((String, i32, i64), Hash)>> = vec![Vec::new(); checkpoints.len()];
+    let consumer = reader_consumer(config)?;
+    let mut read = 0u64;
+    for topic in crate::topics::topics_of(config)
+        .into_iter()
+        .filter(|(_, r)| !matches!(r, crate::topics::Role::Input | crate::topics::Role::Audit))
+        .map(|(t, _)| t)
+    {
+        read_all(&consumer, &topic, None, |m| {
+            read += 1;
+            if read % 1000 == 0 {
+                progress(read, 0);
+            }
+            let headers = owned_headers(m);
+            let hs: Vec<(&str, Option<&[u8]>)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect();
+            let leaf = crate::auditor::leaf_of(
+                &topic,
+                m.partition(),
+                m.offset(),
+                m.key(),
+                m.payload(),
+                &hs,
+            );
+            let at = (topic.clone(), m.partition(), m.offset());
+            match named.remove(&at) {
+                Some(i) => hashes[i].push((at, leaf.hash)),
+                None => report.finding(
+                    "injected",
+                    format!(
+                        "{topic}/{}/{} is named by no checkpoint",
+                        m.partition(),
+                        m.offset()
+                    ),
+                ),
+            }
+        })
+        .await?;
+    }
+    for ((t, p, o), _) in &named {
+        report.finding(
+            "removed",
+            format!("{t}/{p}/{o} is named by a checkpoint and absent"),
+        );
+    }
+    for (i, mut leaves) in hashes.into_iter().enumerate() {
+        let c = &checkpoints[i];
+        if leaves.len() as u64 != c.leaves {
+            continue; // removed records reported above
+        }
+        leaves.sort();
+        let list: Vec<Hash> = leaves.iter().map(|(_, h)| *h).collect();
+        if b64(&merkle::root(&list)) == c.root {
+            report.passed += list.len() as u64;
+        } else {
+            let first = leaves
+                .first()
+                .map(|((t, p, o), _)| format!("{t}/{p}/{o}"))
+                .unwrap_or_default();
+            report.finding(
+                "altered",
+                format!(
+                    "the leaves of checkpoint {} seq {} (from {first}) do not hash to its root",
+                    c.writer, c.seq
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Per input partition: ranges contiguous and linked, in audit order.
+fn chains(checkpoints: &[Checkpoint], report: &mut VerifyReport) {
+    let mut heads: BTreeMap<(String, i32), (i64, Hash)> = BTreeMap::new();
+    for c in checkpoints {
+        let Ok(root) = unb64_32(&c.root, "root") else {
+            report.finding(
+                "chain break",
+                format!("checkpoint {} seq {}: bad root", c.writer, c.seq),
+            );
+            continue;
+        };
+        for r in &c.ranges {
+            let key = (r.topic.clone(), r.partition);
+            let at = format!("{}/{} [{}, {})", r.topic, r.partition, r.from, r.to);
+            let Ok(prev) = unb64_32(&r.prev, "prev") else {
+                report.finding("chain break", at);
+                continue;
+            };
+            match heads.get(&key) {
+                Some((to, _)) if r.from > *to => {
+                    report.finding("range gap", format!("{at}: previous range ended at {to}"))
+                }
+                Some((to, _)) if r.from < *to => {
+                    report.finding("rewind", format!("{at}: previous range ended at {to}"))
+                }
+                Some((_, link)) if r.restart.is_none() && prev != *link => {
+                    report.finding("chain break", at.clone())
+                }
+                _ => {}
+            }
+            if let Some(why) = &r.restart {
+                report.notice("restart", format!("{at}: {why}"));
+            }
+            let link = merkle::link(&ChainStep {
+                prev: &prev,
+                topic: &r.topic,
+                partition: r.partition,
+                from: r.from,
+                to: r.to,
+                n: r.n,
+                root: &root,
+            });
+            if b64(&link) != r.link {
+                report.finding("chain break", format!("{at}: link does not recompute"));
+            }
+            heads.insert(key, (r.to, link));
+        }
+    }
+}

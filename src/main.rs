@@ -500,6 +500,13 @@ enum ConfigCommand {
     },
 }
 
+/// Runs a command's future on a new runtime; an error is printed and fails the process.
+fn block_on(f: impl std::future::Future<Output = Result<ExitCode, String>>) -> ExitCode {
+    runtime()
+        .and_then(|rt| rt.block_on(f))
+        .unwrap_or_else(|e| fail(&e))
+}
+
 fn main() -> ExitCode {
     // `byok ... | head -1`: end quietly when the reader goes away, as Unix tools do, instead of
     // panicking on the closed pipe (Rust ignores SIGPIPE by default).
@@ -534,9 +541,7 @@ fn main() -> ExitCode {
             config,
             json,
             strict,
-        } => runtime()
-            .and_then(|rt| rt.block_on(verify(&config, json, strict)))
-            .unwrap_or_else(|e| fail(&e)),
+        } => block_on(verify(&config, json, strict)),
         Command::Rewrap {
             config,
             tenant,

@@ -115,7 +115,7 @@ pub async fn verify(
     let mut read = 0u64;
     read_all(&consumer, &audit.topic, None, |m| {
         read += 1;
-        if read % 1000 == 0 {
+        if read.is_multiple_of(1000) {
             progress(read, 0);
         }
         let writer = m
@@ -285,7 +285,8 @@ async fn coverage(
             }
         }
     }
-    let mut hashes: Vec<Vec<((String, i32, i64), Hash)>> = vec![Vec::new(); checkpoints.len()];
+    type Place = (String, i32, i64);
+    let mut hashes: Vec<Vec<(Place, Hash)>> = vec![Vec::new(); checkpoints.len()];
     let consumer = reader_consumer(config)?;
     let mut read = 0u64;
     for topic in crate::topics::topics_of(config)
@@ -295,7 +296,7 @@ async fn coverage(
     {
         read_all(&consumer, &topic, None, |m| {
             read += 1;
-            if read % 1000 == 0 {
+            if read.is_multiple_of(1000) {
                 progress(read, 0);
             }
             let headers = owned_headers(m);
@@ -326,7 +327,7 @@ async fn coverage(
         })
         .await?;
     }
-    for ((t, p, o), _) in &named {
+    for (t, p, o) in named.keys() {
         report.finding(
             "removed",
             format!("{t}/{p}/{o} is named by a checkpoint and absent"),

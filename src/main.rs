@@ -600,9 +600,7 @@ fn main() -> ExitCode {
             all,
             operator,
             json,
-        } => runtime()
-            .and_then(|rt| rt.block_on(check_key(&config, tenant.as_deref(), all, operator, json)))
-            .unwrap_or_else(|e| fail(&e)),
+        } => block_on(check_key(&config, tenant.as_deref(), all, operator, json)),
         Command::VaultEmulator(args) => runtime()
             .and_then(|rt| rt.block_on(vault_emulator(*args)))
             .unwrap_or_else(|e| fail(&e)),

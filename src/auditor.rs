@@ -16,7 +16,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
 use crate::audit::codec::{append_signature, b64, format_ms};
-use crate::audit::merkle::{self, ChainStep, Hash, LeafRecord, ZERO, leaf_hash};
+pub use crate::audit::leaves::{PendingLeaves, leaf_of};
+use crate::audit::merkle::{self, ChainStep, Hash, ZERO};
 use crate::audit::records::{
     Checkpoint, Leaf, Range, Session, SignerStatement, out_runs, parse_checkpoint, to_json,
     verify_session_signed,
@@ -131,52 +132,6 @@ struct Head {
     to: i64,
     link: Hash,
     at: (i32, i64),
-}
-
-/// The leaf of a record produced, from its delivery report.
-pub fn leaf_of(
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    headers: &[(&str, Option<&[u8]>)],
-) -> Leaf {
-    let src = headers
-        .iter()
-        .find(|(n, _)| *n == crate::envelope::headers::names::SRC)
-        .and_then(|(_, v)| *v)
-        .unwrap_or_default();
-    let hash = leaf_hash(&LeafRecord {
-        topic,
-        partition,
-        offset,
-        src,
-        key,
-        value,
-        headers,
-    });
-    Leaf {
-        topic: topic.to_owned(),
-        partition,
-        offset,
-        hash,
-    }
-}
-
-/// Leaves of records produced outside a batch (registry and key records), for the next
-/// checkpoint.
-#[derive(Debug, Default)]
-pub struct PendingLeaves(Mutex<Vec<Leaf>>);
-
-impl PendingLeaves {
-    /// Adds one.
-    pub fn push(&self, leaf: Leaf) {
-        lock(&self.0).push(leaf);
-    }
-    fn take(&self) -> Vec<Leaf> {
-        std::mem::take(&mut *lock(&self.0))
-    }
 }
 
 /// The process's audit writer.

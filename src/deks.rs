@@ -71,12 +71,12 @@ pub struct DekSet {
     /// (the old version may no longer decrypt their registry copy) and tried again.
     pending_rewraps: Vec<(String, Arc<ActiveDek>)>,
     /// Where the leaves of registry records go for the next audit checkpoint.
-    audit: Option<Arc<crate::auditor::PendingLeaves>>,
+    audit: Option<Arc<crate::audit::leaves::PendingLeaves>>,
 }
 
 impl DekSet {
     /// Names each registry record this set publishes in the next audit checkpoint.
-    pub fn set_audit(&mut self, pending: Option<Arc<crate::auditor::PendingLeaves>>) {
+    pub fn set_audit(&mut self, pending: Option<Arc<crate::audit::leaves::PendingLeaves>>) {
         self.audit = pending;
     }
 
@@ -325,7 +325,7 @@ impl DekSet {
             .await
             .map(|d| {
                 if let Some(p) = &self.audit {
-                    p.push(crate::auditor::leaf_of(
+                    p.push(crate::audit::leaves::leaf_of(
                         &self.registry_topic,
                         d.partition,
                         d.offset,

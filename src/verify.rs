@@ -28,6 +28,14 @@ pub enum VerifyError {
     /// No pinned signing key version.
     #[error("audit.signing_keys is empty: pin the signing key versions to trust (full key ids)")]
     NothingPinned,
+    /// A pinned key id is not a versioned key id.
+    #[error("audit.signing_keys: {kid}: {reason}")]
+    PinnedId {
+        /// The id as configured.
+        kid: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A pinned key version could not be read.
     #[error("pinned signing key {kid}: {source}")]
     Pinned {
@@ -154,7 +162,11 @@ async fn pinned_keys(
         move |source| VerifyError::Pinned { kid, source }
     };
     let mut out = HashMap::new();
-    for kid in &audit.trusted {
+    for text in &audit.trusted {
+        let kid = &crate::kms::KekId::parse(text).map_err(|e| VerifyError::PinnedId {
+            kid: text.clone(),
+            reason: e.to_string(),
+        })?;
         let http =
             crate::kms::azure::http_client(&config.keys, audit.signing_key.ca_file.as_deref())
                 .map_err(|e| VerifyError::Pinned {

@@ -5,12 +5,14 @@
 //!
 //! - [`codec`]: canonical base64url, times, signed values, no repeated members.
 //! - [`merkle`]: leaf data and hashes, RFC 6962 roots, chain links.
+//! - [`leaves`]: the leaf of a produced record, and leaves waiting for a checkpoint.
 //! - [`records`]: checkpoints, signer statements, a writer's session and chain.
 //!
 //! This module is pure: it must never do I/O. The bytes it hashes and signs are the page's,
 //! exactly; a change of any byte is a new version.
 
 pub mod codec;
+pub mod leaves;
 pub mod merkle;
 pub mod records;
 

@@ -223,13 +223,19 @@ impl Loader {
         };
         let mut trusted = Vec::new();
         for (i, kid) in raw.signing_keys.iter().enumerate() {
-            match crate::kms::KekId::parse(kid) {
-                Ok(k) => trusted.push(k),
-                Err(e) => self.error(
+            // https://<vault host>/keys/<name>/<version>
+            let versioned = url::Url::parse(kid).is_ok_and(|u| {
+                let segs: Vec<&str> = u.path_segments().map(Iterator::collect).unwrap_or_default();
+                u.scheme() == "https" && segs.len() == 3 && segs[0] == "keys" && !segs[2].is_empty()
+            });
+            if versioned {
+                trusted.push(kid.clone());
+            } else {
+                self.error(
                     format!("audit.signing_keys[{i}]"),
-                    e.to_string(),
+                    format!("{kid:?} is not a versioned Key Vault key id"),
                     "give the full key id with its version: https://<vault>.vault.azure.net/keys/<name>/<version>",
-                ),
+                );
             }
         }
         Some(AuditConfig {

@@ -198,7 +198,7 @@ pub struct AuditConfig {
     /// The operator's signing key in Key Vault (RSA ≥ 3072, `keys/sign/action`).
     pub signing_key: KeyVaultKey,
     /// Signing key versions readers trust (pinned; a record's own claim is never trusted).
-    pub trusted: Vec<crate::kms::KekId>,
+    pub trusted: Vec<String>,
 }
 
 /// Kafka settings.

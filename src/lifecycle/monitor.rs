@@ -59,7 +59,7 @@ pub struct KeyViews {
     /// Tenants whose records wait with no DEK possible and no public key known.
     pub holds: super::hold::Holds,
     /// Where the leaves of `byok.keks` records go for the next audit checkpoint.
-    pub audit: std::sync::OnceLock<Arc<crate::auditor::PendingLeaves>>,
+    pub audit: std::sync::OnceLock<Arc<crate::audit::leaves::PendingLeaves>>,
 }
 
 /// What [`KeyViews::apply`] changed.
@@ -268,7 +268,7 @@ async fn publish_public(
         Ok(d) => {
             u.remove(tenant);
             if let Some(p) = views.audit.get() {
-                p.push(crate::auditor::leaf_of(
+                p.push(crate::audit::leaves::leaf_of(
                     keks_topic,
                     d.partition,
                     d.offset,

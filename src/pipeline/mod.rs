@@ -114,7 +114,7 @@ pub struct Wiring<'a> {
     /// The tenants' key states.
     pub views: &'a Arc<KeyViews>,
     /// Leaves of records produced outside batches (registry records), for the next checkpoint.
-    pub audit: Option<Arc<crate::auditor::PendingLeaves>>,
+    pub audit: Option<Arc<crate::audit::leaves::PendingLeaves>>,
 }
 
 /// The sealing stage of `byok run`.

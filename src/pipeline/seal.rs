@@ -308,7 +308,7 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer for the worker's configuration, keys and producer.
     /// Names the registry records of its DEKs in the audit log's next checkpoint.
-    pub fn with_audit(mut self, pending: Option<Arc<crate::auditor::PendingLeaves>>) -> Self {
+    pub fn with_audit(mut self, pending: Option<Arc<crate::audit::leaves::PendingLeaves>>) -> Self {
         self.deks.set_audit(pending);
         self
     }

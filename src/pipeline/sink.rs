@@ -214,7 +214,7 @@ fn leaf(o: &Out, partition: i32, offset: i64) -> Leaf {
         .iter()
         .map(|(k, v)| (*k, Some(v.as_ref())))
         .collect();
-    crate::auditor::leaf_of(
+    crate::audit::leaves::leaf_of(
         &o.topic,
         partition,
         offset,

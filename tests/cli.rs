@@ -506,6 +506,7 @@ fn config_check_connect_finds_missing_topics_and_wrong_cleanup_policies() {
     tansu.create_topic_with("archive.messages", 2, &["cleanup.policy=compact"]);
     tansu.create_topic_with("byok.deks", 1, &["cleanup.policy=compact"]);
     tansu.create_topic_with("byok.quarantine", 1, &["cleanup.policy=delete"]);
+    tansu.create_topic_with("byok.audit", 1, &["cleanup.policy=delete"]);
     // byok.keks is not created
     let (_dir, example) = example_copy(0o600);
     let text = std::fs::read_to_string(&example).unwrap().replace(
@@ -521,6 +522,7 @@ fn config_check_connect_finds_missing_topics_and_wrong_cleanup_policies() {
     );
     assert!(out.contains("ok    byok.quarantine: quarantine"), "{out}");
     assert!(out.contains("ok    byok.deks: registry"), "{out}");
+    assert!(out.contains("ok    byok.audit: audit"), "{out}");
     assert!(
         out.contains("FAIL  archive.messages: cleanup.policy is compact, it must be delete"),
         "{out}"

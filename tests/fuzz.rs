@@ -228,6 +228,40 @@ proptest! {
         let _ = tenant_of(pairs.iter().copied(), None);
     }
 
+    /// Audit records (`byok.audit`, writable by anyone with Kafka access): any bytes, JSON
+    /// shapes, and the vector checkpoint with one byte changed never panic the readers; a changed
+    /// checkpoint never verifies under its session key.
+    #[test]
+    fn audit_records_any_bytes(
+        bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            json().prop_map(|v| v.to_string().into_bytes()),
+            json().prop_map(|v| format!("{},\"sig\":\"AAAA\"}}", v.to_string().trim_end_matches('}')).into_bytes()),
+        ],
+        at in any::<prop::sample::Index>(),
+        to in any::<u8>(),
+    ) {
+        use byok::audit::records::{parse_checkpoint, verify_session_signed, verify_signer};
+        let _ = byok::audit::codec::split_signed(&bytes, "sig");
+        let _ = byok::audit::codec::check_json(&bytes);
+        let _ = parse_checkpoint(&String::from_utf8_lossy(&bytes));
+        let _ = verify_signer(&bytes, &[0xc5; 384], &[1, 0, 1]);
+        let v = common::json("vectors/audit-v1.json");
+        let good = v["checkpoint"]["value"].as_str().unwrap().as_bytes().to_vec();
+        let public = base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            v["checkpoint"]["session_public_b64"].as_str().unwrap(),
+        )
+        .unwrap();
+        let _ = verify_session_signed(&bytes, &public);
+        let mut changed = good.clone();
+        let i = at.index(changed.len());
+        if changed[i] != to {
+            changed[i] = to;
+            prop_assert!(verify_session_signed(&changed, &public).is_err());
+        }
+    }
+
     /// `byok inspect`'s hex input: any text.
     #[test]
     fn inspect_hex_any_text(text in ".{0,120}") {

@@ -228,24 +228,7 @@ impl Run {
                 &format!("cluster = \"test-cluster\"\nsigning_keys = [\"{kid}\"]"),
             );
         std::fs::write(&path, text).unwrap();
-        tokio::task::spawn_blocking(move || {
-            let out = common::byok()
-                .args(["verify", "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            (
-                out.status.success(),
-                // examples (stderr) first, the summary ending in the verdict last
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stderr),
-                    String::from_utf8_lossy(&out.stdout)
-                ),
-            )
-        })
-        .await
-        .unwrap()
+        common::run_byok(vec!["verify".into(), "--config".into(), path.into()]).await
     }
 
     async fn operator_signing_key(&self) -> (Vec<u8>, Vec<u8>) {

@@ -8,27 +8,10 @@ mod common;
 use common::emu::*;
 
 async fn check(config: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = common::byok()
-            .arg("check-key")
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    })
-    .await
-    .unwrap()
+    let mut all: Vec<std::ffi::OsString> =
+        vec!["check-key".into(), "--config".into(), config.into()];
+    all.extend(args.iter().map(|a| (*a).into()));
+    common::run_byok(all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,24 @@ pub(crate) fn byok() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_byok"))
 }
 
+/// Runs the `byok` binary with `args` off the async runtime: (success, stderr then stdout, so
+/// that a summary's last line comes last).
+pub(crate) async fn run_byok(args: Vec<std::ffi::OsString>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = byok().args(&args).output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 pub mod tansu;
 
 /// A Key Vault emulator started in-process from the example seed, and Azure SDK clients for it.

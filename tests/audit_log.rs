@@ -99,25 +99,6 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Raw> {
     out
 }
 
-/// The `[audit]` section for the example seed's operator signing key.
-fn audit_toml(port: u16, operator_secret: &std::path::Path) -> String {
-    format!(
-        r#"
-[audit]
-cluster = "test-cluster"
-
-[audit.signing_key]
-vault_url = "https://byok-operator.vault.azure.net:{port}"
-key_name = "audit-signing"
-entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
-client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
-credential = {{ type = "client-secret", file = "{}" }}
-authority_host = "https://127.0.0.1:{port}"
-"#,
-        operator_secret.display()
-    )
-}
-
 struct Run {
     tansu: Tansu,
     emu: Emu,
@@ -150,7 +131,7 @@ impl Run {
                 ),
             )
             .replace("[keys]", "[batch]\nmax_wait = \"20ms\"\n\n[keys]")
-            + &audit_toml(port, &operator);
+            + &common::emu_config::audit_toml(port, &operator);
         std::fs::write(&path, text).unwrap();
         let config = Config::load(&path).unwrap();
         assert!(config.audit.is_some());
@@ -521,7 +502,7 @@ async fn exactly_once_writes_each_checkpoint_in_its_batchs_transaction() {
                 "bootstrap_servers = \"{}\"\ndelivery = \"exactly-once\"",
                 r.bootstrap
             ),
-        ) + &audit_toml(r.emu.port(), &operator)
+        ) + &common::emu_config::audit_toml(r.emu.port(), &operator)
     });
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &r.bootstrap)

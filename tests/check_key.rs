@@ -201,21 +201,7 @@ async fn operator_keys_pass_then_a_signing_key_without_the_sign_role_fails_with_
     let emu = Emu::start().await;
     let port = emu.port();
     let operator = emu.dir.path().join("operator.secret");
-    let audit = format!(
-        r#"
-[audit]
-cluster = "test"
-
-[audit.signing_key]
-vault_url = "https://byok-operator.vault.azure.net:{port}"
-key_name = "audit-signing"
-entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
-client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
-credential = {{ type = "client-secret", file = "{}" }}
-authority_host = "https://127.0.0.1:{port}"
-"#,
-        operator.display()
-    );
+    let audit = common::emu_config::audit_toml(port, &operator);
     let config = common::emu_config::write(emu.dir.path(), port, &emu.running.ca_pem, &audit);
     let (ok, out) = check(&config, &["--operator"]).await;
     assert!(ok, "{out}");

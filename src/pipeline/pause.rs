@@ -170,18 +170,7 @@ fn kept(
 mod tests {
     use super::*;
     use crate::lock;
-
-    fn msg(p: i32, o: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            None,
-            None,
-            "in".into(),
-            rdkafka::Timestamp::NotAvailable,
-            p,
-            o,
-            None,
-        )
-    }
+    use crate::pipeline::source::tests::msg;
 
     #[test]
     fn holding_back_keeps_other_partitions_and_the_records_before_the_first_held() {

@@ -331,8 +331,13 @@ impl Sink {
         let auditor = self.auditor.clone();
         let outs = refusals.rewrite(outs);
         // checkpoints are written in batch order: each waits for the one before
-        let (written, next_waits) = tokio::sync::oneshot::channel::<()>();
-        let previous = self.previous.replace(next_waits);
+        let (written, previous) = match &auditor {
+            Some(_) => {
+                let (written, next_waits) = tokio::sync::oneshot::channel::<()>();
+                (Some(written), self.previous.replace(next_waits))
+            }
+            None => (None, None),
+        };
         let done = tokio::spawn(async move {
             let audit = auditor.is_some();
             let r = produce_all(

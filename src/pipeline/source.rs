@@ -488,7 +488,7 @@ pub async fn collect(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn offs(v: &[(&str, i32, i64)]) -> Offsets {
@@ -507,7 +507,8 @@ mod tests {
         l
     }
 
-    fn msg(p: i32, o: i64) -> OwnedMessage {
+    /// A record of topic "in" at partition `p`, offset `o` (also for the pause tests).
+    pub(crate) fn msg(p: i32, o: i64) -> OwnedMessage {
         OwnedMessage::new(
             None,
             None,

@@ -242,6 +242,26 @@ pub(crate) mod emu_config {
         to
     }
 
+    /// The `[audit]` section for the example seed's operator signing key (cluster
+    /// "test-cluster"), its credential the operator's secret file.
+    pub(crate) fn audit_toml(port: u16, operator_secret: &Path) -> String {
+        format!(
+            r#"
+[audit]
+cluster = "test-cluster"
+
+[audit.signing_key]
+vault_url = "https://byok-operator.vault.azure.net:{port}"
+key_name = "audit-signing"
+entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
+client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
+credential = {{ type = "client-secret", file = "{}" }}
+authority_host = "https://127.0.0.1:{port}"
+"#,
+            operator_secret.display()
+        )
+    }
+
     /// Writes a worker config for the example seed's tenants at the emulator on `port`, with
     /// its CA in `dir`. `extra` is appended (more tenants, overrides).
     pub(crate) fn write(dir: &Path, port: u16, ca_pem: &str, extra: &str) -> PathBuf {

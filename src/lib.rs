@@ -15,6 +15,7 @@
 //! - [`kms`]: the KEK side: Key Vault key ids, the key provider trait, Azure, caching, retries,
 //!   rate limits, metrics, local wraps.
 //! - [`registry`]: the `byok.deks` record that holds each DEK wrapped by its owner's KEK.
+//! - [`trust`]: which registry and key records a reader may use: signed by a certified writer.
 //! - [`keyring`]: the process's key providers (tenants and operator), one limiter per vault.
 //! - [`deks`]: the DEKs a process makes, published to the registry before use.
 //! - [`kafka`]: every Kafka client configuration, and reading a topic's partitions.
@@ -57,6 +58,7 @@ pub mod cert;
 pub mod kms;
 
 pub mod registry;
+pub mod trust;
 
 pub mod keyring;
 

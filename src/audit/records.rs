@@ -3,6 +3,7 @@
 //! of records (`seq`, `wprev`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
@@ -140,7 +141,7 @@ pub fn out_runs(leaves: &mut [Leaf]) -> Vec<OutRuns> {
 /// A writer's session: its Ed25519 key (never leaves memory) and its chain of records.
 pub struct Session {
     writer: String,
-    key: Ed25519KeyPair,
+    key: Arc<Ed25519KeyPair>,
     next_seq: u64,
     wprev: Hash,
 }
@@ -171,7 +172,7 @@ impl Session {
         let key = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| AuditError::Random)?;
         Ok(Self {
             writer: writer.to_owned(),
-            key,
+            key: Arc::new(key),
             next_seq: 0,
             wprev: ZERO,
         })
@@ -203,6 +204,14 @@ impl Session {
         self.key.public_key().as_ref()
     }
 
+    /// The session's signer of registry and key records (§5b), which are not part of its chain.
+    pub fn record_signer(&self) -> RecordSigner {
+        RecordSigner {
+            writer: self.writer.clone(),
+            key: Arc::clone(&self.key),
+        }
+    }
+
     /// The `seq` and `wprev` the next record carries.
     pub fn next(&self) -> (u64, String) {
         (self.next_seq, b64(&self.wprev))
@@ -221,6 +230,68 @@ impl Session {
         self.wprev = hash(&value);
         self.next_seq += 1;
         value
+    }
+}
+
+/// Which compacted topic a signed record belongs to (§5b): its `t`, and its copy's key prefix in
+/// the audit topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// A `byok.deks` record (`"t":"dek"`, copies keyed `dek:<id>`).
+    Dek,
+    /// A `byok.keks` record (`"t":"kek"`, copies keyed `kek:<tenant>`).
+    Kek,
+}
+
+impl RecordKind {
+    /// The `t` member.
+    pub fn t(self) -> &'static str {
+        match self {
+            RecordKind::Dek => "dek",
+            RecordKind::Kek => "kek",
+        }
+    }
+
+    /// The key of the record's copy in the audit topic.
+    pub fn copy_key(self, id: &str) -> String {
+        format!("{}:{id}", self.t())
+    }
+}
+
+/// Signs registry and key records with a session's key (§5b).
+#[derive(Clone)]
+pub struct RecordSigner {
+    writer: String,
+    key: Arc<Ed25519KeyPair>,
+}
+
+impl std::fmt::Debug for RecordSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordSigner")
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordSigner {
+    /// The writer id the records name.
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// The signed value of a record whose unsigned JSON (ending in `}`) is `unsigned`: its members,
+    /// then `t`, `writer`, `prev` (the hash of the value it supersedes, or zeros), then `sig`.
+    pub fn sign(&self, unsigned: &[u8], kind: RecordKind, prev: &Hash) -> Vec<u8> {
+        let body = String::from_utf8_lossy(unsigned);
+        let body = body.strip_suffix('}').unwrap_or(&body);
+        let writer = serde_json::to_string(&self.writer).unwrap_or_default();
+        let signed = format!(
+            "{body},\"t\":\"{}\",\"writer\":{writer},\"prev\":\"{}\"}}",
+            kind.t(),
+            b64(prev)
+        );
+        let sig = self.key.sign(signed.as_bytes());
+        append_signature(&signed, "sig", sig.as_ref()).into_bytes()
     }
 }
 

@@ -1,0 +1,718 @@
+//! Which registry and key records a reader may use (docs/audit-v1.md §5, §5b): the writers'
+//! session keys certified by a pinned signing key version ([`Signers`]), and per DEK or tenant
+//! the current value, taken only from records that verify ([`Trusted`]).
+//!
+//! Wrapping a DEK is a public-key operation: anyone who can write to Kafka can make a DEK and
+//! register it. A signed record proves a certified writer made it; its `prev` (the hash of the
+//! value it supersedes) makes a replayed older value visible. Forged, unsigned, relabelled,
+//! rolled-back and tombstone records are counted and reported, never used.
+//!
+//! This module is pure: the caller reads the audit topic's signer statements and `dek:`/`kek:`
+//! copies first (the append-only history), then the compacted topic, and applies each record in
+//! topic order. It must never trust a key a record names.
+
+use std::collections::HashMap;
+
+use ring::signature::{ED25519, UnparsedPublicKey};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::audit::codec::{parse_time, split_signed, unb64_32};
+use crate::audit::merkle::{Hash, hash};
+use crate::audit::records::{RecordKind, verify_signer};
+use crate::dek::DekId;
+use crate::kms::local::KekRecord;
+use crate::registry::{DekRecord, RegistryEntry};
+
+/// A pinned signing key version's public part: kid -> (n, e).
+pub type Pinned = HashMap<String, (Vec<u8>, Vec<u8>)>;
+
+/// One certified session key of a writer.
+#[derive(Debug, Clone)]
+struct Cert {
+    key: Vec<u8>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+/// The session keys of the writers of one cluster, each certified by a pinned key version.
+#[derive(Debug, Clone, Default)]
+pub struct Signers {
+    pinned: Pinned,
+    cluster: String,
+    certs: HashMap<String, Vec<Cert>>,
+}
+
+impl Signers {
+    /// Trusts statements signed by one of `pinned` for `cluster`.
+    pub fn new(pinned: Pinned, cluster: &str) -> Self {
+        Self {
+            pinned,
+            cluster: cluster.to_owned(),
+            certs: HashMap::new(),
+        }
+    }
+
+    /// Reads a signer statement from the audit topic; keeps its session key when it verifies
+    /// under a pinned key version and names this cluster. Returns whether it was kept.
+    pub fn offer(&mut self, value: &[u8]) -> bool {
+        let Some(kid) = serde_json::from_slice::<serde_json::Value>(value)
+            .ok()
+            .and_then(|j| j["signing_kid"].as_str().map(str::to_owned))
+        else {
+            return false;
+        };
+        let Some((n, e)) = self.pinned.get(&kid) else {
+            return false;
+        };
+        let Ok(st) = verify_signer(value, n, e) else {
+            return false;
+        };
+        let (Ok(key), Ok(not_before), Ok(not_after)) = (
+            unb64_32(&st.session_key, "session_key"),
+            parse_time(&st.not_before, "not_before"),
+            parse_time(&st.not_after, "not_after"),
+        ) else {
+            return false;
+        };
+        if st.cluster != self.cluster {
+            return false;
+        }
+        self.certs.entry(st.writer).or_default().push(Cert {
+            key: key.to_vec(),
+            not_before,
+            not_after,
+        });
+        true
+    }
+
+    /// Trusts a session key directly (tests that have no operator key).
+    #[doc(hidden)]
+    pub fn trust_session_for_tests(
+        &mut self,
+        writer: &str,
+        key: &[u8],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) {
+        self.certs.entry(writer.to_owned()).or_default().push(Cert {
+            key: key.to_vec(),
+            not_before,
+            not_after,
+        });
+    }
+
+    /// The number of certified sessions.
+    pub fn len(&self) -> usize {
+        self.certs.values().map(Vec::len).sum()
+    }
+
+    /// Whether no session is certified.
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+
+    /// The signed text `S` of `value` when its `sig` verifies under a session key of `writer`
+    /// whose validity covers the time `at_of(S)` reads from it.
+    pub fn verify(
+        &self,
+        writer: &str,
+        value: &[u8],
+        at_of: impl Fn(&str) -> Option<OffsetDateTime>,
+    ) -> Result<String, Rejection> {
+        let (signed, sig) = split_signed(value, "sig").map_err(|_| Rejection::Unsigned)?;
+        let certs = self.certs.get(writer).ok_or(Rejection::Forged(
+            "no certified session of the writer it names",
+        ))?;
+        let at = at_of(&signed).ok_or(Rejection::Unreadable(
+            "its time is not an RFC 3339 time".into(),
+        ))?;
+        let mut verified = false;
+        for c in certs {
+            if UnparsedPublicKey::new(&ED25519, &c.key)
+                .verify(signed.as_bytes(), &sig)
+                .is_ok()
+            {
+                verified = true;
+                if at >= c.not_before && at <= c.not_after {
+                    return Ok(signed);
+                }
+            }
+        }
+        Err(Rejection::Forged(if verified {
+            "signed outside its session's validity"
+        } else {
+            "the signature does not verify under the writer's session keys"
+        }))
+    }
+}
+
+/// Why a registry or key record is not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Not a record of the format.
+    #[error("unreadable: {0}")]
+    Unreadable(String),
+    /// No signature (records older than signing need `audit.trust_unsigned_below`).
+    #[error(
+        "unsigned (a record written before signing is trusted only below audit.trust_unsigned_below)"
+    )]
+    Unsigned,
+    /// The signature does not verify under a trusted session of the writer it names.
+    #[error("forged: {0}")]
+    Forged(&'static str),
+    /// The record names another DEK or tenant than its Kafka key.
+    #[error("relabelled: it names {named:?} under the key {key:?}")]
+    Relabelled {
+        /// The id in the record.
+        named: String,
+        /// The Kafka key.
+        key: String,
+    },
+    /// Its `prev` is not the hash of the current value: an older value replayed.
+    #[error("rolled back: its prev is not the hash of the current value")]
+    RolledBack,
+    /// A null value: registry records are never destroyed under the audit log.
+    #[error("tombstone: a null value would destroy the only wrapped copy")]
+    Tombstone,
+    /// A key record not for the tenant's configured key.
+    #[error("wrong key: {0}")]
+    WrongKey(String),
+}
+
+impl Rejection {
+    /// The metric label and report kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Unreadable(_) => "unreadable",
+            Rejection::Unsigned => "unsigned",
+            Rejection::Forged(_) => "forged",
+            Rejection::Relabelled { .. } => "relabelled",
+            Rejection::RolledBack => "rolled-back",
+            Rejection::Tombstone => "tombstoned",
+            Rejection::WrongKey(_) => "wrong-key",
+        }
+    }
+}
+
+/// A record of `byok.deks` or `byok.keks` that a signed value can carry.
+pub trait SignedRecord: Sized + Clone {
+    /// Which topic.
+    const KIND: RecordKind;
+    /// Reads the record from its (signed) text; `key` is its id from the Kafka key.
+    fn parse(key: &str, text: &[u8]) -> Result<Self, String>;
+    /// The DEK id or tenant the record names.
+    fn id(&self) -> String;
+    /// The time its signer's validity must cover.
+    fn at(&self) -> Option<OffsetDateTime>;
+    /// Whether two values state the same thing (a second writer's copy of a key record).
+    fn same(&self, other: &Self) -> bool;
+    /// The id the record's own text names (`dek`, or `tenant`), to tell a relabelled record.
+    fn named(text: &[u8]) -> String {
+        let j: serde_json::Value = serde_json::from_slice(text).unwrap_or_default();
+        let member = match Self::KIND {
+            RecordKind::Dek => "dek",
+            RecordKind::Kek => "tenant",
+        };
+        j[member].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl SignedRecord for DekRecord {
+    const KIND: RecordKind = RecordKind::Dek;
+    fn parse(key: &str, text: &[u8]) -> Result<Self, String> {
+        match RegistryEntry::decode(Some(key.as_bytes()), Some(text)) {
+            Ok(RegistryEntry::Live(r)) => Ok(r),
+            Ok(RegistryEntry::Destroyed(_)) => Err("a tombstone".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    fn id(&self) -> String {
+        self.dek.to_string()
+    }
+    fn at(&self) -> Option<OffsetDateTime> {
+        Some(self.rewrapped.unwrap_or(self.created))
+    }
+    fn same(&self, other: &Self) -> bool {
+        self.tenant == other.tenant && self.kek == other.kek && self.wrapped == other.wrapped
+    }
+}
+
+impl SignedRecord for KekRecord {
+    const KIND: RecordKind = RecordKind::Kek;
+    fn parse(_key: &str, text: &[u8]) -> Result<Self, String> {
+        KekRecord::from_json(text).map_err(|e| e.to_string())
+    }
+    fn id(&self) -> String {
+        self.tenant.clone()
+    }
+    fn at(&self) -> Option<OffsetDateTime> {
+        OffsetDateTime::parse(&self.seen, &Rfc3339).ok()
+    }
+    fn same(&self, other: &Self) -> bool {
+        self.tenant == other.tenant && self.version.kid == other.version.kid
+    }
+}
+
+/// Where a record was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// A record not used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Where it is.
+    pub place: Place,
+    /// The id its Kafka key names.
+    pub key: String,
+    /// Why.
+    pub why: Rejection,
+}
+
+/// The current value of one id.
+#[derive(Debug, Clone)]
+pub struct Current<T> {
+    /// The record.
+    pub record: T,
+    /// The exact value (restored byte for byte by `byok verify --restore-registry`).
+    pub value: Vec<u8>,
+    /// The hashes of the values that state it (a successor's `prev` names one of them).
+    hashes: Vec<Hash>,
+}
+
+/// The records of one compacted topic that verify: per id, the current value.
+#[derive(Debug, Clone)]
+pub struct Trusted<T> {
+    current: HashMap<String, Current<T>>,
+    /// Records not used.
+    pub rejected: Vec<Rejected>,
+    /// Unsigned records accepted below `audit.trust_unsigned_below`.
+    pub trusted_unsigned: u64,
+}
+
+impl<T> Default for Trusted<T> {
+    fn default() -> Self {
+        Self {
+            current: HashMap::new(),
+            rejected: Vec::new(),
+            trusted_unsigned: 0,
+        }
+    }
+}
+
+/// What a reader checks a record against.
+#[allow(missing_debug_implementations)] // closures
+pub struct Rules<'a, T> {
+    /// Trusted session keys.
+    pub signers: &'a Signers,
+    /// Whether an unsigned record at this place predates signing (`audit.trust_unsigned_below`).
+    pub unsigned_ok: &'a dyn Fn(&Place) -> bool,
+    /// A check of the record itself (a key record's vault, key name and size).
+    pub check: &'a dyn Fn(&T) -> Result<(), String>,
+}
+
+impl<T: SignedRecord> Trusted<T> {
+    /// The current record of `id`.
+    pub fn get(&self, id: &str) -> Option<&Current<T>> {
+        self.current.get(id)
+    }
+
+    /// Every id and its current value.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Current<T>)> {
+        self.current.iter()
+    }
+
+    /// The current records by id.
+    pub fn into_records(self) -> HashMap<String, T> {
+        self.current
+            .into_iter()
+            .map(|(k, c)| (k, c.record))
+            .collect()
+    }
+
+    /// Applies one record read at `place` (a compacted topic's, or a copy in the audit topic
+    /// keyed `dek:<id>` / `kek:<tenant>`, `copy` true). Returns why it is not used, if it is not
+    /// (also kept in [`Trusted::rejected`]).
+    pub fn apply(
+        &mut self,
+        rules: &Rules<'_, T>,
+        place: Place,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        copy: bool,
+    ) -> Option<Rejection> {
+        let key_text = key.map(String::from_utf8_lossy).unwrap_or_default();
+        let id = if copy {
+            let prefix = T::KIND.copy_key("");
+            key_text.strip_prefix(prefix.as_str()).unwrap_or("")
+        } else {
+            key_text.as_ref()
+        }
+        .to_owned();
+        let why = match self.accept(rules, &place, &id, value) {
+            Ok(()) => return None,
+            Err(why) => why,
+        };
+        ::metrics::counter!("byok_registry_rejected_total", "kind" => T::KIND.t(), "reason" => why.kind())
+            .increment(1);
+        tracing::warn!(at = %place, key = %id, reason = %why, "registry or key record not used");
+        self.rejected.push(Rejected {
+            place,
+            key: id,
+            why: why.clone(),
+        });
+        Some(why)
+    }
+
+    fn accept(
+        &mut self,
+        rules: &Rules<'_, T>,
+        place: &Place,
+        id: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), Rejection> {
+        let value = value.ok_or(Rejection::Tombstone)?;
+        let h = hash(value);
+        if self.current.get(id).is_some_and(|c| c.hashes.contains(&h)) {
+            return Ok(()); // the same value again (the copy and the compacted record)
+        }
+        let parse = |text: &[u8]| T::parse(&T::named(text), text).map_err(Rejection::Unreadable);
+        let (record, prev) = match split_signed(value, "sig") {
+            Err(_) if (rules.unsigned_ok)(place) => {
+                let r = parse(value)?;
+                self.trusted_unsigned += 1;
+                (r, None)
+            }
+            Err(_) => return Err(Rejection::Unsigned),
+            Ok((text, _)) => {
+                let j: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Rejection::Unreadable(e.to_string()))?;
+                if j["t"].as_str() != Some(T::KIND.t()) {
+                    return Err(Rejection::Unreadable(format!(
+                        "its \"t\" is not {:?}",
+                        T::KIND.t()
+                    )));
+                }
+                let writer = j["writer"].as_str().unwrap_or_default();
+                let prev = unb64_32(j["prev"].as_str().unwrap_or_default(), "prev")
+                    .map_err(|e| Rejection::Unreadable(e.to_string()))?;
+                let text = rules
+                    .signers
+                    .verify(writer, value, |s| parse(s.as_bytes()).ok()?.at())?;
+                (parse(text.as_bytes())?, Some(prev))
+            }
+        };
+        if record.id() != id {
+            return Err(Rejection::Relabelled {
+                named: record.id(),
+                key: id.to_owned(),
+            });
+        }
+        (rules.check)(&record).map_err(Rejection::WrongKey)?;
+        match (self.current.get_mut(id), prev) {
+            // another writer stating the same (two workers saw the same rotation)
+            (Some(c), Some(_)) if c.record.same(&record) => {
+                c.hashes.push(h);
+                Ok(())
+            }
+            (Some(c), Some(prev)) if !c.hashes.contains(&prev) => Err(Rejection::RolledBack),
+            // a signed record superseding a value this reader never saw (compacted away before
+            // copies were kept) is from a certified writer: nothing known is rolled back
+            _ => {
+                self.current.insert(
+                    id.to_owned(),
+                    Current {
+                        record,
+                        value: value.to_vec(),
+                        hashes: vec![h],
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The DEK registry as trusted: records by DEK id.
+pub fn dek_records(t: Trusted<DekRecord>) -> HashMap<DekId, DekRecord> {
+    t.into_records().into_values().map(|r| (r.dek, r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::merkle::ZERO;
+    use crate::audit::records::Session;
+    use crate::kms::KekId;
+
+    const KID: &str = "https://acme.vault.azure.net/keys/acme-kek/0123456789abcdef0123456789abcdef";
+
+    fn session(writer: &str, seed: u8) -> Session {
+        Session::from_seed(writer, &[seed; 32]).unwrap()
+    }
+
+    fn signers(sessions: &[&Session]) -> Signers {
+        let mut s = Signers::new(Pinned::new(), "test");
+        let now = OffsetDateTime::now_utc();
+        for x in sessions {
+            s.trust_session_for_tests(
+                x.writer(),
+                x.public_key(),
+                now - time::Duration::days(30),
+                now + time::Duration::days(30),
+            );
+        }
+        s
+    }
+
+    fn record(dek: DekId, wrapped: u8) -> DekRecord {
+        DekRecord {
+            dek,
+            tenant: "acme".into(),
+            kek: KekId::parse(KID).unwrap(),
+            wrapped: vec![wrapped; 384],
+            created: OffsetDateTime::now_utc() - time::Duration::hours(1),
+            worker: "w".into(),
+            rewrapped: None,
+            wrapped_locally: false,
+        }
+    }
+
+    fn place(offset: i64) -> Place {
+        Place {
+            topic: "byok.deks".into(),
+            partition: 0,
+            offset,
+        }
+    }
+
+    struct Fixture {
+        signers: Signers,
+        unsigned_below: i64,
+    }
+
+    impl Fixture {
+        fn apply(
+            &self,
+            t: &mut Trusted<DekRecord>,
+            offset: i64,
+            key: &DekId,
+            value: Option<&[u8]>,
+        ) -> Option<Rejection> {
+            let below = self.unsigned_below;
+            let unsigned_ok = move |p: &Place| p.offset < below;
+            let rules = Rules {
+                signers: &self.signers,
+                unsigned_ok: &unsigned_ok,
+                check: &|_: &DekRecord| Ok(()),
+            };
+            let k = key.to_string();
+            t.apply(&rules, place(offset), Some(k.as_bytes()), value, false)
+        }
+    }
+
+    #[test]
+    fn a_signed_record_is_used_once_and_its_copy_is_the_same_value() {
+        let w = session("w1", 1);
+        let f = Fixture {
+            signers: signers(&[&w]),
+            unsigned_below: 0,
+        };
+        let id = DekId::new_v7();
+        let v = w
+            .record_signer()
+            .sign(&record(id, 1).to_json(), RecordKind::Dek, &ZERO);
+        let mut t = Trusted::default();
+        assert_eq!(f.apply(&mut t, 0, &id, Some(&v)), None);
+        let copy = RecordKind::Dek.copy_key(&id.to_string());
+        let rules = Rules {
+            signers: &f.signers,
+            unsigned_ok: &|_: &Place| false,
+            check: &|_: &DekRecord| Ok(()),
+        };
+        assert_eq!(
+            t.apply(&rules, place(9), Some(copy.as_bytes()), Some(&v), true),
+            None
+        );
+        assert_eq!(t.get(&id.to_string()).unwrap().record.wrapped, vec![1; 384]);
+        assert!(t.rejected.is_empty());
+    }
+
+    #[test]
+    fn forged_unsigned_relabelled_and_tombstone_records_are_not_used() {
+        let w = session("w1", 1);
+        let mallory = session("w1", 2); // same writer id, uncertified key
+        let f = Fixture {
+            signers: signers(&[&w]),
+            unsigned_below: 0,
+        };
+        let id = DekId::new_v7();
+        let good = w
+            .record_signer()
+            .sign(&record(id, 1).to_json(), RecordKind::Dek, &ZERO);
+        let mut t = Trusted::default();
+        assert_eq!(f.apply(&mut t, 0, &id, Some(&good)), None);
+
+        let forged =
+            mallory
+                .record_signer()
+                .sign(&record(id, 7).to_json(), RecordKind::Dek, &hash(&good));
+        assert!(matches!(
+            f.apply(&mut t, 1, &id, Some(&forged)),
+            Some(Rejection::Forged(_))
+        ));
+        assert_eq!(
+            f.apply(&mut t, 2, &id, Some(&record(id, 7).to_json())),
+            Some(Rejection::Unsigned)
+        );
+        assert_eq!(f.apply(&mut t, 3, &id, None), Some(Rejection::Tombstone));
+        // a valid record of another DEK under this DEK's key
+        let other = DekId::new_v7();
+        let moved =
+            w.record_signer()
+                .sign(&record(other, 7).to_json(), RecordKind::Dek, &hash(&good));
+        assert!(matches!(
+            f.apply(&mut t, 4, &id, Some(&moved)),
+            Some(Rejection::Relabelled { .. })
+        ));
+        // a signature that verifies over different bytes
+        let mut flipped = good.clone();
+        let at = flipped.len() / 3;
+        flipped[at] ^= 1;
+        assert!(f.apply(&mut t, 5, &id, Some(&flipped)).is_some());
+        assert_eq!(t.get(&id.to_string()).unwrap().value, good);
+        let kinds: Vec<&str> = t.rejected.iter().map(|r| r.why.kind()).collect();
+        assert_eq!(
+            kinds[..4],
+            ["forged", "unsigned", "tombstoned", "relabelled"]
+        );
+    }
+
+    #[test]
+    fn a_rewrap_supersedes_and_the_older_value_replayed_is_rolled_back() {
+        let w = session("w1", 1);
+        let f = Fixture {
+            signers: signers(&[&w]),
+            unsigned_below: 0,
+        };
+        let id = DekId::new_v7();
+        let s = w.record_signer();
+        let v1 = s.sign(&record(id, 1).to_json(), RecordKind::Dek, &ZERO);
+        let mut r2 = record(id, 2);
+        r2.rewrapped = Some(OffsetDateTime::now_utc());
+        let v2 = s.sign(&r2.to_json(), RecordKind::Dek, &hash(&v1));
+        let mut t = Trusted::default();
+        assert_eq!(f.apply(&mut t, 0, &id, Some(&v1)), None);
+        assert_eq!(f.apply(&mut t, 1, &id, Some(&v2)), None);
+        assert_eq!(
+            f.apply(&mut t, 2, &id, Some(&v1)),
+            Some(Rejection::RolledBack)
+        );
+        assert_eq!(t.get(&id.to_string()).unwrap().record.wrapped, vec![2; 384]);
+    }
+
+    #[test]
+    fn unsigned_records_are_trusted_only_below_the_mark_and_outside_validity_is_forged() {
+        let w = session("w1", 1);
+        let f = Fixture {
+            signers: signers(&[&w]),
+            unsigned_below: 10,
+        };
+        let id = DekId::new_v7();
+        let mut t = Trusted::default();
+        assert_eq!(
+            f.apply(&mut t, 3, &id, Some(&record(id, 1).to_json())),
+            None
+        );
+        assert_eq!(t.trusted_unsigned, 1);
+        let late = DekId::new_v7();
+        assert_eq!(
+            f.apply(&mut t, 10, &late, Some(&record(late, 1).to_json())),
+            Some(Rejection::Unsigned)
+        );
+        let mut old = record(late, 1);
+        old.created = OffsetDateTime::now_utc() - time::Duration::days(90);
+        let v = w
+            .record_signer()
+            .sign(&old.to_json(), RecordKind::Dek, &ZERO);
+        assert_eq!(
+            f.apply(&mut t, 11, &late, Some(&v)),
+            Some(Rejection::Forged("signed outside its session's validity"))
+        );
+    }
+
+    #[test]
+    fn two_writers_stating_the_same_key_record_both_count_as_current() {
+        let (a, b) = (session("a", 1), session("b", 2));
+        let signers = signers(&[&a, &b]);
+        let kek = |kid: &str, seen: &str| {
+            KekRecord {
+                tenant: "acme".into(),
+                version: crate::kms::VersionInfo {
+                    kid: KekId::parse(kid).unwrap(),
+                    kty: "RSA".into(),
+                    n: vec![0xC5; 384],
+                    e: vec![1, 0, 1],
+                    key_ops: vec![],
+                    enabled: true,
+                    nbf: None,
+                    exp: None,
+                    recovery_level: None,
+                    recoverable_days: None,
+                },
+                seen: seen.into(),
+            }
+            .to_json()
+        };
+        let now = crate::registry::format_time(OffsetDateTime::now_utc());
+        let v2 = KID.replace("0123", "9999");
+        let va = a
+            .record_signer()
+            .sign(&kek(KID, &now), RecordKind::Kek, &ZERO);
+        let vb = b
+            .record_signer()
+            .sign(&kek(KID, &now), RecordKind::Kek, &ZERO);
+        let vb2 = b
+            .record_signer()
+            .sign(&kek(&v2, &now), RecordKind::Kek, &hash(&vb));
+        let too_small = |r: &KekRecord| {
+            if r.version.bits() < 3072 {
+                Err("smaller than 3072 bits".to_owned())
+            } else {
+                Ok(())
+            }
+        };
+        let rules = Rules {
+            signers: &signers,
+            unsigned_ok: &|_: &Place| false,
+            check: &too_small,
+        };
+        let mut t: Trusted<KekRecord> = Trusted::default();
+        for (i, v) in [&va, &vb, &vb2].into_iter().enumerate() {
+            assert_eq!(
+                t.apply(&rules, place(i as i64), Some(b"acme"), Some(v), false),
+                None
+            );
+        }
+        assert_eq!(t.get("acme").unwrap().record.version.kid.as_str(), v2);
+        // a replay of the first value
+        assert_eq!(
+            t.apply(&rules, place(3), Some(b"acme"), Some(&va), false),
+            Some(Rejection::RolledBack)
+        );
+    }
+}

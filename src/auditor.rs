@@ -19,8 +19,8 @@ use crate::audit::codec::{append_signature, b64, format_ms};
 pub use crate::audit::leaves::{PendingLeaves, leaf_of};
 use crate::audit::merkle::{self, ChainStep, Hash, ZERO};
 use crate::audit::records::{
-    Checkpoint, Leaf, Range, Session, SignerStatement, out_runs, parse_checkpoint, to_json,
-    verify_session_signed,
+    Checkpoint, Leaf, Range, RecordKind, RecordSigner, Session, SignerStatement, out_runs,
+    parse_checkpoint, to_json, verify_session_signed,
 };
 use crate::config::{AuditConfig, Config};
 use crate::lock;
@@ -119,6 +119,58 @@ pub fn ranges_of(batch: &[rdkafka::message::OwnedMessage]) -> Vec<BatchRange> {
     by.into_values().collect()
 }
 
+/// What a writer of registry and key records needs from the audit log (§5b): their signer,
+/// where their copies go, and the leaves waiting for the next checkpoint.
+#[derive(Debug, Clone)]
+pub struct RecordAudit {
+    /// Signs the records with the session's key.
+    pub signer: RecordSigner,
+    /// The audit topic (the copies, keyed `dek:<id>` / `kek:<tenant>`).
+    pub topic: String,
+    /// Leaves named by the next checkpoint.
+    pub pending: Arc<PendingLeaves>,
+}
+
+/// Produces a registry or key record: signed, with its copy in the audit topic, and its leaf
+/// pending, when `audit` is given; as `unsigned` alone otherwise. Returns the value produced once
+/// the broker acknowledged both.
+pub async fn publish_record(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    kind: RecordKind,
+    unsigned: Vec<u8>,
+    prev: &Hash,
+    audit: Option<&RecordAudit>,
+) -> Result<Vec<u8>, rdkafka::error::KafkaError> {
+    let timeout = Timeout::After(Duration::from_secs(60));
+    let Some(a) = audit else {
+        let record = FutureRecord::to(topic).key(key).payload(&unsigned);
+        producer.send(record, timeout).await.map_err(|(e, _)| e)?;
+        return Ok(unsigned);
+    };
+    let value = a.signer.sign(&unsigned, kind, prev);
+    let copy_key = kind.copy_key(key);
+    let (copy, sent) = futures::join!(
+        producer.send(
+            FutureRecord::to(&a.topic).key(&copy_key).payload(&value),
+            timeout
+        ),
+        producer.send(FutureRecord::to(topic).key(key).payload(&value), timeout),
+    );
+    copy.map_err(|(e, _)| e)?;
+    let d = sent.map_err(|(e, _)| e)?;
+    a.pending.push(leaf_of(
+        topic,
+        d.partition,
+        d.offset,
+        Some(key.as_bytes()),
+        Some(&value),
+        &[],
+    ));
+    Ok(value)
+}
+
 /// Where the chains stood ([`Auditor::snapshot`]).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -192,6 +244,15 @@ impl Auditor {
         a.produce(&a.statements, &writer, value).await?;
         tracing::info!(writer, topic = %a.topic, "audit session certified by the operator's signing key");
         Ok(a)
+    }
+
+    /// The signer, copy topic and pending leaves of this session's registry and key records.
+    pub async fn record_audit(&self) -> RecordAudit {
+        RecordAudit {
+            signer: self.session.lock().await.record_signer(),
+            topic: self.topic.clone(),
+            pending: Arc::clone(&self.pending),
+        }
     }
 
     async fn produce(

@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 use time::OffsetDateTime;
 
 use crate::dek::{ActiveDek, DekLimits};
@@ -53,6 +52,9 @@ pub enum DekError {
     },
 }
 
+/// A registry record as published, with the hash of its value (the `prev` of the next).
+type Published = (DekRecord, crate::audit::merkle::Hash);
+
 /// The active DEK of each tenant.
 #[derive(Debug)]
 pub struct DekSet {
@@ -66,18 +68,21 @@ pub struct DekSet {
     /// A transaction is open (only with exactly-once delivery).
     transaction_open: bool,
     /// The registry records this process published, for its DEKs still in memory.
-    records: std::sync::Mutex<HashMap<crate::dek::DekId, DekRecord>>,
+    /// With each, the hash of its value as published (the `prev` of the next).
+    records: std::sync::Mutex<HashMap<crate::dek::DekId, Published>>,
     /// DEKs retired from sealing whose rewrap onto the usable version failed: kept in memory
     /// (the old version may no longer decrypt their registry copy) and tried again.
     pending_rewraps: Vec<(String, Arc<ActiveDek>)>,
-    /// Where the leaves of registry records go for the next audit checkpoint.
-    audit: Option<Arc<crate::audit::leaves::PendingLeaves>>,
+    /// Signs registry records, copies them to the audit topic and names them in the next
+    /// checkpoint, when the audit log is written.
+    audit: Option<crate::auditor::RecordAudit>,
 }
 
 impl DekSet {
-    /// Names each registry record this set publishes in the next audit checkpoint.
-    pub fn set_audit(&mut self, pending: Option<Arc<crate::audit::leaves::PendingLeaves>>) {
-        self.audit = pending;
+    /// Signs each registry record this set publishes, copies it to the audit topic and names it
+    /// in the next audit checkpoint.
+    pub fn set_audit(&mut self, audit: Option<crate::auditor::RecordAudit>) {
+        self.audit = audit;
     }
 
     /// An empty set.
@@ -121,7 +126,7 @@ impl DekSet {
         kms: &P,
         producer: &FutureProducer,
     ) -> Result<Option<DekRecord>, DekError> {
-        let Some(old) = self.records().get(&dek.id()).cloned() else {
+        let Some((old, prev)) = self.records().get(&dek.id()).cloned() else {
             return Ok(None);
         };
         let wrapped = kms.wrap(dek.key()).await?;
@@ -135,8 +140,11 @@ impl DekSet {
             wrapped_locally: false,
             ..old.clone()
         };
-        self.send_with(tenant, &record, producer).await?;
-        self.records().insert(record.dek, record.clone());
+        let value = self.send_with(tenant, &record, &prev, producer).await?;
+        self.records().insert(
+            record.dek,
+            (record.clone(), crate::audit::merkle::hash(&value)),
+        );
         metrics::counter!("byok_deks_rewrapped_total", "tenant" => tenant.to_owned()).increment(1);
         tracing::info!(tenant, dek = %record.dek, from = %old.kek, to = %record.kek, "DEK rewrapped from memory onto the usable version");
         Ok(Some(record))
@@ -191,10 +199,8 @@ impl DekSet {
     /// The registry records of this process's DEKs. A panic elsewhere while the lock was held
     /// cannot leave the map half-changed (each use is one insert, remove or get), so a poisoned
     /// lock is taken over rather than skipped: no record is ever silently not kept.
-    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<crate::dek::DekId, DekRecord>> {
-        self.records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<crate::dek::DekId, Published>> {
+        crate::lock(&self.records)
     }
 
     /// A transaction begins: DEKs made from now on have their registry records in it.
@@ -301,46 +307,42 @@ impl DekSet {
             rewrapped: None,
             wrapped_locally,
         };
-        self.send_with(tenant, &record, producer).await?;
-        self.records().insert(record.dek, record.clone());
+        let value = self
+            .send_with(tenant, &record, &crate::audit::merkle::ZERO, producer)
+            .await?;
+        self.records().insert(
+            record.dek,
+            (record.clone(), crate::audit::merkle::hash(&value)),
+        );
         tracing::info!(tenant, dek = %dek.id(), kek = %record.kek, wrapped_locally, "new DEK wrapped and registered");
         Ok(record)
     }
 
+    /// Publishes `record` (signed and copied when the audit log is written; `prev` is the hash
+    /// of the value it supersedes) and returns the value once acknowledged.
     async fn send_with(
         &self,
         tenant: &str,
         record: &DekRecord,
+        prev: &crate::audit::merkle::Hash,
         producer: &FutureProducer,
-    ) -> Result<(), DekError> {
-        let key = record.key();
-        let value = record.to_json();
-        producer
-            .send(
-                FutureRecord::to(&self.registry_topic)
-                    .key(&key)
-                    .payload(&value),
-                Timeout::After(Duration::from_secs(60)),
-            )
-            .await
-            .map(|d| {
-                if let Some(p) = &self.audit {
-                    p.push(crate::audit::leaves::leaf_of(
-                        &self.registry_topic,
-                        d.partition,
-                        d.offset,
-                        Some(&key),
-                        Some(&value),
-                        &[],
-                    ));
-                }
-            })
-            .map_err(|(e, _)| DekError::Registry {
-                tenant: tenant.to_owned(),
-                dek: record.dek.to_string(),
-                topic: self.registry_topic.clone(),
-                reason: e.to_string(),
-            })
+    ) -> Result<Vec<u8>, DekError> {
+        crate::auditor::publish_record(
+            producer,
+            &self.registry_topic,
+            &record.dek.to_string(),
+            crate::audit::records::RecordKind::Dek,
+            record.to_json(),
+            prev,
+            self.audit.as_ref(),
+        )
+        .await
+        .map_err(|e| DekError::Registry {
+            tenant: tenant.to_owned(),
+            dek: record.dek.to_string(),
+            topic: self.registry_topic.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Makes `dek` (from [`DekSet::make`]) the tenant's active DEK; the previous one retires.

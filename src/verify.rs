@@ -25,25 +25,9 @@ pub enum VerifyError {
     /// No `[audit]` section.
     #[error("the configuration has no [audit] section: there is no audit log to verify")]
     NotConfigured,
-    /// No pinned signing key version.
-    #[error("audit.signing_keys is empty: pin the signing key versions to trust (full key ids)")]
-    NothingPinned,
-    /// A pinned key id is not a versioned key id.
-    #[error("audit.signing_keys: {kid}: {reason}")]
-    PinnedId {
-        /// The id as configured.
-        kid: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A pinned key version could not be read.
-    #[error("pinned signing key {kid}: {source}")]
-    Pinned {
-        /// The version.
-        kid: String,
-        /// Key Vault's answer.
-        source: crate::kms::KmsError,
-    },
+    /// The pinned signing keys or the registry could not be read.
+    #[error(transparent)]
+    Read(#[from] crate::archive::ReadError),
     /// A topic could not be read.
     #[error(transparent)]
     Topic(#[from] crate::kafka::TopicError),
@@ -112,7 +96,7 @@ pub async fn verify(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport, VerifyError> {
     let audit = config.audit.as_ref().ok_or(VerifyError::NotConfigured)?;
-    let pinned = pinned_keys(config, audit).await?;
+    let pinned = crate::archive::registry::pinned_keys(config, audit).await?;
     let mut report = VerifyReport {
         caveat: "without a witness (--witness), removing the newest records together with their checkpoints and commits is not detectable inside Kafka",
         ..VerifyReport::default()
@@ -147,49 +131,6 @@ pub async fn verify(
     coverage(config, &checkpoints, &mut report, progress).await?;
     chains(&checkpoints, &mut report);
     Ok(report)
-}
-
-/// The pinned signing key versions: kid -> (n, e).
-async fn pinned_keys(
-    config: &Config,
-    audit: &AuditConfig,
-) -> Result<HashMap<String, (Vec<u8>, Vec<u8>)>, VerifyError> {
-    if audit.trusted.is_empty() {
-        return Err(VerifyError::NothingPinned);
-    }
-    let pinned_err = |kid: &crate::kms::KekId| {
-        let kid = kid.to_string();
-        move |source| VerifyError::Pinned { kid, source }
-    };
-    let mut out = HashMap::new();
-    for text in &audit.trusted {
-        let kid = &crate::kms::KekId::parse(text).map_err(|e| VerifyError::PinnedId {
-            kid: text.clone(),
-            reason: e.to_string(),
-        })?;
-        let http =
-            crate::kms::azure::http_client(&config.keys, audit.signing_key.ca_file.as_deref())
-                .map_err(|e| VerifyError::Pinned {
-                    kid: kid.to_string(),
-                    source: crate::kms::KmsError::Setup {
-                        tenant: "_audit".into(),
-                        detail: e.to_string(),
-                    },
-                })?;
-        let p = crate::kms::azure::AzureKeyProvider::new(
-            "_audit",
-            &audit.signing_key,
-            http,
-            std::time::Duration::ZERO,
-        )
-        .map_err(pinned_err(kid))?;
-        let v = p
-            .get_version(Some(kid.version()))
-            .await
-            .map_err(pinned_err(kid))?;
-        out.insert(kid.to_string(), (v.n, v.e));
-    }
-    Ok(out)
 }
 
 /// One record of the audit topic: a checkpoint to keep, nothing, or the kind of finding.

@@ -234,6 +234,10 @@ struct Audit {
     checkpoints: Vec<Checkpoint>,
     writers: BTreeSet<String>,
     ended: BTreeSet<String>,
+    /// Session keys by writer.
+    sessions: BTreeMap<String, Vec<u8>>,
+    /// `dek:<id>` / `kek:<tenant>` copies: (key, value).
+    copies: Vec<(String, Vec<u8>)>,
 }
 
 fn b64_32(s: &str) -> Hash {
@@ -250,6 +254,10 @@ fn verify_audit(records: &[Raw], n: &[u8], e: &[u8]) -> Audit {
         assert!(headers.is_empty(), "audit records carry no headers");
         let value = value.as_ref().unwrap();
         let writer = String::from_utf8(key.clone().unwrap()).unwrap();
+        if writer.starts_with("dek:") || writer.starts_with("kek:") {
+            audit.copies.push((writer, value.clone()));
+            continue;
+        }
         let j: serde_json::Value = serde_json::from_slice(value).unwrap();
         assert_eq!(j["writer"], writer.as_str(), "record key is the writer");
         assert!(!audit.ended.contains(&writer), "a record after end");
@@ -261,7 +269,8 @@ fn verify_audit(records: &[Raw], n: &[u8], e: &[u8]) -> Audit {
                 assert_eq!(st.role, "worker");
                 assert_eq!(st.seq, 0);
                 let key = URL_SAFE_NO_PAD.decode(&st.session_key).unwrap();
-                state.insert(writer.clone(), (key, 1, merkle::hash(value)));
+                state.insert(writer.clone(), (key.clone(), 1, merkle::hash(value)));
+                audit.sessions.insert(writer.clone(), key);
                 audit.writers.insert(writer);
             }
             t => {
@@ -289,6 +298,34 @@ fn verify_audit(records: &[Raw], n: &[u8], e: &[u8]) -> Audit {
         }
     }
     audit
+}
+
+/// Every registry and key record is signed by a session of the log (`t`, `writer`, `prev` before
+/// `sig`, its id the Kafka key) and copied byte for byte to the audit topic.
+fn check_signed_records(bootstrap: &str, audit: &Audit) -> usize {
+    let mut n = 0;
+    for (topic, t, id_member) in [("byok.deks", "dek", "dek"), ("byok.keks", "kek", "tenant")] {
+        for (_, _, key, value, headers) in read_topic(bootstrap, topic) {
+            assert!(headers.is_empty());
+            let key = String::from_utf8(key.unwrap()).unwrap();
+            let value = value.expect("no tombstone");
+            let j: serde_json::Value = serde_json::from_slice(&value).unwrap();
+            let writer = j["writer"].as_str().expect("a writer member");
+            let session = &audit.sessions[writer];
+            let signed = verify_session_signed(&value, session).expect("signed by its writer");
+            let s: serde_json::Value = serde_json::from_str(&signed).unwrap();
+            assert_eq!(s["t"], t);
+            assert_eq!(s[id_member], key.as_str(), "the record names its Kafka key");
+            assert_eq!(b64_32(s["prev"].as_str().unwrap()).len(), 32);
+            let copy = format!("{t}:{key}");
+            assert!(
+                audit.copies.iter().any(|(k, v)| *k == copy && *v == value),
+                "{topic} record {key} copied to byok.audit"
+            );
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Every output record is a leaf of exactly one checkpoint, with the hash its checkpoint's root
@@ -410,6 +447,7 @@ async fn checkpoints_name_every_output_once_chain_each_partition_and_continue_af
     assert_eq!(audit.ended, audit.writers, "each clean exit wrote end");
     assert!(audit.checkpoints.len() >= 2);
     check_coverage(&run.tansu.bootstrap(), &audit);
+    assert!(check_signed_records(&run.tansu.bootstrap(), &audit) >= 3);
     let captured: BTreeMap<i32, i64> = read_topic(&run.tansu.bootstrap(), "capture.messages")
         .iter()
         .fold(BTreeMap::new(), |mut m, (p, o, ..)| {
@@ -535,6 +573,7 @@ async fn exactly_once_writes_each_checkpoint_in_its_batchs_transaction() {
     assert_eq!(audit.writers.len(), 1);
     assert_eq!(audit.ended, audit.writers);
     check_coverage(&r.bootstrap, &audit);
+    assert!(check_signed_records(&r.bootstrap, &audit) >= 2);
     let captured: BTreeMap<i32, i64> = read_topic(&r.bootstrap, "capture.messages").iter().fold(
         BTreeMap::new(),
         |mut m, (p, o, ..)| {

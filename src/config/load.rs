@@ -238,11 +238,23 @@ impl Loader {
                 );
             }
         }
+        let mut unsigned_below = Vec::new();
+        for (i, mark) in raw.trust_unsigned_below.iter().enumerate() {
+            match UnsignedMark::parse(mark) {
+                Ok(m) => unsigned_below.push(m),
+                Err(why) => self.error(
+                    format!("audit.trust_unsigned_below[{i}]"),
+                    format!("{mark:?} {why}"),
+                    "write <topic>:<partition>:<offset>, for example \"byok.deks:0:1200\": the first offset written with signing on (an offset, not a time: a forger chooses times)",
+                ),
+            }
+        }
         Some(AuditConfig {
             topic: raw.topic,
             cluster: cluster?,
             signing_key: signing_key?,
             trusted,
+            unsigned_below,
         })
     }
 

@@ -199,6 +199,56 @@ pub struct AuditConfig {
     pub signing_key: KeyVaultKey,
     /// Signing key versions readers trust (pinned; a record's own claim is never trusted).
     pub trusted: Vec<String>,
+    /// Unsigned registry and key records below these offsets predate signing and are trusted
+    /// (a one-time migration: `audit.trust_unsigned_below`).
+    pub unsigned_below: Vec<UnsignedMark>,
+}
+
+/// `<topic>:<partition>:<offset>`: records of that partition below the offset were written before
+/// signing existed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsignedMark {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The first offset that must be signed.
+    pub offset: i64,
+}
+
+impl UnsignedMark {
+    /// Reads `<topic>:<partition>:<offset>`.
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        let mut it = text.rsplitn(3, ':');
+        let (Some(offset), Some(partition), Some(topic)) = (it.next(), it.next(), it.next()) else {
+            return Err("is not <topic>:<partition>:<offset>");
+        };
+        let partition = partition
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p >= 0)
+            .ok_or("has a partition that is not a number ≥ 0")?;
+        let offset = offset
+            .parse::<i64>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .ok_or("has an offset that is not a number ≥ 0")?;
+        if topic.is_empty() {
+            return Err("names no topic");
+        }
+        Ok(Self {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        })
+    }
+
+    /// Whether `offset` of `topic`/`partition` is below one of `marks`.
+    pub fn covers(marks: &[UnsignedMark], topic: &str, partition: i32, offset: i64) -> bool {
+        marks
+            .iter()
+            .any(|m| m.topic == topic && m.partition == partition && offset < m.offset)
+    }
 }
 
 /// Kafka settings.

@@ -252,6 +252,9 @@ pub(super) struct AuditRaw {
     #[serde(default)]
     pub(super) signing_keys: Vec<String>,
     pub(super) signing_key: Option<KeyRaw>,
+    /// `<topic>:<partition>:<offset>`: unsigned registry and key records below it predate signing.
+    #[serde(default)]
+    pub(super) trust_unsigned_below: Vec<String>,
 }
 
 /// The Key Vault fields shared by a tenant and the quarantine key.

@@ -16,8 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 use tokio::sync::Notify;
 
 use crate::envelope::headers::QuarantineReason;
@@ -58,8 +57,11 @@ pub struct KeyViews {
     pub wake: Notify,
     /// Tenants whose records wait with no DEK possible and no public key known.
     pub holds: super::hold::Holds,
-    /// Where the leaves of `byok.keks` records go for the next audit checkpoint.
-    pub audit: std::sync::OnceLock<Arc<crate::audit::leaves::PendingLeaves>>,
+    /// Signs `byok.keks` records, copies them to the audit topic and names them in the next
+    /// checkpoint, when the audit log is written.
+    pub audit: std::sync::OnceLock<crate::auditor::RecordAudit>,
+    /// Per tenant, the hash of the current `byok.keks` value (the `prev` of the next).
+    keks_prev: Mutex<HashMap<String, crate::audit::merkle::Hash>>,
 }
 
 /// What [`KeyViews::apply`] changed.
@@ -112,9 +114,11 @@ impl KeyViews {
     }
 
     /// Seeds last known public keys (from `byok.keks` at start-up).
-    pub fn seed_public(&self, keys: HashMap<String, VersionInfo>) {
+    pub fn seed_public(&self, keys: HashMap<String, (VersionInfo, crate::audit::merkle::Hash)>) {
         let mut p = lock(&self.public);
-        for (t, v) in keys {
+        let mut prev = lock(&self.keks_prev);
+        for (t, (v, h)) in keys {
+            prev.entry(t.clone()).or_insert(h);
             p.entry(t).or_insert(v);
         }
     }
@@ -256,31 +260,28 @@ async fn publish_public(
         version: v.clone(),
         seen: crate::registry::format_time(time::OffsetDateTime::now_utc()),
     };
-    let value = record.to_json();
-    let sent = producer
-        .send(
-            FutureRecord::to(keks_topic).key(tenant).payload(&value),
-            Timeout::After(Duration::from_secs(30)),
-        )
-        .await;
-    let mut u = lock(&views.unpublished);
+    let prev = lock(&views.keks_prev)
+        .get(tenant)
+        .copied()
+        .unwrap_or(crate::audit::merkle::ZERO);
+    let sent = crate::auditor::publish_record(
+        producer,
+        keks_topic,
+        tenant,
+        crate::audit::records::RecordKind::Kek,
+        record.to_json(),
+        &prev,
+        views.audit.get(),
+    )
+    .await;
     match sent {
-        Ok(d) => {
-            u.remove(tenant);
-            if let Some(p) = views.audit.get() {
-                p.push(crate::audit::leaves::leaf_of(
-                    keks_topic,
-                    d.partition,
-                    d.offset,
-                    Some(tenant.as_bytes()),
-                    Some(&value),
-                    &[],
-                ));
-            }
+        Ok(value) => {
+            lock(&views.unpublished).remove(tenant);
+            lock(&views.keks_prev).insert(tenant.to_owned(), crate::audit::merkle::hash(&value));
         }
-        Err((e, _)) => {
+        Err(e) => {
             tracing::warn!(tenant, error = %e, topic = keks_topic, "could not publish the tenant's public key; tried again at the next check");
-            u.insert(tenant.to_owned());
+            lock(&views.unpublished).insert(tenant.to_owned());
         }
     }
 }

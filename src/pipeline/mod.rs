@@ -114,7 +114,7 @@ pub struct Wiring<'a> {
     /// The tenants' key states.
     pub views: &'a Arc<KeyViews>,
     /// Leaves of records produced outside batches (registry records), for the next checkpoint.
-    pub audit: Option<Arc<crate::audit::leaves::PendingLeaves>>,
+    pub audit: Option<crate::auditor::RecordAudit>,
 }
 
 /// The sealing stage of `byok run`.
@@ -191,8 +191,12 @@ where
     };
     let consumer = subscribe(&config, ctx)?;
     let views = key_views(&config).await;
-    if let Some(a) = &auditor {
-        let _ = views.audit.set(Arc::clone(&a.pending));
+    let record_audit = match &auditor {
+        Some(a) => Some(a.record_audit().await),
+        None => None,
+    };
+    if let Some(a) = &record_audit {
+        let _ = views.audit.set(a.clone());
     }
     let background = [
         spawn_vault_check(&config, &keyring, &health),
@@ -210,7 +214,7 @@ where
         keyring: &keyring,
         producer: &producer,
         views: &views,
-        audit: auditor.as_ref().map(|a| Arc::clone(&a.pending)),
+        audit: record_audit,
     })?;
     tracing::info!(group = %config.kafka.group_id, topics = ?config.kafka.input_topics, tenants = keyring.tenants().len(), delivery = ?config.kafka.delivery, seal_threads = config.batch.seal_threads.get(), "worker started");
     let mut worker = Worker {
@@ -246,7 +250,7 @@ where
 async fn key_views(config: &Config) -> Arc<KeyViews> {
     let views = Arc::new(KeyViews::default());
     views.holds.set_limit(config.keys.unknown_key_hold);
-    match crate::archive::load_keks(config).await {
+    match crate::archive::registry::load_keks_current(config).await {
         Ok(keys) => views.seed_public(keys),
         Err(e) => {
             tracing::warn!(error = %e, topic = %config.kafka.keks_topic, "last known public keys not loaded (they are read again from Key Vault)")

@@ -308,8 +308,8 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer for the worker's configuration, keys and producer.
     /// Names the registry records of its DEKs in the audit log's next checkpoint.
-    pub fn with_audit(mut self, pending: Option<Arc<crate::audit::leaves::PendingLeaves>>) -> Self {
-        self.deks.set_audit(pending);
+    pub fn with_audit(mut self, audit: Option<crate::auditor::RecordAudit>) -> Self {
+        self.deks.set_audit(audit);
         self
     }
 

@@ -18,12 +18,15 @@ use crate::envelope::{
     self,
     headers::{ArchiveHeaders, HeaderError, QuarantineHeaders},
 };
-use crate::kafka::{TopicReader, owned_headers, read_all, reader_consumer};
+use crate::kafka::{TopicReader, owned_headers, reader_consumer};
 use crate::kms::KeyProvider;
-use crate::registry::{DekRecord, QUARANTINE_TENANT, RegistryEntry};
+use crate::registry::{DekRecord, QUARANTINE_TENANT};
 use crate::tenant::{OperatorClaim, operator_aad};
 
 pub use crate::kafka::ReadOptions;
+pub use registry::{load_keks, load_registry};
+
+pub mod registry;
 
 /// One opened record.
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +199,22 @@ pub enum ReadError {
     /// The key providers could not be set up (a credential file missing, a bad CA).
     #[error("key providers: {0}")]
     Keys(#[from] crate::kms::KmsError),
+    /// Signed records need the audit log's configuration.
+    #[error(
+        "the configuration has no [audit] section: there are no signers to check records against"
+    )]
+    NoAudit,
+    /// No pinned signing key version.
+    #[error("audit.signing_keys is empty: pin the signing key versions to trust (full key ids)")]
+    NothingPinned,
+    /// A pinned signing key version could not be read from Key Vault.
+    #[error("pinned signing key {kid}: {detail}")]
+    Pinned {
+        /// The version.
+        kid: String,
+        /// What failed.
+        detail: String,
+    },
 }
 
 /// Opens a record sealed under an operator DEK, proving the tenant it names: first with the
@@ -222,49 +241,6 @@ pub fn open_operator(
             OperatorClaim::Unbound(t.to_owned())
         }),
     ))
-}
-
-/// Loads the DEK registry (latest record per DEK; tombstones remove).
-pub async fn load_registry(config: &Config) -> Result<HashMap<DekId, DekRecord>, ReadError> {
-    let consumer = reader_consumer(config)?;
-    let mut map = HashMap::new();
-    read_all(
-        &consumer,
-        &config.kafka.registry_topic,
-        None,
-        |m| match RegistryEntry::decode(m.key(), m.payload()) {
-            Ok(RegistryEntry::Live(r)) => {
-                map.insert(r.dek, r);
-            }
-            Ok(RegistryEntry::Destroyed(id)) => {
-                map.remove(&id);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable registry record");
-            }
-        },
-    )
-    .await?;
-    Ok(map)
-}
-
-/// Loads each tenant's last known public key from the `byok.keks` topic (latest per tenant).
-pub async fn load_keks(
-    config: &Config,
-) -> Result<HashMap<String, crate::kms::VersionInfo>, ReadError> {
-    let consumer = reader_consumer(config)?;
-    let mut map = HashMap::new();
-    read_all(&consumer, &config.kafka.keks_topic, None, |m| {
-        match m.payload().map(crate::kms::local::KekRecord::from_json) {
-            Some(Ok(r)) => {
-                map.insert(r.tenant, r.version);
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "unreadable byok.keks record"),
-            None => {}
-        }
-    })
-    .await?;
-    Ok(map)
 }
 
 /// Reads and opens `opts.topic`, calling `out` for each opened record and `failed` for each

@@ -51,6 +51,8 @@ pub struct VerifyReport {
     pub notices: BTreeMap<&'static str, u64>,
     /// The first examples of each finding and notice.
     pub examples: Vec<String>,
+    /// Unsigned registry and key records trusted below `audit.trust_unsigned_below`.
+    pub unsigned_trusted: u64,
     /// Without a witness, removing the newest records with their checkpoints is not detectable.
     pub caveat: &'static str,
 }
@@ -128,7 +130,8 @@ pub async fn verify(
     .await?;
     report.writers = writers.len() as u64;
     report.checkpoints = checkpoints.len() as u64;
-    coverage(config, &checkpoints, &mut report, progress).await?;
+    let rejected = registry_findings(config, &mut report).await?;
+    coverage(config, &checkpoints, &rejected, &mut report, progress).await?;
     chains(&checkpoints, &mut report);
     Ok(report)
 }
@@ -213,10 +216,37 @@ fn audit_record(
     }
 }
 
+/// Registry and key records a reader would not use (§5b), reported by kind: forged, unsigned,
+/// relabelled, rolled-back, tombstoned, wrong-key. Returns their places (not also "injected").
+async fn registry_findings(
+    config: &Config,
+    report: &mut VerifyReport,
+) -> Result<std::collections::HashSet<(String, i32, i64)>, VerifyError> {
+    use crate::archive::registry::load_trusted;
+    let deks = load_trusted::<crate::registry::DekRecord>(config).await?;
+    let keks = load_trusted::<crate::kms::local::KekRecord>(config).await?;
+    let mut places = std::collections::HashSet::new();
+    for (what, r) in deks
+        .rejected
+        .iter()
+        .map(|r| ("registry record", r))
+        .chain(keks.rejected.iter().map(|r| ("key record", r)))
+    {
+        report.finding(
+            r.why.kind(),
+            format!("{what} {} at {}: {}", r.key, r.place, r.why),
+        );
+        places.insert((r.place.topic.clone(), r.place.partition, r.place.offset));
+    }
+    report.unsigned_trusted = deks.trusted_unsigned + keks.trusted_unsigned;
+    Ok(places)
+}
+
 /// Every output record a leaf of exactly one checkpoint; roots recomputed.
 async fn coverage(
     config: &Config,
     checkpoints: &[Checkpoint],
+    rejected: &std::collections::HashSet<(String, i32, i64)>,
     report: &mut VerifyReport,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), VerifyError> {
@@ -268,6 +298,7 @@ async fn coverage(
             let at = (topic.clone(), m.partition(), m.offset());
             match named.remove(&at) {
                 Some(i) => hashes[i].push((at, leaf.hash)),
+                None if rejected.contains(&at) => {} // reported as what it is
                 None => report.finding(
                     "injected",
                     format!(

@@ -1,6 +1,7 @@
 //! Helpers shared by the black-box tests.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod audit_run;
 pub(crate) mod mock;
 
 use std::path::PathBuf;

@@ -121,6 +121,46 @@ sys.exit("no header table in " + sys.argv[1])
         self.create_topic_with(name, partitions, &[]);
     }
 
+    /// Changes what the broker stores, as someone with access to its storage could (Tansu
+    /// 0.6.0 keeps records in sqlite; its `topic delete` drops every topic, so a "re-created
+    /// topic" is simulated here): `flip` XORs one bit of a record's value `at` bytes from its end,
+    /// `delete` removes a record and its headers (the other offsets stay).
+    pub fn tamper(&self, action: &str, topic: &str, partition: i32, offset: i64, at: usize) {
+        let script = r#"
+import sqlite3, sys
+action, topic, partition, offset, at = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+c = sqlite3.connect(sys.argv[1], timeout=30)
+tp = c.execute("select tp.id from topition tp join topic t on tp.topic = t.id where t.name = ? and tp.partition = ?", (topic, partition)).fetchone()[0]
+if action == "flip":
+    v = bytearray(c.execute("select v from record where topition = ? and offset_id = ?", (tp, offset)).fetchone()[0])
+    v[len(v) - at] ^= 1
+    c.execute("update record set v = ? where topition = ? and offset_id = ?", (bytes(v), tp, offset))
+else:
+    c.execute("delete from header where topition = ? and offset_id = ?", (tp, offset))
+    n = c.execute("delete from record where topition = ? and offset_id = ?", (tp, offset)).rowcount
+    assert n == 1, n
+c.commit()
+"#;
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(self.dir.path().join("tansu.db"))
+            .args([
+                action,
+                topic,
+                &partition.to_string(),
+                &offset.to_string(),
+                &at.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tampering with {topic}/{partition}/{offset}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Creates a topic with topic configs (`key=value`).
     pub fn create_topic_with(&self, name: &str, partitions: u32, configs: &[&str]) {
         let mut cmd = Command::new(&self.bin);

@@ -241,8 +241,15 @@ impl Auditor {
             heads: Mutex::new(BTreeMap::new()),
             lookup: Mutex::new(lookup),
         };
+        let kid = serde_json::from_slice::<serde_json::Value>(&value)
+            .ok()
+            .and_then(|j| j["signing_kid"].as_str().map(str::to_owned))
+            .unwrap_or_default();
         a.produce(&a.statements, &writer, value).await?;
-        tracing::info!(writer, topic = %a.topic, "audit session certified by the operator's signing key");
+        tracing::info!(writer, topic = %a.topic, signing_kid = %kid, "audit session certified by the operator's signing key");
+        if !audit.trusted.contains(&kid) {
+            tracing::warn!(signing_kid = %kid, "this signing key version is not in audit.signing_keys: readers (byok cat, drain, replay, verify, the workers) will not trust this session's records until it is pinned there");
+        }
         Ok(a)
     }
 

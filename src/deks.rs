@@ -345,6 +345,23 @@ impl DekSet {
         })
     }
 
+    /// The DEK `id`, if it is a tenant's active one, stops sealing now (its local wrap failed its
+    /// proof); the tenant's next record gets a new DEK.
+    pub fn retire_id(&mut self, id: crate::dek::DekId) {
+        let tenant = self
+            .active
+            .iter()
+            .find(|(_, d)| d.id() == id)
+            .map(|(t, _)| t.clone());
+        if let Some(t) = tenant
+            && let Some(d) = self.active.remove(&t)
+        {
+            d.retire(crate::dek::Retired::Manual);
+            self.records().remove(&id);
+            tracing::warn!(tenant = %t, dek = %id, "DEK retired: its local wrap did not open through Key Vault");
+        }
+    }
+
     /// Makes `dek` (from [`DekSet::make`]) the tenant's active DEK; the previous one retires.
     pub fn install(&mut self, tenant: &str, dek: ActiveDek) -> Arc<ActiveDek> {
         self.created += 1;

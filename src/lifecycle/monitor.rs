@@ -60,6 +60,10 @@ pub struct KeyViews {
     /// Signs `byok.keks` records, copies them to the audit topic and names them in the next
     /// checkpoint, when the audit log is written.
     pub audit: std::sync::OnceLock<crate::auditor::RecordAudit>,
+    /// Tenants whose locally wrapped DEK did not open through Key Vault: no more local wraps.
+    local_wrap_stopped: Mutex<std::collections::HashSet<String>>,
+    /// DEKs whose local wrap did not open: they stop sealing at once.
+    unproven: Mutex<Vec<crate::dek::DekId>>,
     /// Per tenant, the hash of the current `byok.keks` value (the `prev` of the next).
     keks_prev: Mutex<HashMap<String, crate::audit::merkle::Hash>>,
 }
@@ -100,7 +104,10 @@ impl KeyViews {
                     (
                         why.quarantine_reason(),
                         detail.clone(),
-                        public.get(t).cloned(),
+                        public
+                            .get(t)
+                            .filter(|_| !lock(&self.local_wrap_stopped).contains(t))
+                            .cloned(),
                     ),
                 )),
                 _ => None,
@@ -108,9 +115,28 @@ impl KeyViews {
             .collect()
     }
 
-    /// The tenant's last known public key.
+    /// The tenant's last known public key, for local wraps; none once a local wrap of the
+    /// tenant failed its proof.
     pub fn public_key(&self, tenant: &str) -> Option<VersionInfo> {
+        if lock(&self.local_wrap_stopped).contains(tenant) {
+            return None;
+        }
         lock(&self.public).get(tenant).cloned()
+    }
+
+    /// A locally wrapped DEK of `tenant` did not open through Key Vault: the public key it was
+    /// wrapped with is not the tenant's. The DEK stops sealing at once and the tenant gets no
+    /// more local wraps (its records wait for the vault instead); an alert metric is set.
+    pub fn proof_failed(&self, tenant: &str, dek: crate::dek::DekId) {
+        lock(&self.local_wrap_stopped).insert(tenant.to_owned());
+        lock(&self.unproven).push(dek);
+        metrics::gauge!("byok_local_wrap_stopped", "tenant" => tenant.to_owned()).set(1.0);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// DEKs whose proof failed since the last call.
+    pub fn take_unproven(&self) -> Vec<crate::dek::DekId> {
+        std::mem::take(&mut *lock(&self.unproven))
     }
 
     /// Seeds last known public keys (from `byok.keks` at start-up).
@@ -303,7 +329,8 @@ async fn verify(tenant: &str, kms: &TenantKms, views: &KeyViews) {
             Err(e) if e.is_transient() => views.requeue(r),
             Err(e) => {
                 metrics::counter!("byok_local_wraps_failed_total").increment(1);
-                tracing::error!(tenant, dek = %r.dek, error = %e, "a locally wrapped DEK does not open through Key Vault");
+                views.proof_failed(tenant, r.dek);
+                tracing::error!(tenant, dek = %r.dek, kek = %r.kek, error = %e, "ALERT: a locally wrapped DEK does not open through Key Vault: the DEK stops sealing now and the tenant gets no more local wraps (its records wait for its vault); check the byok.keks records (byok verify)");
             }
         }
     }
@@ -443,6 +470,24 @@ mod tests {
         views.apply("acme", KeyState::Usable(version("v1", 1)));
         assert_eq!(views.take_restored(), vec!["acme".to_owned()]);
         assert!(views.take_restored().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_failed_proof_retires_the_dek_and_stops_local_wraps_for_that_tenant_only() {
+        let views = KeyViews::default();
+        views.apply("acme", KeyState::Usable(version("v1", 1)));
+        views.apply("globex", KeyState::Usable(version("v1", 1)));
+        views.apply("acme", revoked(None));
+        let generation = views.generation();
+        let dek = crate::dek::DekId::new_v7();
+        views.proof_failed("acme", dek);
+        assert!(views.generation() > generation, "the sealer looks again");
+        assert_eq!(views.take_unproven(), vec![dek]);
+        assert!(views.take_unproven().is_empty(), "taken once");
+        assert!(views.public_key("acme").is_none(), "no more local wraps");
+        let snapshot = views.snapshot();
+        assert!(views.revoked(&snapshot)["acme"].2.is_none());
+        assert!(views.public_key("globex").is_some());
     }
 
     #[test]

@@ -357,6 +357,9 @@ impl Sealer {
             return;
         }
         self.generation = Some(self.views.generation());
+        for dek in self.views.take_unproven() {
+            self.deks.retire_id(dek);
+        }
         let snapshot = self.views.snapshot();
         for (tenant, view) in &snapshot {
             let changed = key_changed(self.seen.get(tenant), view);

@@ -390,23 +390,47 @@ pub(crate) fn owned_headers<M: Message + ?Sized>(m: &M) -> Vec<(String, Option<V
 }
 
 /// Produces one record (key optional) and waits up to 60 s for its acknowledgement: the tools'
-/// write (the worker's sink batches its own).
+/// write (the worker's sink batches its own). With `pending`, the record's leaf waits there for
+/// the tool's next audit checkpoint.
 pub(crate) async fn send_record(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
     key: Option<&[u8]>,
     value: &[u8],
     headers: rdkafka::message::OwnedHeaders,
+    pending: Option<&crate::audit::leaves::PendingLeaves>,
 ) -> Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::message::Headers;
+    let named: Vec<(String, Option<Vec<u8>>)> = match pending {
+        Some(_) => headers
+            .iter()
+            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut rec = rdkafka::producer::FutureRecord::to(topic)
         .payload(value)
         .headers(headers);
     if let Some(k) = key {
         rec = rec.key(k);
     }
-    producer
+    let d = producer
         .send(rec, rdkafka::util::Timeout::After(Duration::from_secs(60)))
         .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+        .map_err(|(e, _)| e)?;
+    if let Some(p) = pending {
+        let hs: Vec<(&str, Option<&[u8]>)> = named
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        p.push(crate::audit::leaves::leaf_of(
+            topic,
+            d.partition,
+            d.offset,
+            key,
+            Some(value),
+            &hs,
+        ));
+    }
+    Ok(())
 }

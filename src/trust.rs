@@ -292,12 +292,17 @@ pub struct Current<T> {
     pub value: Vec<u8>,
     /// The hashes of the values that state it (a successor's `prev` names one of them).
     hashes: Vec<Hash>,
+    /// The hashes of values it superseded (met again in the compacted topic, they are history
+    /// unless one is the topic's last word on the id).
+    older: Vec<Hash>,
 }
 
 /// The records of one compacted topic that verify: per id, the current value.
 #[derive(Debug, Clone)]
 pub struct Trusted<T> {
     current: HashMap<String, Current<T>>,
+    /// Ids whose last record in the compacted topic so far is a superseded value.
+    stale_tail: HashMap<String, Place>,
     /// Records not used.
     pub rejected: Vec<Rejected>,
     /// Unsigned records accepted below `audit.trust_unsigned_below`.
@@ -308,6 +313,7 @@ impl<T> Default for Trusted<T> {
     fn default() -> Self {
         Self {
             current: HashMap::new(),
+            stale_tail: HashMap::new(),
             rejected: Vec::new(),
             trusted_unsigned: 0,
         }
@@ -364,18 +370,43 @@ impl<T: SignedRecord> Trusted<T> {
         }
         .to_owned();
         let why = match self.accept(rules, &place, &id, value) {
-            Ok(()) => return None,
+            Ok(Accepted::Current) => {
+                if !copy {
+                    self.stale_tail.remove(&id);
+                }
+                return None;
+            }
+            Ok(Accepted::Superseded) => {
+                if !copy {
+                    self.stale_tail.insert(id, place);
+                }
+                return None;
+            }
             Err(why) => why,
         };
+        self.reject(place, id, why.clone());
+        Some(why)
+    }
+
+    /// Ends the reading: an id whose compacted topic ends on a superseded value (an older
+    /// value written again after its successor) is rolled back.
+    pub fn finish(&mut self) {
+        let mut stale: Vec<(String, Place)> = self.stale_tail.drain().collect();
+        stale.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, place) in stale {
+            self.reject(place, id, Rejection::RolledBack);
+        }
+    }
+
+    fn reject(&mut self, place: Place, id: String, why: Rejection) {
         ::metrics::counter!("byok_registry_rejected_total", "kind" => T::KIND.t(), "reason" => why.kind())
             .increment(1);
         tracing::warn!(at = %place, key = %id, reason = %why, "registry or key record not used");
         self.rejected.push(Rejected {
             place,
             key: id,
-            why: why.clone(),
+            why,
         });
-        Some(why)
     }
 
     fn accept(
@@ -384,11 +415,16 @@ impl<T: SignedRecord> Trusted<T> {
         place: &Place,
         id: &str,
         value: Option<&[u8]>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Accepted, Rejection> {
         let value = value.ok_or(Rejection::Tombstone)?;
         let h = hash(value);
-        if self.current.get(id).is_some_and(|c| c.hashes.contains(&h)) {
-            return Ok(()); // the same value again (the copy and the compacted record)
+        if let Some(c) = self.current.get(id) {
+            if c.hashes.contains(&h) {
+                return Ok(Accepted::Current); // the same value again (copy and compacted record)
+            }
+            if c.older.contains(&h) {
+                return Ok(Accepted::Superseded);
+            }
         }
         let parse = |text: &[u8]| T::parse(&T::named(text), text).map_err(Rejection::Unreadable);
         let (record, prev) = match split_signed(value, "sig") {
@@ -427,24 +463,37 @@ impl<T: SignedRecord> Trusted<T> {
             // another writer stating the same (two workers saw the same rotation)
             (Some(c), Some(_)) if c.record.same(&record) => {
                 c.hashes.push(h);
-                Ok(())
+                Ok(Accepted::Current)
             }
             (Some(c), Some(prev)) if !c.hashes.contains(&prev) => Err(Rejection::RolledBack),
             // a signed record superseding a value this reader never saw (compacted away before
             // copies were kept) is from a certified writer: nothing known is rolled back
-            _ => {
+            (old, _) => {
+                let mut older = old.map(|c| c.older.clone()).unwrap_or_default();
+                if let Some(c) = self.current.get(id) {
+                    older.extend(&c.hashes);
+                }
                 self.current.insert(
                     id.to_owned(),
                     Current {
                         record,
                         value: value.to_vec(),
                         hashes: vec![h],
+                        older,
                     },
                 );
-                Ok(())
+                Ok(Accepted::Current)
             }
         }
     }
+}
+
+/// How a record that is not rejected was taken.
+enum Accepted {
+    /// It is (or states) the current value.
+    Current,
+    /// A value its successor superseded, met again.
+    Superseded,
 }
 
 /// The DEK registry as trusted: records by DEK id.
@@ -618,11 +667,25 @@ mod tests {
         let mut t = Trusted::default();
         assert_eq!(f.apply(&mut t, 0, &id, Some(&v1)), None);
         assert_eq!(f.apply(&mut t, 1, &id, Some(&v2)), None);
+        // the older value met again is history, unless it is the topic's last word on the DEK
+        assert_eq!(f.apply(&mut t, 2, &id, Some(&v1)), None);
+        assert_eq!(f.apply(&mut t, 3, &id, Some(&v2)), None);
+        t.finish();
+        assert!(t.rejected.is_empty(), "v1 then v2: nothing rolled back");
+        assert_eq!(f.apply(&mut t, 4, &id, Some(&v1)), None);
+        t.finish();
+        assert_eq!(t.rejected.len(), 1);
+        assert_eq!(t.rejected[0].why, Rejection::RolledBack);
+        assert_eq!(t.rejected[0].place.offset, 4);
+        assert_eq!(t.get(&id.to_string()).unwrap().record.wrapped, vec![2; 384]);
+        // a value no successor names: rolled back at once
+        let mut r3 = record(id, 3);
+        r3.rewrapped = Some(OffsetDateTime::now_utc());
+        let v3 = s.sign(&r3.to_json(), RecordKind::Dek, &hash(&v1));
         assert_eq!(
-            f.apply(&mut t, 2, &id, Some(&v1)),
+            f.apply(&mut t, 5, &id, Some(&v3)),
             Some(Rejection::RolledBack)
         );
-        assert_eq!(t.get(&id.to_string()).unwrap().record.wrapped, vec![2; 384]);
     }
 
     #[test]
@@ -709,10 +772,14 @@ mod tests {
             );
         }
         assert_eq!(t.get("acme").unwrap().record.version.kid.as_str(), v2);
-        // a replay of the first value
+        // a replay of the first value, last in the topic
         assert_eq!(
             t.apply(&rules, place(3), Some(b"acme"), Some(&va), false),
-            Some(Rejection::RolledBack)
+            None
         );
+        t.finish();
+        assert_eq!(t.rejected.len(), 1);
+        assert_eq!(t.rejected[0].why, Rejection::RolledBack);
+        assert_eq!(t.get("acme").unwrap().record.version.kid.as_str(), v2);
     }
 }

@@ -272,11 +272,20 @@ async fn coverage(
     let mut hashes: Vec<Vec<(Place, Hash)>> = vec![Vec::new(); checkpoints.len()];
     let consumer = reader_consumer(config)?;
     let mut read = 0u64;
-    for topic in crate::topics::topics_of(config)
+    // the configured outputs, and any other topic a checkpoint names (a replay's target)
+    let mut topics: Vec<String> = crate::topics::topics_of(config)
         .into_iter()
         .filter(|(_, r)| !matches!(r, crate::topics::Role::Input | crate::topics::Role::Audit))
         .map(|(t, _)| t)
-    {
+        .collect();
+    for c in checkpoints {
+        for o in &c.out {
+            if !topics.contains(&o.topic) {
+                topics.push(o.topic.clone());
+            }
+        }
+    }
+    for topic in topics {
         read_all(&consumer, &topic, None, |m| {
             read += 1;
             if read.is_multiple_of(1000) {

@@ -29,6 +29,37 @@ pub async fn load_registry(config: &Config) -> Result<HashMap<DekId, DekRecord>,
     ))
 }
 
+/// The DEK registry with the hash of each current record's value (the `prev` of a rewrap).
+pub async fn load_registry_current(
+    config: &Config,
+) -> Result<HashMap<DekId, (DekRecord, Hash)>, ReadError> {
+    if config.audit.is_none() {
+        let consumer = reader_consumer(config)?;
+        let mut map = HashMap::new();
+        read_all(
+            &consumer,
+            &config.kafka.registry_topic,
+            None,
+            |m| match RegistryEntry::decode(m.key(), m.payload()) {
+                Ok(RegistryEntry::Live(r)) => {
+                    map.insert(r.dek, (r, hash(m.payload().unwrap_or_default())));
+                }
+                Ok(RegistryEntry::Destroyed(id)) => {
+                    map.remove(&id);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable registry record"),
+            },
+        )
+        .await?;
+        return Ok(map);
+    }
+    Ok(load_trusted::<DekRecord>(config)
+        .await?
+        .iter()
+        .map(|(_, c)| (c.record.dek, (c.record.clone(), hash(&c.value))))
+        .collect())
+}
+
 /// Loads each tenant's last known public key from `byok.keks`.
 pub async fn load_keks(config: &Config) -> Result<HashMap<String, VersionInfo>, ReadError> {
     Ok(load_keks_current(config)

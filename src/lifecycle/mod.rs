@@ -26,6 +26,53 @@ pub(crate) fn tool_producer(
         })
 }
 
+/// A tool's audit writer (role `tool`, docs/audit-v1.md §4-5), when the audit log is configured:
+/// its session certified by the operator's signing key before it writes anything; its registry
+/// records signed and copied; a checkpoint (no input ranges) naming what it wrote.
+#[allow(missing_debug_implementations)] // the auditor's clients have no Debug
+pub(crate) struct ToolAudit {
+    auditor: crate::auditor::Auditor,
+    /// The signer and copy topic of its registry records.
+    pub(crate) records: crate::auditor::RecordAudit,
+}
+
+/// Starts the tool `name`'s audit writer; `None` without `[audit]`.
+pub(crate) async fn tool_audit(
+    config: &crate::config::Config,
+    name: &str,
+    producer: &rdkafka::producer::FutureProducer,
+) -> Result<Option<ToolAudit>, LifecycleError> {
+    let Some(audit) = &config.audit else {
+        return Ok(None);
+    };
+    let auditor = crate::auditor::Auditor::start(
+        config,
+        audit,
+        crate::auditor::Role::Tool,
+        name,
+        producer.clone(),
+        producer.clone(),
+    )
+    .await?;
+    let records = auditor.record_audit().await;
+    Ok(Some(ToolAudit { auditor, records }))
+}
+
+impl ToolAudit {
+    /// A checkpoint naming everything written since the last one.
+    pub(crate) async fn checkpoint(&self) -> Result<(), LifecycleError> {
+        self.auditor.checkpoint(Vec::new(), &[]).await?;
+        Ok(())
+    }
+
+    /// The last checkpoint and `end`.
+    pub(crate) async fn finish(self) -> Result<(), LifecycleError> {
+        self.checkpoint().await?;
+        self.auditor.end().await?;
+        Ok(())
+    }
+}
+
 /// An operator tool (drain, replay, rewrap) could not run or stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -39,6 +86,9 @@ pub enum LifecycleError {
     /// The key providers could not be set up.
     #[error("key providers: {0}")]
     Keys(#[from] crate::kms::KmsError),
+    /// The tool's audit session could not be certified or its checkpoint written.
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::auditor::AuditorError),
     /// The producer could not be made or a transaction step failed.
     #[error("Kafka producer ({step}): {source}")]
     Producer {

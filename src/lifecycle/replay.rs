@@ -159,6 +159,19 @@ pub async fn replay(
         "already in the target; not written again"
     );
 
+    // the tool's audit writer has its own producer: its checkpoint follows each chunk's commit
+    let audit = if opts.dry_run {
+        None
+    } else {
+        let p = super::tool_producer(config)?;
+        super::tool_audit(config, "byok-replay", &p).await?
+    };
+    let mut deks = DekSet::new(
+        config.dek.limits,
+        format!("replay-{}", crate::kafka::worker_id(config)),
+        config.kafka.registry_topic.clone(),
+    );
+    deks.set_audit(audit.as_ref().map(|a| a.records.clone()));
     let mut run = Run {
         config,
         opts,
@@ -169,11 +182,10 @@ pub async fn replay(
         done,
         written: Seen::window(WRITTEN_WINDOW),
         keys: HashMap::new(),
-        deks: DekSet::new(
-            config.dek.limits,
-            format!("replay-{}", crate::kafka::worker_id(config)),
-            config.kafka.registry_topic.clone(),
-        ),
+        deks,
+        pending: audit
+            .as_ref()
+            .map(|a| std::sync::Arc::clone(&a.records.pending)),
         producer,
         transactional,
         stats: ReplayStats::default(),
@@ -203,6 +215,9 @@ pub async fn replay(
         }
         let n = raws.len();
         run.chunk(raws).await?;
+        if let Some(a) = &audit {
+            a.checkpoint().await?;
+        }
         progress(position.min(total), total);
         run.pace(started).await;
         if n < chunk {
@@ -210,6 +225,9 @@ pub async fn replay(
         }
     }
     let _ = run.producer.flush(Timeout::After(Duration::from_secs(30)));
+    if let Some(a) = audit {
+        a.finish().await?;
+    }
     run.stats.deks_made = run.deks.created();
     Ok(run.stats)
 }
@@ -347,6 +365,8 @@ struct Run<'a> {
     /// Source DEKs opened so far, or why they could not be.
     keys: HashMap<DekId, Result<Arc<DataKey>, RecordError>>,
     deks: DekSet,
+    /// The tool's leaves waiting for its next checkpoint (with `[audit]`).
+    pending: Option<std::sync::Arc<crate::audit::leaves::PendingLeaves>>,
     producer: FutureProducer,
     /// Each chunk is one transaction.
     transactional: bool,
@@ -448,6 +468,7 @@ impl Run<'_> {
                         continue;
                     }
                     let producer = self.producer.clone();
+                    let pending = self.pending.clone();
                     sends.push(async move {
                         crate::kafka::send_record(
                             &producer,
@@ -455,6 +476,7 @@ impl Run<'_> {
                             key.as_deref(),
                             &value,
                             headers,
+                            pending.as_deref(),
                         )
                         .await
                         .map_err(|source| ReplayError::Produce {

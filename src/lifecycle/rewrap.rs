@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
-use crate::archive::load_registry;
+use crate::archive::registry::load_registry_current;
+use crate::audit::merkle::Hash;
 use crate::config::{Config, TenantId};
 use crate::kms::{KeyProvider, KeyState};
 use crate::registry::DekRecord;
@@ -49,7 +50,7 @@ pub async fn rewrap(
     opts: &RewrapOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<BTreeMap<String, RewrapStats>, super::LifecycleError> {
-    let registry = load_registry(config).await?;
+    let registry = load_registry_current(config).await?;
     let keyring = crate::keyring::Keyring::new(config)?;
     let tenants = keyring.tenants();
     if let Some(t) = &opts.tenant
@@ -62,9 +63,14 @@ pub async fn rewrap(
         });
     }
     let producer: FutureProducer = super::tool_producer(config)?;
-    let mut by_tenant: BTreeMap<&str, Vec<&DekRecord>> = BTreeMap::new();
+    let audit = if opts.dry_run {
+        None
+    } else {
+        super::tool_audit(config, "byok-rewrap", &producer).await?
+    };
+    let mut by_tenant: BTreeMap<&str, Vec<&(DekRecord, Hash)>> = BTreeMap::new();
     for r in registry.values() {
-        by_tenant.entry(r.tenant.as_str()).or_default().push(r);
+        by_tenant.entry(r.0.tenant.as_str()).or_default().push(r);
     }
     let total: u64 = by_tenant
         .iter()
@@ -109,8 +115,8 @@ pub async fn rewrap(
         }
         stats.target = target.kid.to_string();
         let mut records = by_tenant.remove(id.as_str()).unwrap_or_default();
-        records.sort_by_key(|r| r.created);
-        for r in records {
+        records.sort_by_key(|r| r.0.created);
+        for (r, prev) in records {
             stats.deks += 1;
             done += 1;
             progress(done, total);
@@ -122,7 +128,12 @@ pub async fn rewrap(
                 stats.rewrapped += 1;
                 continue;
             }
-            match rewrap_one(config, kms.as_ref(), r, &target.kid, &producer).await {
+            let to = Target {
+                kid: &target.kid,
+                producer: &producer,
+                audit: audit.as_ref().map(|a| &a.records),
+            };
+            match rewrap_one(config, kms.as_ref(), r, prev, &to).await {
                 Ok(updated) => {
                     stats.rewrapped += 1;
                     tracing::info!(tenant = %id, dek = %r.dek, from = %r.kek, to = %updated.kek, "DEK rewrapped");
@@ -132,8 +143,18 @@ pub async fn rewrap(
         }
         out.insert(id.to_string(), stats);
     }
+    if let Some(a) = audit {
+        a.finish().await?;
+    }
     let _ = producer.flush(Timeout::After(Duration::from_secs(30)));
     Ok(out)
+}
+
+/// Where a rewrap goes: the target version, the producer, the tool's audit writer.
+struct Target<'a> {
+    kid: &'a crate::kms::KekId,
+    producer: &'a FutureProducer,
+    audit: Option<&'a crate::auditor::RecordAudit>,
 }
 
 /// Why one DEK was not rewrapped (it keeps its old registry record).
@@ -172,6 +193,18 @@ pub enum RewrapError {
         /// Key Vault's answer.
         source: crate::kms::KmsError,
     },
+    /// The new wrap did not decrypt, through Key Vault, to the DEK: the old record is kept.
+    #[error(
+        "DEK {dek}: the new wrap under {target} does not decrypt to the same DEK through Key Vault ({detail}); the old record is kept"
+    )]
+    Proof {
+        /// The DEK.
+        dek: crate::dek::DekId,
+        /// The version it was wrapped under.
+        target: crate::kms::KekId,
+        /// Key Vault's answer or the mismatch.
+        detail: String,
+    },
     /// The new registry record was not acknowledged.
     #[error("DEK {dek}: the registry record was not acknowledged: {source}")]
     Registry {
@@ -182,15 +215,17 @@ pub enum RewrapError {
     },
 }
 
-/// One DEK unwrapped with the version its record names, wrapped under `target`, and its new
-/// registry record acknowledged; or why not.
+/// One DEK unwrapped with the version its record names, wrapped under the target, the new wrap
+/// decrypted back through Key Vault (never the cache) and compared, and only then its new
+/// registry record (signed, superseding `prev`) acknowledged; or why not (the old one stays).
 async fn rewrap_one(
     config: &Config,
     kms: &crate::kms::TenantKms,
     r: &DekRecord,
-    target: &crate::kms::KekId,
-    producer: &FutureProducer,
+    prev: &Hash,
+    to: &Target<'_>,
 ) -> Result<DekRecord, RewrapError> {
+    let target = to.kid;
     let key = kms
         .unwrap(&r.kek, r.dek, &r.wrapped)
         .await
@@ -216,6 +251,19 @@ async fn rewrap_one(
             });
         }
     };
+    let proof = |detail: String| RewrapError::Proof {
+        dek: r.dek,
+        target: target.clone(),
+        detail,
+    };
+    let back = kms
+        .inner()
+        .unwrap(target, r.dek, &wrapped.wrapped)
+        .await
+        .map_err(|e| proof(e.to_string()))?;
+    if back.secret_bytes() != key.secret_bytes() {
+        return Err(proof("it decrypts to another key".into()));
+    }
     let updated = DekRecord {
         kek: wrapped.kek,
         wrapped: wrapped.wrapped,
@@ -223,15 +271,16 @@ async fn rewrap_one(
         wrapped_locally: false,
         ..r.clone()
     };
-    let (value, key_bytes) = (updated.to_json(), updated.key());
-    producer
-        .send(
-            FutureRecord::to(&config.kafka.registry_topic)
-                .key(&key_bytes)
-                .payload(&value),
-            Timeout::After(Duration::from_secs(60)),
-        )
-        .await
-        .map_err(|(source, _)| RewrapError::Registry { dek: r.dek, source })?;
+    crate::auditor::publish_record(
+        to.producer,
+        &config.kafka.registry_topic,
+        &updated.dek.to_string(),
+        crate::audit::records::RecordKind::Dek,
+        updated.to_json(),
+        prev,
+        to.audit,
+    )
+    .await
+    .map_err(|source| RewrapError::Registry { dek: r.dek, source })?;
     Ok(updated)
 }

@@ -131,6 +131,18 @@ pub async fn drain_quarantine_with(
     };
     let mut reader = TopicReader::open(&consumer, &q_topic, Some(&read_opts)).await?;
     let total = reader.total;
+    let producer = super::tool_producer(config)?;
+    let audit = if opts.dry_run {
+        None
+    } else {
+        super::tool_audit(config, "byok-drain", &producer).await?
+    };
+    let mut deks = DekSet::new(
+        config.dek.limits,
+        format!("drain-{}", crate::kafka::worker_id(config)),
+        config.kafka.registry_topic.clone(),
+    );
+    deks.set_audit(audit.as_ref().map(|a| a.records.clone()));
     let mut run = Run {
         config,
         keyring,
@@ -141,12 +153,11 @@ pub async fn drain_quarantine_with(
             operator: keyring.operator(),
             opts,
         },
-        producer: super::tool_producer(config)?,
-        deks: DekSet::new(
-            config.dek.limits,
-            format!("drain-{}", crate::kafka::worker_id(config)),
-            config.kafka.registry_topic.clone(),
-        ),
+        producer,
+        deks,
+        pending: audit
+            .as_ref()
+            .map(|a| std::sync::Arc::clone(&a.records.pending)),
         proven: HashMap::new(),
         written: Seen::window(WRITTEN_WINDOW),
         stats: DrainStats::default(),
@@ -159,12 +170,19 @@ pub async fn drain_quarantine_with(
             break;
         }
         run.chunk(chunk, &mut |n| progress(n, total)).await?;
+        // the chunk's records named before the next drain starts after them
+        if let Some(a) = &audit {
+            a.checkpoint().await?;
+        }
         if !opts.dry_run && opts.tenant.is_none() {
             run.position.save(&group, &q_topic, config);
         }
     }
     for (reason, n) in &run.stats.parked {
         metrics::counter!("byok_drain_parked_total", "reason" => reason.clone()).increment(*n);
+    }
+    if let Some(a) = audit {
+        a.finish().await?;
     }
     Ok(run.stats)
 }
@@ -198,6 +216,8 @@ struct Run<'a> {
     cx: Cx<'a>,
     producer: FutureProducer,
     deks: DekSet,
+    /// The tool's leaves waiting for its next checkpoint (with `[audit]`).
+    pending: Option<std::sync::Arc<crate::audit::leaves::PendingLeaves>>,
     proven: HashMap<DekId, bool>,
     written: Seen,
     stats: DrainStats,
@@ -374,6 +394,7 @@ impl Run<'_> {
         let dek = envelope::dek_id(&value).ok();
         let (partition, offset, key) = (r.partition, r.offset, r.key.clone());
         let producer = self.producer.clone();
+        let pending = self.pending.clone();
         let tenant = tenant.to_string();
         async move {
             let failed = |why: String| (partition, offset, why);
@@ -387,9 +408,16 @@ impl Run<'_> {
                     value: Some(&v),
                 });
             }
-            crate::kafka::send_record(&producer, &topic, key.as_deref(), &value, oh)
-                .await
-                .map_err(|e| failed(format!("{partition}/{offset}: produce to {topic}: {e}")))
+            crate::kafka::send_record(
+                &producer,
+                &topic,
+                key.as_deref(),
+                &value,
+                oh,
+                pending.as_deref(),
+            )
+            .await
+            .map_err(|e| failed(format!("{partition}/{offset}: produce to {topic}: {e}")))
         }
     }
 }

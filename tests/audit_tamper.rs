@@ -53,7 +53,7 @@ fn keks_record(run: &Run, tenant: &str) -> KekRecord {
         .into_iter()
         .filter(|r| r.2.as_deref() == Some(tenant.as_bytes()))
         .filter_map(|r| KekRecord::from_json(r.3.as_deref()?).ok())
-        .last()
+        .next_back()
         .expect("the worker published the tenant's public key")
 }
 
@@ -169,7 +169,7 @@ async fn planted_key_records_are_never_used_even_for_a_revoked_tenant() {
     let globex = read_topic(&bootstrap, "byok.keks")
         .into_iter()
         .filter(|r| r.2.as_deref() == Some(b"globex"))
-        .last()
+        .next_back()
         .unwrap();
     // an unsigned record naming the attacker's vault, and globex's genuine signed record under
     // acme's key (relabelled)

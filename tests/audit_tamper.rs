@@ -168,8 +168,7 @@ async fn planted_key_records_are_never_used_even_for_a_revoked_tenant() {
     let acme = keks_record(&run, "acme");
     let globex = read_topic(&bootstrap, "byok.keks")
         .into_iter()
-        .filter(|r| r.2.as_deref() == Some(b"globex"))
-        .next_back()
+        .rfind(|r| r.2.as_deref() == Some(b"globex"))
         .unwrap();
     // an unsigned record naming the attacker's vault, and globex's genuine signed record under
     // acme's key (relabelled)

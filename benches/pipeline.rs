@@ -78,7 +78,7 @@ fn private_file(path: &Path, contents: &[u8]) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-fn config_text(dir: &Path, port: u16, bootstrap: &str, tenants: usize) -> String {
+fn config_text(dir: &Path, port: u16, bootstrap: &str, tenants: usize, audit: bool) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let d = dir.display();
     // secret files must be private (the checkout's copy has whatever mode the clone gave it)
@@ -136,6 +136,23 @@ authority_host = "https://127.0.0.1:{port}"
             acme = acme.display()
         ));
     }
+    if audit {
+        // the operator's signing key of the example seed certifies the session
+        t.push_str(&format!(
+            r#"
+[audit]
+cluster = "bench"
+
+[audit.signing_key]
+vault_url = "https://byok-operator.vault.azure.net:{port}"
+key_name = "audit-signing"
+entra_tenant_id = "9b2d3c1a-55e0-4c69-a1f7-3f1e0c2b8d40"
+client_id = "0f6f0b6e-2f0a-4d8e-9b8e-6a3c5d7e9f10"
+credential = {{ type = "client-secret", file = "{d}/operator.secret" }}
+authority_host = "https://127.0.0.1:{port}"
+"#
+        ));
+    }
     t
 }
 
@@ -144,6 +161,8 @@ authority_host = "https://127.0.0.1:{port}"
 enum Arm {
     /// The worker's sealer.
     Seal,
+    /// The worker's sealer with the audit log written (`--audit`).
+    SealAudit,
     /// The plaintext pass-through baseline (benches/common).
     PassThrough,
 }
@@ -172,11 +191,13 @@ async fn run_cell(
         ("byok.deks", 1),
         ("byok.keks", 1),
         ("byok.quarantine", 1),
+        ("byok.audit", 1),
     ] {
         cluster.create_topic(t, p, 1).unwrap();
     }
     let path = dir.join(format!("bench-{tenants}.toml"));
-    std::fs::write(&path, config_text(dir, port, &bootstrap, tenants)).unwrap();
+    let audit = stage == Arm::SealAudit;
+    std::fs::write(&path, config_text(dir, port, &bootstrap, tenants, audit)).unwrap();
     let config = Config::load(&path).unwrap();
     let names: Vec<String> = config.tenants.keys().map(|t| t.to_string()).collect();
     let (_stop_gen, gen_stop) = tokio::sync::watch::channel(false);
@@ -199,7 +220,9 @@ async fn run_cell(
     let health = Arc::new(Health::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = match stage {
-        Arm::Seal => tokio::spawn(run_with(config, stopped, Arc::clone(&health), seal_stage)),
+        Arm::Seal | Arm::SealAudit => {
+            tokio::spawn(run_with(config, stopped, Arc::clone(&health), seal_stage))
+        }
         Arm::PassThrough => tokio::spawn(run_with(
             config,
             stopped,
@@ -284,6 +307,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bench = args.iter().any(|a| a == "--bench");
+    // --audit: a third arm, sealing with the audit log written (its cost against sealing alone)
+    let with_audit = args.iter().any(|a| a == "--audit");
     let quick = args.iter().any(|a| a == "--quick") || !bench;
     let rounds: usize = args
         .iter()
@@ -367,12 +392,17 @@ async fn main() {
         // one unmeasured run first: the process's allocator and the broker's memory warm up
         let _ = run_cell(dir.path(), port, Arm::PassThrough, size, 1, records / 4).await;
         for &tenants in &tenant_counts {
-            let (mut pass, mut seal) = (Vec::new(), Vec::new());
+            let (mut pass, mut seal, mut audit) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
                 pass.push(
                     run_cell(dir.path(), port, Arm::PassThrough, size, tenants, records).await,
                 );
                 seal.push(run_cell(dir.path(), port, Arm::Seal, size, tenants, records).await);
+                if with_audit {
+                    audit.push(
+                        run_cell(dir.path(), port, Arm::SealAudit, size, tenants, records).await,
+                    );
+                }
             }
             let m = |v: &[Measured], f: fn(&Measured) -> f64| median(v.iter().map(f).collect());
             let (p_rps, s_rps) = (m(&pass, Measured::rps), m(&seal, Measured::rps));
@@ -390,6 +420,26 @@ async fn main() {
                 m(&seal, Measured::cpu_per_gb),
                 cost * 100.0
             );
+            if with_audit {
+                let a_rps = m(&audit, Measured::rps);
+                let spread = |v: &[Measured]| {
+                    let r: Vec<f64> = v.iter().map(Measured::rps).collect();
+                    let (lo, hi) = r
+                        .iter()
+                        .fold((f64::MAX, 0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+                    (hi - lo) / a_rps.max(1.0) * 100.0
+                };
+                println!(
+                    "{:>6} {:>7} | audit {:>11.0} rec/s {:>9.1} MB/s {:>9.2} CPU s/GB | audit cost vs sealing {:>5.1}% (audit rounds spread {:.1}%)",
+                    size,
+                    tenants,
+                    a_rps,
+                    m(&audit, Measured::mbps),
+                    m(&audit, Measured::cpu_per_gb),
+                    (1.0 - a_rps / s_rps) * 100.0,
+                    spread(&audit)
+                );
+            }
         }
     }
     println!(

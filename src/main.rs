@@ -183,6 +183,10 @@ enum Command {
         /// Notices (restarts) fail too.
         #[arg(long)]
         strict: bool,
+        /// First put back registry and key records the compacted topics lost (a tombstone, a
+        /// compaction, a refused record after them) from their copies in the audit topic.
+        #[arg(long)]
+        restore_registry: bool,
     },
     /// Re-seal archive records into another topic (--from/--to), or drain the quarantine into the
     /// archive (--quarantine).
@@ -541,7 +545,8 @@ fn main() -> ExitCode {
             config,
             json,
             strict,
-        } => block_on(verify(&config, json, strict)),
+            restore_registry,
+        } => block_on(verify(&config, json, strict, restore_registry)),
         Command::Rewrap {
             config,
             tenant,

@@ -303,6 +303,8 @@ pub struct Trusted<T> {
     current: HashMap<String, Current<T>>,
     /// Ids whose last record in the compacted topic so far is a superseded value.
     stale_tail: HashMap<String, Place>,
+    /// The hash of each id's last record in the compacted topic (`None`: a tombstone).
+    last_in_topic: HashMap<String, Option<Hash>>,
     /// Records not used.
     pub rejected: Vec<Rejected>,
     /// Unsigned records accepted below `audit.trust_unsigned_below`.
@@ -314,6 +316,7 @@ impl<T> Default for Trusted<T> {
         Self {
             current: HashMap::new(),
             stale_tail: HashMap::new(),
+            last_in_topic: HashMap::new(),
             rejected: Vec::new(),
             trusted_unsigned: 0,
         }
@@ -335,6 +338,20 @@ impl<T: SignedRecord> Trusted<T> {
     /// The current record of `id`.
     pub fn get(&self, id: &str) -> Option<&Current<T>> {
         self.current.get(id)
+    }
+
+    /// The ids whose compacted topic does not end on their current value (it is missing,
+    /// tombstoned, or followed by a record readers refuse): what `--restore-registry` puts back.
+    pub fn to_restore(&self) -> Vec<(&String, &Current<T>)> {
+        let mut out: Vec<(&String, &Current<T>)> = self
+            .current
+            .iter()
+            .filter(|(id, c)| {
+                !matches!(self.last_in_topic.get(*id), Some(Some(h)) if c.hashes.contains(h))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(b.0));
+        out
     }
 
     /// Every id and its current value.
@@ -369,6 +386,9 @@ impl<T: SignedRecord> Trusted<T> {
             key_text.as_ref()
         }
         .to_owned();
+        if !copy {
+            self.last_in_topic.insert(id.clone(), value.map(hash));
+        }
         let why = match self.accept(rules, &place, &id, value) {
             Ok(Accepted::Current) => {
                 if !copy {
@@ -644,6 +664,13 @@ mod tests {
         flipped[at] ^= 1;
         assert!(f.apply(&mut t, 5, &id, Some(&flipped)).is_some());
         assert_eq!(t.get(&id.to_string()).unwrap().value, good);
+        // the topic ends on a refused record: the good value is to be put back
+        assert_eq!(t.to_restore().len(), 1);
+        assert_eq!(f.apply(&mut t, 6, &id, Some(&good)), None);
+        assert!(
+            t.to_restore().is_empty(),
+            "the topic ends on the current value"
+        );
         let kinds: Vec<&str> = t.rejected.iter().map(|r| r.why.kind()).collect();
         assert_eq!(
             kinds[..4],

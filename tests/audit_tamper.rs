@@ -59,11 +59,18 @@ fn keks_record(run: &Run, tenant: &str) -> KekRecord {
 
 /// Opens every record of `topic` as `byok cat` does: (opened offsets, failed (offset, reason)).
 async fn cat(run: &Run, topic: &str) -> (Vec<(i32, i64)>, Vec<(i32, i64, String)>) {
+    cat_with(&run.config, topic).await
+}
+
+async fn cat_with(
+    config: &byok::config::Config,
+    topic: &str,
+) -> (Vec<(i32, i64)>, Vec<(i32, i64, String)>) {
     let (mut opened, mut failed) = (Vec::new(), Vec::new());
     let mut opts = ReadOptions::topic(topic);
     opts.duplicates = true;
     byok::archive::read(
-        &run.config,
+        config,
         &opts,
         |o| opened.push((o.partition, o.offset)),
         |u| failed.push((u.partition, u.offset, u.reason)),
@@ -235,8 +242,17 @@ async fn planted_key_records_are_never_used_even_for_a_revoked_tenant() {
     }));
 }
 
+/// The run's configuration without `[audit]`: a reader of the compacted registry alone.
+fn config_without_audit(run: &Run) -> byok::config::Config {
+    let text = std::fs::read_to_string(&run.config.source).unwrap();
+    let plain = &text[..text.find("\n[audit]").unwrap()];
+    let path = run.config.source.with_file_name("no-audit.toml");
+    std::fs::write(&path, plain).unwrap();
+    byok::config::Config::load(&path).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_tombstoned_registry_record_is_reported_and_the_dek_still_reads() {
+async fn a_tombstoned_registry_record_is_reported_and_put_back_by_restore_registry() {
     let (run, kid) = verified_run().await;
     let bootstrap = run.tansu.bootstrap();
     let registry = read_topic(&bootstrap, "byok.deks");
@@ -248,21 +264,53 @@ async fn a_tombstoned_registry_record_is_reported_and_the_dek_still_reads() {
         })
         .unwrap()
         .clone();
+    let id = String::from_utf8(victim.2.clone().unwrap()).unwrap();
     let (opened_before, _) = cat(&run, "archive.messages").await;
+    // a tombstone, and compaction taking the record it hides
     produce(&run, "byok.deks", victim.2.as_deref(), None, &victim).await;
+    run.tansu
+        .tamper("delete", "byok.deks", victim.0, victim.1, 0);
 
     let (ok, out) = run.verify_cli(&kid).await;
     assert!(!ok, "{out}");
-    let id = String::from_utf8(victim.2.clone().unwrap()).unwrap();
     assert!(
         out.contains(&format!("tombstoned: registry record {id}")),
         "{out}"
     );
-    assert!(out.trim_end().ends_with(" 1 failed"), "{out}");
-    // readers ignore the tombstone: the DEK's records still open
+    // a reader that trusts the audit log still reads (the copy), one of the topic alone does not
     let (opened, failed) = cat(&run, "archive.messages").await;
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(opened.len(), opened_before.len());
+    let plain = config_without_audit(&run);
+    let (_, lost) = cat_with(&plain, "archive.messages").await;
+    assert!(!lost.is_empty(), "the DEK is gone from the compacted topic");
+    assert!(lost.iter().all(|l| l.2.contains(&id)), "{lost:?}");
+
+    let (_, out) = common::run_byok(vec![
+        "verify".into(),
+        "--config".into(),
+        run.config.source.clone().into(),
+        "--restore-registry".into(),
+    ])
+    .await;
+    assert!(
+        out.contains(&format!("restored: registry record {id}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("restored 1 registry and 0 key record(s)"),
+        "{out}"
+    );
+    let (opened, failed) = cat_with(&plain, "archive.messages").await;
+    assert!(failed.is_empty(), "the archive reads again: {failed:?}");
+    assert_eq!(opened.len(), opened_before.len());
+    // the record put back is named by the tool's checkpoint: not injected
+    let (_, out) = run.verify_cli(&kid).await;
+    assert!(!out.contains("injected"), "{out}");
+    assert!(
+        out.contains("tombstoned"),
+        "the tombstone stays a finding: {out}"
+    );
 }
 
 /// The archive's records in (partition, offset) order.
@@ -313,4 +361,104 @@ async fn deleted_records_are_removed() {
         );
     }
     assert!(out.trim_end().ends_with(" 2 failed"), "{out}");
+}
+
+/// The group's committed offsets on the capture topic have reached its end.
+fn all_committed(run: &Run) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", run.tansu.bootstrap())
+        .set("group.id", "byok-audit")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition("capture.messages", p);
+    }
+    let Ok(got) = c.committed_offsets(tpl, std::time::Duration::from_secs(10)) else {
+        return false;
+    };
+    got.elements().iter().all(|e| {
+        let (_, hi) = c
+            .fetch_watermarks(
+                "capture.messages",
+                e.partition(),
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap();
+        matches!(e.offset(), rdkafka::Offset::Offset(o) if o >= hi)
+    })
+}
+
+/// A worker SIGKILLed mid-stream: the next owner continues every chain from the last commit,
+/// the dead writer's uncommitted checkpoints are a fork and their outputs orphans (notices),
+/// and `byok verify` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_stream_leaves_forks_that_verify_explains() {
+    let mut run = Run::start().await;
+    // a short session: the dead member's partitions move within seconds
+    let path = run.config.source.clone();
+    let text = std::fs::read_to_string(&path).unwrap()
+        + "\n[kafka.consumer]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000\n";
+    std::fs::write(&path, text).unwrap();
+    run.config = byok::config::Config::load(&path).unwrap();
+    run.capture(3000).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_byok"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // kill it once part of the backlog is archived and batches are in flight
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let archived = read_topic(&run.tansu.bootstrap(), "archive.messages").len();
+        if archived >= 400 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{archived} archived");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    run.capture(600).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // a second worker finishes the backlog: until the group committed every captured record
+    let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(byok::pipeline::run_with(
+        run.config.clone(),
+        stopped,
+        std::sync::Arc::clone(&health),
+        byok::pipeline::seal_stage,
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while !all_committed(&run) {
+        assert!(std::time::Instant::now() < deadline, "not all committed");
+        assert!(!worker.is_finished(), "{:?}", worker.await);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+
+    let kid = run.signing_kid();
+    let (ok, out) = run.verify_cli(&kid).await;
+    eprintln!("{out}");
+    assert!(ok, "{out}");
+    assert!(out.trim_end().ends_with(" 0 failed"), "{out}");
+    assert!(out.contains("2 writer(s)"), "{out}");
+    // every captured record is archived or quarantined under a live leaf
+    let captured = read_topic(&run.tansu.bootstrap(), "capture.messages").len();
+    let passed: usize = out
+        .trim_end()
+        .rsplit('\n')
+        .next()
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        passed >= captured,
+        "{passed} live leaves for {captured} captured"
+    );
 }

@@ -255,9 +255,26 @@ pub(crate) async fn verify(
     path: &std::path::Path,
     json: bool,
     strict: bool,
+    restore: bool,
 ) -> Result<ExitCode, String> {
     let config = super::load_config(path)?;
     init_logs();
+    if restore {
+        let r = byok::lifecycle::restore::restore_registry(&config)
+            .await
+            .map_err(|e| format!("restoring the registry: {e}"))?;
+        for id in &r.deks {
+            eprintln!("restored: registry record {id} (from its copy in the audit topic)");
+        }
+        for id in &r.keks {
+            eprintln!("restored: key record {id} (from its copy in the audit topic)");
+        }
+        eprintln!(
+            "restored {} registry and {} key record(s)",
+            r.deks.len(),
+            r.keks.len()
+        );
+    }
     let bar = progress_bar(
         0,
         "{spinner} {elapsed_precise} {pos} records read, {per_sec}",

@@ -249,13 +249,14 @@ impl Loader {
                 ),
             }
         }
-        Some(AuditConfig {
+        let audit = AuditConfig {
             topic: raw.topic,
             cluster: cluster?,
             signing_key: signing_key?,
             trusted,
             unsigned_below,
-        })
+        };
+        raw.enabled.then_some(audit)
     }
 
     fn bootstrap_servers(&mut self, servers: &str) {

@@ -245,6 +245,9 @@ pub(super) fn default_audit_topic() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditRaw {
+    /// `false` turns the audit log off (the section is still checked).
+    #[serde(default = "default_true")]
+    pub(super) enabled: bool,
     #[serde(default = "default_audit_topic")]
     pub(super) topic: String,
     pub(super) cluster: Option<String>,

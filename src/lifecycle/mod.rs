@@ -1,6 +1,7 @@
 //! The key lifecycle around the pipeline: following each tenant's key (monitor), moving the
 //! quarantine back into the archive when a key returns (drain), re-sealing records (replay),
-//! moving DEKs to a newer key version (rewrap), and what each key version protects (usage).
+//! moving DEKs to a newer key version (rewrap), putting back registry records the compacted
+//! topics lost (restore), and what each key version protects (usage).
 //!
 //! These run beside the worker or as operator tools; none of them is on the per-record path, and
 //! none may write an archive record that is not sealed under its tenant's key.
@@ -10,6 +11,7 @@ pub mod drain;
 pub mod hold;
 pub mod monitor;
 pub mod replay;
+pub mod restore;
 pub mod rewrap;
 pub mod usage;
 

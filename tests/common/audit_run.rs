@@ -217,6 +217,46 @@ impl Run {
             .expect("a signer statement")
     }
 
+    /// Dumps the audit topic and every output record as the independent verifier reads them
+    /// (tests/python/audit_verify.py), with what the run is expected to verify to.
+    pub(crate) async fn dump(&self, path: &std::path::Path, writers: usize, verdict: &str) {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let opt = |b: &Option<Vec<u8>>| b.as_deref().map(b64);
+        let (n, e) = self.operator_signing_key().await;
+        let audit: Vec<serde_json::Value> = read_topic(&self.tansu.bootstrap(), "byok.audit")
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "key": String::from_utf8_lossy(r.2.as_deref().unwrap_or_default()),
+                    "value": b64(r.3.as_deref().unwrap_or_default()),
+                })
+            })
+            .collect();
+        let mut records = Vec::new();
+        for topic in OUTPUTS {
+            for r in read_topic(&self.tansu.bootstrap(), topic) {
+                let headers: Vec<serde_json::Value> =
+                    r.4.iter()
+                        .map(|(k, v)| serde_json::json!([k, opt(v)]))
+                        .collect();
+                records.push(serde_json::json!({
+                    "topic": topic, "partition": r.0, "offset": r.1,
+                    "key": opt(&r.2), "value": opt(&r.3), "headers": headers,
+                }));
+            }
+        }
+        let dump = serde_json::json!({
+            "about": "a log the worker wrote on Tansu (tests/audit_log.rs), for the independent verifier tests/python/audit_verify.py",
+            "cluster": "test-cluster",
+            "signing_key": {"n": b64(&n), "e": b64(&e)},
+            "expect": {"writers": writers, "verdict": verdict},
+            "audit": audit,
+            "records": records,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&dump).unwrap()).unwrap();
+    }
+
     pub(crate) async fn operator_signing_key(&self) -> (Vec<u8>, Vec<u8>) {
         let v = operator_key(&self.config).await;
         (v.n, v.e)

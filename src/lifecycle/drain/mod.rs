@@ -131,18 +131,6 @@ pub async fn drain_quarantine_with(
     };
     let mut reader = TopicReader::open(&consumer, &q_topic, Some(&read_opts)).await?;
     let total = reader.total;
-    let producer = super::tool_producer(config)?;
-    let audit = if opts.dry_run {
-        None
-    } else {
-        super::tool_audit(config, "byok-drain", &producer).await?
-    };
-    let mut deks = DekSet::new(
-        config.dek.limits,
-        format!("drain-{}", crate::kafka::worker_id(config)),
-        config.kafka.registry_topic.clone(),
-    );
-    deks.set_audit(audit.as_ref().map(|a| a.records.clone()));
     let mut run = Run {
         config,
         keyring,
@@ -153,11 +141,14 @@ pub async fn drain_quarantine_with(
             operator: keyring.operator(),
             opts,
         },
-        producer,
-        deks,
-        pending: audit
-            .as_ref()
-            .map(|a| std::sync::Arc::clone(&a.records.pending)),
+        producer: super::tool_producer(config)?,
+        deks: DekSet::new(
+            config.dek.limits,
+            format!("drain-{}", crate::kafka::worker_id(config)),
+            config.kafka.registry_topic.clone(),
+        ),
+        audit: None,
+        pending: None,
         proven: HashMap::new(),
         written: Seen::window(WRITTEN_WINDOW),
         stats: DrainStats::default(),
@@ -171,7 +162,7 @@ pub async fn drain_quarantine_with(
         }
         run.chunk(chunk, &mut |n| progress(n, total)).await?;
         // the chunk's records named before the next drain starts after them
-        if let Some(a) = &audit {
+        if let Some(a) = &run.audit {
             a.checkpoint().await?;
         }
         if !opts.dry_run && opts.tenant.is_none() {
@@ -181,7 +172,7 @@ pub async fn drain_quarantine_with(
     for (reason, n) in &run.stats.parked {
         metrics::counter!("byok_drain_parked_total", "reason" => reason.clone()).increment(*n);
     }
-    if let Some(a) = audit {
+    if let Some(a) = run.audit.take() {
         a.finish().await?;
     }
     Ok(run.stats)
@@ -216,7 +207,10 @@ struct Run<'a> {
     cx: Cx<'a>,
     producer: FutureProducer,
     deks: DekSet,
-    /// The tool's leaves waiting for its next checkpoint (with `[audit]`).
+    /// The drain's audit writer, started before its first write (with `[audit]`): a drain that
+    /// moves nothing, as the worker's at each start, writes no log and asks Key Vault nothing.
+    audit: Option<super::ToolAudit>,
+    /// The tool's leaves waiting for its next checkpoint.
     pending: Option<std::sync::Arc<crate::audit::leaves::PendingLeaves>>,
     proven: HashMap<DekId, bool>,
     written: Seen,
@@ -279,6 +273,9 @@ impl Run<'_> {
             let index = self.index(oldest).await?;
             copies::find(config, keyring, registry, &wanted, (index, oldest)).await?
         };
+        if !self.cx.opts.dry_run && bound.len() > copies.len() {
+            self.start_audit().await?;
+        }
         let mut sends = Vec::new();
         for (i, (r, tenant, src, digest, plain)) in bound.into_iter().enumerate() {
             if copies.contains(&i) || !self.written.insert(crate::seen::key(&src, &digest)) {
@@ -344,6 +341,19 @@ impl Run<'_> {
             }
         };
         Ok(self.index.insert(index))
+    }
+
+    /// Starts the drain's audit writer, once, when the audit log is configured.
+    async fn start_audit(&mut self) -> Result<(), super::LifecycleError> {
+        if self.audit.is_some() {
+            return Ok(());
+        }
+        if let Some(a) = super::tool_audit(self.config, "byok-drain", &self.producer).await? {
+            self.deks.set_audit(Some(a.records.clone()));
+            self.pending = Some(std::sync::Arc::clone(&a.records.pending));
+            self.audit = Some(a);
+        }
+        Ok(())
     }
 
     /// A plaintext re-sealed under the tenant's current DEK (made through Key Vault if needed).

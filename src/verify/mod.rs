@@ -12,11 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use rdkafka::Message;
 use serde::Serialize;
 
-use crate::audit::codec::{b64, parse_time, unb64_32};
-use crate::audit::merkle::{self, ChainStep, Hash};
+use crate::audit::codec::{parse_time, unb64_32};
+use crate::audit::merkle::{self, Hash};
 use crate::audit::records::{Checkpoint, parse_checkpoint, verify_session_signed, verify_signer};
 use crate::config::{AuditConfig, Config};
-use crate::kafka::{owned_headers, read_all, reader_consumer};
+use crate::kafka::{read_all, reader_consumer};
+
+mod chains;
+mod coverage;
 
 /// Verification could not run (a finding is not an error: it is in the report).
 #[derive(Debug, thiserror::Error)]
@@ -58,14 +61,14 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    fn finding(&mut self, kind: &'static str, example: String) {
+    pub(crate) fn finding(&mut self, kind: &'static str, example: String) {
         let n = self.findings.entry(kind).or_default();
         *n += 1;
         if *n as usize <= EXAMPLES {
             self.examples.push(format!("{kind}: {example}"));
         }
     }
-    fn notice(&mut self, kind: &'static str, example: String) {
+    pub(crate) fn notice(&mut self, kind: &'static str, example: String) {
         let n = self.notices.entry(kind).or_default();
         *n += 1;
         if *n as usize <= EXAMPLES {
@@ -131,8 +134,21 @@ pub async fn verify(
     report.writers = writers.len() as u64;
     report.checkpoints = checkpoints.len() as u64;
     let rejected = registry_findings(config, &mut report).await?;
-    coverage(config, &checkpoints, &rejected, &mut report, progress).await?;
-    chains(&checkpoints, &mut report);
+    let ended: std::collections::HashSet<String> = writers
+        .iter()
+        .filter(|(_, w)| w.ended)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let forks = chains::chains(&checkpoints, &ended, &mut report);
+    coverage::coverage(
+        config,
+        &checkpoints,
+        &forks,
+        &rejected,
+        &mut report,
+        progress,
+    )
+    .await?;
     Ok(report)
 }
 
@@ -240,164 +256,4 @@ async fn registry_findings(
     }
     report.unsigned_trusted = deks.trusted_unsigned + keks.trusted_unsigned;
     Ok(places)
-}
-
-/// Every output record a leaf of exactly one checkpoint; roots recomputed.
-async fn coverage(
-    config: &Config,
-    checkpoints: &[Checkpoint],
-    rejected: &std::collections::HashSet<(String, i32, i64)>,
-    report: &mut VerifyReport,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<(), VerifyError> {
-    let mut named: HashMap<(String, i32, i64), usize> = HashMap::new();
-    for (i, c) in checkpoints.iter().enumerate() {
-        for o in &c.out {
-            for [first, len] in &o.runs {
-                for off in *first..first + len {
-                    if named
-                        .insert((o.topic.clone(), o.partition, off), i)
-                        .is_some()
-                    {
-                        report.finding(
-                            "rewind",
-                            format!("{}/{}/{off} named twice", o.topic, o.partition),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    type Place = (String, i32, i64);
-    let mut hashes: Vec<Vec<(Place, Hash)>> = vec![Vec::new(); checkpoints.len()];
-    let consumer = reader_consumer(config)?;
-    let mut read = 0u64;
-    // the configured outputs, and any other topic a checkpoint names (a replay's target)
-    let mut topics: Vec<String> = crate::topics::topics_of(config)
-        .into_iter()
-        .filter(|(_, r)| !matches!(r, crate::topics::Role::Input | crate::topics::Role::Audit))
-        .map(|(t, _)| t)
-        .collect();
-    for c in checkpoints {
-        for o in &c.out {
-            if !topics.contains(&o.topic) {
-                topics.push(o.topic.clone());
-            }
-        }
-    }
-    for topic in topics {
-        read_all(&consumer, &topic, None, |m| {
-            read += 1;
-            if read.is_multiple_of(1000) {
-                progress(read, 0);
-            }
-            let headers = owned_headers(m);
-            let hs: Vec<(&str, Option<&[u8]>)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_deref()))
-                .collect();
-            let leaf = crate::auditor::leaf_of(
-                &topic,
-                m.partition(),
-                m.offset(),
-                m.key(),
-                m.payload(),
-                &hs,
-            );
-            let at = (topic.clone(), m.partition(), m.offset());
-            match named.remove(&at) {
-                Some(i) => hashes[i].push((at, leaf.hash)),
-                None if rejected.contains(&at) => {} // reported as what it is
-                None => report.finding(
-                    "injected",
-                    format!(
-                        "{topic}/{}/{} is named by no checkpoint",
-                        m.partition(),
-                        m.offset()
-                    ),
-                ),
-            }
-        })
-        .await?;
-    }
-    for (t, p, o) in named.keys() {
-        report.finding(
-            "removed",
-            format!("{t}/{p}/{o} is named by a checkpoint and absent"),
-        );
-    }
-    for (i, mut leaves) in hashes.into_iter().enumerate() {
-        let c = &checkpoints[i];
-        if leaves.len() as u64 != c.leaves {
-            continue; // removed records reported above
-        }
-        leaves.sort();
-        let list: Vec<Hash> = leaves.iter().map(|(_, h)| *h).collect();
-        if b64(&merkle::root(&list)) == c.root {
-            report.passed += list.len() as u64;
-        } else {
-            let first = leaves
-                .first()
-                .map(|((t, p, o), _)| format!("{t}/{p}/{o}"))
-                .unwrap_or_default();
-            report.finding(
-                "altered",
-                format!(
-                    "the leaves of checkpoint {} seq {} (from {first}) do not hash to its root",
-                    c.writer, c.seq
-                ),
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Per input partition: ranges contiguous and linked, in audit order.
-fn chains(checkpoints: &[Checkpoint], report: &mut VerifyReport) {
-    let mut heads: BTreeMap<(String, i32), (i64, Hash)> = BTreeMap::new();
-    for c in checkpoints {
-        let Ok(root) = unb64_32(&c.root, "root") else {
-            report.finding(
-                "chain break",
-                format!("checkpoint {} seq {}: bad root", c.writer, c.seq),
-            );
-            continue;
-        };
-        for r in &c.ranges {
-            let key = (r.topic.clone(), r.partition);
-            let at = format!("{}/{} [{}, {})", r.topic, r.partition, r.from, r.to);
-            let Ok(prev) = unb64_32(&r.prev, "prev") else {
-                report.finding("chain break", at);
-                continue;
-            };
-            match heads.get(&key) {
-                Some((to, _)) if r.from > *to => {
-                    report.finding("range gap", format!("{at}: previous range ended at {to}"))
-                }
-                Some((to, _)) if r.from < *to => {
-                    report.finding("rewind", format!("{at}: previous range ended at {to}"))
-                }
-                Some((_, link)) if r.restart.is_none() && prev != *link => {
-                    report.finding("chain break", at.clone())
-                }
-                _ => {}
-            }
-            if let Some(why) = &r.restart {
-                report.notice("restart", format!("{at}: {why}"));
-            }
-            let link = merkle::link(&ChainStep {
-                prev: &prev,
-                topic: &r.topic,
-                partition: r.partition,
-                from: r.from,
-                to: r.to,
-                n: r.n,
-                root: &root,
-            });
-            if b64(&link) != r.link {
-                report.finding("chain break", format!("{at}: link does not recompute"));
-            }
-            heads.insert(key, (r.to, link));
-        }
-    }
 }

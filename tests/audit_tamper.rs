@@ -375,56 +375,79 @@ fn all_committed(run: &Run) -> bool {
     for p in 0..3 {
         tpl.add_partition("capture.messages", p);
     }
-    let Ok(got) = c.committed_offsets(tpl, std::time::Duration::from_secs(10)) else {
-        return false;
+    let got = match c.committed_offsets(tpl, std::time::Duration::from_secs(10)) {
+        Ok(got) => got,
+        Err(e) => {
+            eprintln!("committed offsets: {e}");
+            return false;
+        }
     };
-    got.elements().iter().all(|e| {
-        let (_, hi) = c
-            .fetch_watermarks(
-                "capture.messages",
-                e.partition(),
-                std::time::Duration::from_secs(10),
-            )
-            .unwrap();
-        matches!(e.offset(), rdkafka::Offset::Offset(o) if o >= hi)
-    })
+    let state: Vec<(i32, rdkafka::Offset, i64)> = got
+        .elements()
+        .iter()
+        .map(|e| {
+            let (_, hi) = c
+                .fetch_watermarks(
+                    "capture.messages",
+                    e.partition(),
+                    std::time::Duration::from_secs(10),
+                )
+                .unwrap();
+            (e.partition(), e.offset(), hi)
+        })
+        .collect();
+    let done = state
+        .iter()
+        .all(|(_, o, hi)| *hi == 0 || matches!(o, rdkafka::Offset::Offset(o) if o >= hi));
+    if !done {
+        eprintln!("committed vs end: {state:?}");
+    }
+    done
 }
 
-/// A worker SIGKILLed mid-stream: the next owner continues every chain from the last commit,
-/// the dead writer's uncommitted checkpoints are a fork and their outputs orphans (notices),
-/// and `byok verify` passes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_worker_killed_mid_stream_leaves_forks_that_verify_explains() {
-    let mut run = Run::start().await;
-    // a short session: the dead member's partitions move within seconds
-    let path = run.config.source.clone();
-    let text = std::fs::read_to_string(&path).unwrap()
-        + "\n[kafka.consumer]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000\n";
-    std::fs::write(&path, text).unwrap();
-    run.config = byok::config::Config::load(&path).unwrap();
-    run.capture(3000).await;
+/// Runs `byok run` until its failpoint aborts it (as SIGKILL would: no clean-up, no `end`).
+fn crash_at(run: &Run, failpoint: &str) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_byok"))
         .args(["run", "--config"])
-        .arg(&path)
+        .arg(&run.config.source)
+        .env("BYOK_FAILPOINT", failpoint)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // kill it once part of the backlog is archived and batches are in flight
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let archived = read_topic(&run.tansu.bootstrap(), "archive.messages").len();
-        if archived >= 400 {
-            break;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
         }
-        assert!(std::time::Instant::now() < deadline, "{archived} archived");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    run.capture(600).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // a second worker finishes the backlog: until the group committed every captured record
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the worker did not reach {failpoint}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), None, "ended by a signal at {failpoint}");
+}
+
+/// Workers that die mid-stream (a crash between a checkpoint and its commit, and one between a
+/// batch's outputs and its checkpoint): the next owner continues every chain from the last
+/// commit, `byok verify` explains the fork and the orphans (notices) and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_that_die_mid_stream_leave_forks_and_orphans_that_verify_explains() {
+    let mut run = Run::start().await;
+    // small batches, and a short session: a dead member's partitions move within seconds
+    let path = run.config.source.clone();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "max_wait = \"20ms\"",
+        "max_wait = \"20ms\"\nmax_records = 100",
+    ) + "\n[kafka.consumer]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000\n";
+    std::fs::write(&path, text).unwrap();
+    run.config = byok::config::Config::load(&path).unwrap();
+    run.capture(3000).await;
+    crash_at(&run, "after-checkpoint:6");
+    crash_at(&run, "before-checkpoint:4");
+    // a third worker finishes the backlog: until the group committed every captured record
     let health = std::sync::Arc::new(byok::pipeline::health::Health::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(byok::pipeline::run_with(
@@ -447,10 +470,12 @@ async fn a_worker_killed_mid_stream_leaves_forks_that_verify_explains() {
     eprintln!("{out}");
     assert!(ok, "{out}");
     assert!(out.trim_end().ends_with(" 0 failed"), "{out}");
-    assert!(out.contains("2 writer(s)"), "{out}");
+    assert!(out.contains("3 writer(s)"), "{out}");
+    assert!(out.contains("notice fork: capture.messages/"), "{out}");
+    assert!(out.contains("notice orphan: "), "{out}");
     // every captured record is archived or quarantined under a live leaf
     let captured = read_topic(&run.tansu.bootstrap(), "capture.messages").len();
-    let passed: usize = out
+    let live: usize = out
         .trim_end()
         .rsplit('\n')
         .next()
@@ -458,7 +483,7 @@ async fn a_worker_killed_mid_stream_leaves_forks_that_verify_explains() {
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert!(
-        passed >= captured,
-        "{passed} live leaves for {captured} captured"
+        live >= captured,
+        "{live} live leaves for {captured} captured"
     );
 }

@@ -25,6 +25,7 @@
 //! that waits (its tenant's vault is unreachable and no public key is known) pauses its
 //! partition; a batch that cannot be sealed now is retried, never dropped and never committed.
 
+pub mod failpoint;
 pub mod health;
 pub mod http;
 pub mod metrics;

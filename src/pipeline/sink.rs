@@ -353,7 +353,12 @@ impl Sink {
                 let _ = p.await;
             }
             let r = match (r, auditor) {
-                (Ok(leaves), Some(a)) => a.checkpoint(leaves, &ranges).await.map_err(Into::into),
+                (Ok(leaves), Some(a)) => {
+                    super::failpoint::hit("before-checkpoint");
+                    let meta = a.checkpoint(leaves, &ranges).await.map_err(Into::into);
+                    super::failpoint::hit("after-checkpoint");
+                    meta
+                }
                 (Ok(_), None) => Ok(CommitMetadata::new()),
                 (Err(e), _) => Err(e),
             };

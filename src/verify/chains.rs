@@ -51,6 +51,8 @@ pub(super) fn chains(
 ) -> Forks {
     let mut forks = Forks::default();
     let mut history: BTreeMap<(String, i32), Vec<Link>> = BTreeMap::new();
+    // per partition, the live owner still covering what a dead writer had in flight
+    let mut recovering: BTreeMap<(String, i32), String> = BTreeMap::new();
     for (i, c) in checkpoints.iter().enumerate() {
         let Ok(root) = unb64_32(&c.root, "root") else {
             report.finding(
@@ -84,6 +86,7 @@ pub(super) fn chains(
                             );
                             forks.abandoned.extend(lost);
                             hist.truncate(p);
+                            recovering.insert(key.clone(), c.writer.clone());
                             forks
                                 .recovered
                                 .entry(key.clone())
@@ -98,11 +101,20 @@ pub(super) fn chains(
                 } else if h.writer != c.writer && !ended.contains(&h.writer) {
                     // the partition changed hands after a writer that never ended: what it
                     // wrote after its last checkpoint is covered again from here
+                    recovering.insert(key.clone(), c.writer.clone());
                     forks
                         .recovered
                         .entry(key.clone())
                         .or_default()
                         .push((r.from, r.to));
+                } else if recovering.get(&key) == Some(&c.writer) {
+                    // the dead writer had several batches in flight: the recovery lasts while
+                    // the new owner keeps the partition
+                    if let Some(last) = forks.recovered.get_mut(&key).and_then(|v| v.last_mut()) {
+                        last.1 = last.1.max(r.to);
+                    }
+                } else {
+                    recovering.remove(&key);
                 }
             }
             if let Some(why) = &r.restart {
@@ -130,7 +142,6 @@ pub(super) fn chains(
             });
         }
     }
-    // an abandoned checkpoint's other partitions: covered again by their next owners too
     forks
 }
 

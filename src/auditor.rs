@@ -19,8 +19,8 @@ use crate::audit::codec::{append_signature, b64, format_ms};
 pub use crate::audit::leaves::{PendingLeaves, leaf_of};
 use crate::audit::merkle::{self, ChainStep, Hash, ZERO};
 use crate::audit::records::{
-    Checkpoint, Leaf, Range, RecordKind, RecordSigner, Session, SignerStatement, out_runs,
-    parse_checkpoint, to_json, verify_session_signed,
+    Checkpoint, KvEntry, KvRecord, Leaf, Range, RecordKind, RecordSigner, Session, SignerStatement,
+    out_runs, parse_checkpoint, to_json, verify_session_signed,
 };
 use crate::config::{AuditConfig, Config};
 use crate::lock;
@@ -171,6 +171,19 @@ pub async fn publish_record(
     Ok(value)
 }
 
+/// A receipt as a `kv` entry.
+fn kv_entry(r: &crate::kms::receipts::Receipt) -> KvEntry {
+    KvEntry {
+        req: r.req.clone(),
+        kid: r.kid.clone(),
+        op: r.op.clone(),
+        purpose: r.purpose.to_owned(),
+        deks: r.deks.clone(),
+        status: r.status,
+        at: format_ms(r.at),
+    }
+}
+
 /// Where the chains stood ([`Auditor::snapshot`]).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -202,6 +215,8 @@ pub struct Auditor {
     heads: Mutex<BTreeMap<(String, i32), Head>>,
     /// Reads committed offsets (with their metadata) and the checkpoints they name.
     lookup: Mutex<BaseConsumer>,
+    /// Stops the receipts task.
+    receipts_stop: tokio::sync::Notify,
 }
 
 impl Auditor {
@@ -222,6 +237,8 @@ impl Auditor {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let mut session = Session::generate(&writer)?;
+        // every Key Vault request from now on leaves a receipt (the certification's too)
+        crate::kms::receipts::enable();
         let value = certify(config, audit, role, group, &mut session).await?;
         let lookup: BaseConsumer = crate::kafka::consumer_config(config)
             .set("group.id", group)
@@ -240,6 +257,7 @@ impl Auditor {
             pending: Arc::new(PendingLeaves::default()),
             heads: Mutex::new(BTreeMap::new()),
             lookup: Mutex::new(lookup),
+            receipts_stop: tokio::sync::Notify::new(),
         };
         let kid = serde_json::from_slice::<serde_json::Value>(&value)
             .ok()
@@ -396,8 +414,70 @@ impl Auditor {
         Ok(Some(Head { to, link, at }))
     }
 
-    /// Writes `end` (the writer's last `seq`) on a clean exit.
+    /// Writes the key-usage receipts kept since the last call (§6): one signed `kv` record per
+    /// tenant. A record the broker refuses puts the writer's chain and its receipts back.
+    pub async fn write_receipts(&self) -> Result<(), AuditorError> {
+        let receipts = crate::kms::receipts::take();
+        let mut by_tenant: BTreeMap<String, Vec<crate::kms::receipts::Receipt>> = BTreeMap::new();
+        for r in receipts {
+            by_tenant.entry(r.tenant.clone()).or_default().push(r);
+        }
+        let mut tenants = by_tenant.into_iter();
+        while let Some((tenant, list)) = tenants.next() {
+            let mut session = self.session.lock().await;
+            let position = session.position();
+            let (seq, wprev) = session.next();
+            let record = KvRecord {
+                v: 1,
+                t: "kv".into(),
+                writer: session.writer().to_owned(),
+                seq,
+                wprev,
+                created: format_ms(OffsetDateTime::now_utc()),
+                tenant,
+                entries: list.iter().map(kv_entry).collect(),
+            };
+            let value = session.sign(&to_json(&record));
+            let writer = session.writer().to_owned();
+            // the session stays locked: nothing else is signed before this record is written
+            if let Err(e) = self.produce(&self.statements, &writer, value).await {
+                session.resume_position(position);
+                crate::kms::receipts::put_back(
+                    list.into_iter()
+                        .chain(tenants.flat_map(|(_, l)| l))
+                        .collect(),
+                );
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the receipts every second until [`Auditor::stop_receipts`] (a record being
+    /// written is finished: the task is never cut between signing and producing).
+    pub fn spawn_receipts(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = me.receipts_stop.notified() => return,
+                }
+                if let Err(e) = me.write_receipts().await {
+                    tracing::warn!(error = %e, "key-usage receipts not written yet; tried again in 1 s");
+                }
+            }
+        })
+    }
+
+    /// Stops the task of [`Auditor::spawn_receipts`] (the last receipts go with `end`).
+    pub fn stop_receipts(&self) {
+        self.receipts_stop.notify_one();
+    }
+
+    /// Writes `end` (the writer's last `seq`) on a clean exit, after the last receipts.
     pub async fn end(&self) -> Result<(), AuditorError> {
+        self.write_receipts().await?;
         let mut session = self.session.lock().await;
         let (seq, wprev) = session.next();
         let unsigned = format!(

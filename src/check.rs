@@ -606,7 +606,7 @@ async fn round_trip(
         KmsError::Unavailable { why, .. } => outage_fix(key, *why),
         _ => "see the message".to_owned(),
     };
-    let wrapped = match provider.encrypt(&v.kid, &probe).await {
+    let wrapped = match provider.encrypt(&v.kid, &probe, &[]).await {
         Ok(w) => w,
         Err(e) => {
             let fix = fail_fix(&e, "encrypt/action");
@@ -614,7 +614,7 @@ async fn round_trip(
             return;
         }
     };
-    match provider.decrypt(&wrapped.kek, &wrapped.wrapped).await {
+    match provider.decrypt(&wrapped.kek, &wrapped.wrapped, &[]).await {
         Ok(back) if back == probe => r.pass(
             "round-trip",
             format!(

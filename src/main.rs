@@ -188,6 +188,11 @@ enum Command {
         #[arg(long)]
         restore_registry: bool,
     },
+    /// The audit log: key-usage receipts (`byok audit kv --tenant ID`).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Re-seal archive records into another topic (--from/--to), or drain the quarantine into the
     /// archive (--quarantine).
     ///
@@ -330,6 +335,27 @@ struct EmulatorArgs {
     /// Extra host name for the server certificate (repeatable).
     #[arg(long = "host")]
     hosts: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// The key-usage receipts of a tenant: every Key Vault request the workers and tools made to
+    /// its key, from the signed `kv` records of the audit log (match them with the vault's logs
+    /// by request id).
+    Kv {
+        /// The worker configuration (its [audit] section, with the pinned signing keys).
+        #[arg(long)]
+        config: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only requests answered at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -547,6 +573,15 @@ fn main() -> ExitCode {
             strict,
             restore_registry,
         } => block_on(verify(&config, json, strict, restore_registry)),
+        Command::Audit {
+            command:
+                AuditCommand::Kv {
+                    config,
+                    tenant,
+                    since,
+                    json,
+                },
+        } => block_on(audit_kv(&config, &tenant, since, json)),
         Command::Rewrap {
             config,
             tenant,

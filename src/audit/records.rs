@@ -118,6 +118,48 @@ pub struct SignerStatement {
     pub signing_kid: String,
 }
 
+/// One Key Vault request in a `kv` record (§6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvEntry {
+    /// `x-ms-client-request-id`.
+    pub req: String,
+    /// The key id the request named.
+    pub kid: String,
+    /// `encrypt`, `decrypt`, `get`, `sign`.
+    pub op: String,
+    /// Why the request was made.
+    pub purpose: String,
+    /// DEK ids it concerned.
+    pub deks: Vec<String>,
+    /// HTTP status (0: no answer).
+    pub status: u16,
+    /// When it was answered.
+    pub at: String,
+}
+
+/// A `kv` record without `sig`: key-usage receipts of one tenant (§6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvRecord {
+    /// 1.
+    pub v: u32,
+    /// `"kv"`.
+    pub t: String,
+    /// Writer id.
+    pub writer: String,
+    /// Position in the writer's sequence.
+    pub seq: u64,
+    /// SHA-256 of the writer's previous record value.
+    pub wprev: String,
+    /// When it was written.
+    pub created: String,
+    /// The tenant whose key the requests used.
+    pub tenant: String,
+    /// The requests.
+    pub entries: Vec<KvEntry>,
+}
+
 /// Sorts leaves as §2 orders them and returns them with their `out` runs.
 pub fn out_runs(leaves: &mut [Leaf]) -> Vec<OutRuns> {
     leaves.sort();

@@ -306,3 +306,51 @@ pub(crate) async fn verify(
         ExitCode::SUCCESS
     })
 }
+
+/// `byok audit kv`: a tenant's key-usage receipts, as a table or JSON.
+pub(crate) async fn audit_kv(
+    path: &std::path::Path,
+    tenant: &str,
+    since: Option<String>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let since = rfc3339_ms(since, "since")?;
+    let config = super::load_config(path)?;
+    init_logs();
+    let report = byok::verify::receipts::kv_receipts(&config, tenant, since)
+        .await
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "{:<24} {:<36} {:<8} {:<8} {:>6} {:<40} {}",
+            "at", "request id", "op", "purpose", "status", "DEKs", "key"
+        );
+        for r in &report.receipts {
+            let e = &r.entry;
+            println!(
+                "{:<24} {:<36} {:<8} {:<8} {:>6} {:<40} {}",
+                e.at,
+                e.req,
+                e.op,
+                e.purpose,
+                e.status,
+                e.deks.join(","),
+                e.kid
+            );
+        }
+        println!("{} request(s) of {tenant}", report.receipts.len());
+    }
+    if report.unverified > 0 {
+        eprintln!(
+            "{} kv record(s) did not verify under a certified session and are not listed: run byok verify",
+            report.unverified
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -65,6 +65,14 @@ async fn route(shared: &Shared, req: &Req, segs: &[&str], body: &Value) -> Reply
                 .clone();
             Reply::json(StatusCode::OK, json!({"calls": calls}))
         }
+        (&Method::GET, ["requests"]) => {
+            let log = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let list: Vec<&Value> = log
+                .iter()
+                .filter(|e| q("vault").is_none_or(|v| e["vault"] == v))
+                .collect();
+            Reply::json(StatusCode::OK, json!({"requests": list}))
+        }
         (&Method::GET, ["ca"]) => Reply {
             status: StatusCode::OK,
             headers: vec![("content-type", "application/x-pem-file".into())],

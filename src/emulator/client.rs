@@ -256,6 +256,13 @@ impl AdminClient {
         self.call(Method::GET, "stats", None).await
     }
 
+    /// The Key Vault requests of `vault` the emulator answered, in order, each with the client's
+    /// `x-ms-client-request-id` (as Key Vault's own logs keep it).
+    pub async fn requests(&self, vault: &str) -> Result<Value, AdminError> {
+        self.call(Method::GET, &format!("requests?vault={vault}"), None)
+            .await
+    }
+
     /// The whole state, without secrets or private keys.
     pub async fn state(&self) -> Result<Value, AdminError> {
         self.call(Method::GET, "state", None).await

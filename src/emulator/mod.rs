@@ -144,6 +144,9 @@ pub struct Fault {
     outage_until: Option<Instant>,
 }
 
+/// How many Key Vault requests the emulator's request log keeps.
+const REQUEST_LOG: usize = 200_000;
+
 /// State shared by every connection.
 pub(crate) struct Shared {
     world: Mutex<World>,
@@ -151,6 +154,9 @@ pub(crate) struct Shared {
     budgets: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
     /// Authenticated requests per vault and operation, for tests and the demo.
     calls: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, u64>>>,
+    /// Every Key Vault request answered, with the client's `x-ms-client-request-id`, as Key
+    /// Vault's own logs keep it (the last [`REQUEST_LOG`]); `/_admin/requests` lists them.
+    requests: Mutex<VecDeque<serde_json::Value>>,
     token_key: Vec<u8>,
     token_lifetime: Duration,
     admin_token: Option<String>,
@@ -224,6 +230,26 @@ impl Shared {
         }
         window.push_back((now, cost));
         Ok(())
+    }
+
+    /// Logs a Key Vault request as Key Vault's AuditEvent log would: vault, method, path, the
+    /// client's request id, the status, the time.
+    fn log_request(&self, vault: &str, req: &Req, status: StatusCode) {
+        let entry = serde_json::json!({
+            "vault": vault,
+            "method": req.method.as_str(),
+            "path": req.path,
+            "client_request_id": req.header("x-ms-client-request-id"),
+            "status": status.as_u16(),
+            "at": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        });
+        let mut log = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == REQUEST_LOG {
+            log.pop_front();
+        }
+        log.push_back(entry);
     }
 
     fn count_call(&self, vault: &str, op: &'static str) {
@@ -352,6 +378,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         faults: Mutex::new(HashMap::new()),
         budgets: Mutex::new(HashMap::new()),
         calls: Mutex::new(Default::default()),
+        requests: Mutex::new(VecDeque::new()),
         token_key,
         token_lifetime: opts.token_lifetime,
         admin_token: opts.admin_token.clone(),
@@ -556,7 +583,11 @@ async fn route(
     let reply = match target.as_deref() {
         None => admin::handle(&shared, &req).await,
         Some("entra") => entra::handle(&shared, &req),
-        Some(v) => vault::handle(&shared, v, &req).await,
+        Some(v) => {
+            let reply = vault::handle(&shared, v, &req).await;
+            shared.log_request(v, &req, reply.status);
+            reply
+        }
     };
     Ok(to_response(reply))
 }

@@ -322,11 +322,16 @@ impl AzureKeyProvider {
         };
         let credential = credential(tenant, key, options.clone())?;
         let vault_url = key.vault_url.as_str().trim_end_matches('/').to_owned();
+        // every Key Vault request leaves a receipt (the credential's token requests do not)
+        let mut kv_options = options;
+        kv_options
+            .per_call_policies
+            .push(Arc::new(super::receipts::ReceiptPolicy::new(tenant)));
         let client = KeyClient::new(
             &vault_url,
             Arc::clone(&credential),
             Some(KeyClientOptions {
-                client_options: options,
+                client_options: kv_options,
                 verify_challenge_resource: Some(!key.is_private_link()),
                 ..KeyClientOptions::default()
             }),
@@ -445,17 +450,26 @@ impl AzureKeyProvider {
     }
 
     /// Encrypts `plaintext` with RSA-OAEP-256 on a version.
-    pub async fn encrypt(&self, version: &KekId, plaintext: &[u8]) -> Result<Wrapped, KmsError> {
+    pub async fn encrypt(
+        &self,
+        version: &KekId,
+        plaintext: &[u8],
+        deks: &[String],
+    ) -> Result<Wrapped, KmsError> {
         let params = KeyOperationParameters {
             algorithm: Some(EncryptionAlgorithm::RsaOaep256),
             value: Some(plaintext.to_vec()),
             ..Default::default()
         };
         let body = params.try_into().map_err(|e| self.error(&e))?;
-        let options = azure_security_keyvault_keys::models::KeyClientEncryptOptions {
+        let mut options = azure_security_keyvault_keys::models::KeyClientEncryptOptions {
             key_version: Some(version.version().to_owned()),
             ..Default::default()
         };
+        options
+            .method_options
+            .context
+            .insert(super::receipts::Deks(deks.to_vec()));
         let r = self
             .client
             .encrypt(version.name(), body, Some(options))
@@ -511,7 +525,12 @@ impl AzureKeyProvider {
     }
 
     /// Decrypts with RSA-OAEP-256 on the version `kek` names.
-    pub async fn decrypt(&self, kek: &KekId, ciphertext: &[u8]) -> Result<Vec<u8>, KmsError> {
+    pub async fn decrypt(
+        &self,
+        kek: &KekId,
+        ciphertext: &[u8],
+        deks: &[String],
+    ) -> Result<Vec<u8>, KmsError> {
         // a registry record is a claim: the tenant's credential is used on its own key only
         if !kek.is_key(&self.vault_url, &self.key_name) {
             return Err(KmsError::Rejected {
@@ -528,9 +547,14 @@ impl AzureKeyProvider {
             ..Default::default()
         };
         let body = params.try_into().map_err(|e| self.error(&e))?;
+        let mut options = azure_security_keyvault_keys::models::KeyClientDecryptOptions::default();
+        options
+            .method_options
+            .context
+            .insert(super::receipts::Deks(deks.to_vec()));
         let r = self
             .client
-            .decrypt(kek.name(), kek.version(), body, None)
+            .decrypt(kek.name(), kek.version(), body, Some(options))
             .await
             .map_err(|e| self.error(&e))?
             .into_model()
@@ -703,7 +727,9 @@ impl KeyProvider for AzureKeyProvider {
                 });
             }
         };
-        let result = self.encrypt(&version.kid, dek.secret_bytes()).await;
+        let result = self
+            .encrypt(&version.kid, dek.secret_bytes(), &[dek.id().to_string()])
+            .await;
         if result.is_err() {
             self.invalidate().await;
         }
@@ -716,7 +742,7 @@ impl KeyProvider for AzureKeyProvider {
         dek: DekId,
         wrapped: &[u8],
     ) -> Result<Arc<DataKey>, KmsError> {
-        let mut bytes = match self.decrypt(kek, wrapped).await {
+        let mut bytes = match self.decrypt(kek, wrapped, &[dek.to_string()]).await {
             Ok(b) => b,
             Err(e) => {
                 self.invalidate().await;

@@ -17,6 +17,7 @@ pub mod cache;
 mod classify;
 pub mod local;
 pub mod metered;
+pub mod receipts;
 pub mod resilience;
 
 use std::fmt;

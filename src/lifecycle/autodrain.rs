@@ -70,13 +70,10 @@ impl AutoDrain {
             let config = config.clone();
             let keyring = Arc::clone(keyring);
             self.task = Some(tokio::spawn(async move {
-                super::drain::drain_quarantine_with(
-                    &config,
-                    &keyring,
-                    &super::drain::DrainOptions::default(),
-                    |_, _| {},
-                )
-                .await
+                let opts = super::drain::DrainOptions::default();
+                let drain =
+                    super::drain::drain_quarantine_with(&config, &keyring, &opts, |_, _| {});
+                crate::kms::receipts::with_purpose("drain", drain).await
             }));
         }
     }

@@ -47,6 +47,12 @@ pub(crate) async fn tool_audit(
     let Some(audit) = &config.audit else {
         return Ok(None);
     };
+    crate::kms::receipts::set_default_purpose(match name {
+        "byok-rewrap" => "rewrap",
+        "byok-replay" => "replay",
+        "byok-drain" => "drain",
+        _ => "restore",
+    });
     let auditor = crate::auditor::Auditor::start(
         config,
         audit,
@@ -61,8 +67,10 @@ pub(crate) async fn tool_audit(
 }
 
 impl ToolAudit {
-    /// A checkpoint naming everything written since the last one.
+    /// The receipts of its Key Vault requests, and a checkpoint naming everything written since
+    /// the last one.
     pub(crate) async fn checkpoint(&self) -> Result<(), LifecycleError> {
+        self.auditor.write_receipts().await?;
         self.auditor.checkpoint(Vec::new(), &[]).await?;
         Ok(())
     }

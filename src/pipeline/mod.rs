@@ -199,6 +199,8 @@ where
     if let Some(a) = &record_audit {
         let _ = views.audit.set(a.clone());
     }
+    let receipts = auditor.as_ref().map(|a| a.spawn_receipts());
+    let auditor_handle = auditor.clone();
     let background = [
         spawn_vault_check(&config, &keyring, &health),
         crate::lifecycle::monitor::spawn(
@@ -233,10 +235,15 @@ where
         transactional,
     };
     let ended = worker.run_loop().await;
-    let stopped = worker.stop().await;
+    // no Key Vault request after the last receipts are written with `end`
     for task in background {
         task.abort();
     }
+    if let (Some(a), Some(task)) = (&auditor_handle, receipts) {
+        a.stop_receipts();
+        let _ = task.await;
+    }
+    let stopped = worker.stop().await;
     ended?;
     stopped?;
     let stats = worker.stats(

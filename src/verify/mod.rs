@@ -20,6 +20,7 @@ use crate::kafka::{read_all, reader_consumer};
 
 mod chains;
 mod coverage;
+pub mod receipts;
 
 /// Verification could not run (a finding is not an error: it is in the report).
 #[derive(Debug, thiserror::Error)]

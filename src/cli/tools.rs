@@ -327,8 +327,8 @@ pub(crate) async fn audit_kv(
         );
     } else {
         println!(
-            "{:<24} {:<36} {:<8} {:<8} {:>6} {:<40} {}",
-            "at", "request id", "op", "purpose", "status", "DEKs", "key"
+            "{:<24} {:<36} {:<8} {:<8} {:>6} {:<40} key",
+            "at", "request id", "op", "purpose", "status", "DEKs"
         );
         for r in &report.receipts {
             let e = &r.entry;

@@ -187,6 +187,13 @@ enum Command {
         /// compaction, a refused record after them) from their copies in the audit topic.
         #[arg(long)]
         restore_registry: bool,
+        /// Also print the newest signed heads (a JSON array): copied out of Kafka (a WORM store,
+        /// the tenant, an auditor), they are the witness a later verify checks.
+        #[arg(long)]
+        heads: bool,
+        /// A witness saved earlier with --heads: each partition's chain must still hold it.
+        #[arg(long)]
+        witness: Option<PathBuf>,
     },
     /// The audit log: key-usage receipts (`byok audit kv --tenant ID`).
     Audit {
@@ -572,7 +579,18 @@ fn main() -> ExitCode {
             json,
             strict,
             restore_registry,
-        } => block_on(verify(&config, json, strict, restore_registry)),
+            heads,
+            witness,
+        } => block_on(verify(
+            &config,
+            VerifyFlags {
+                json,
+                strict,
+                restore: restore_registry,
+                heads,
+                witness,
+            },
+        )),
         Command::Audit {
             command:
                 AuditCommand::Kv {

@@ -86,6 +86,8 @@ fn verify_audit(records: &[Raw], n: &[u8], e: &[u8]) -> Audit {
                     "end" => {
                         audit.ended.insert(writer);
                     }
+                    // key-usage receipts and chain heads: signed and chained, checked above
+                    "kv" | "heads" => {}
                     other => panic!("unexpected record kind {other}"),
                 }
             }
@@ -288,6 +290,11 @@ async fn checkpoints_name_every_output_once_chain_each_partition_and_continue_af
         String::from_utf8_lossy(&py.stderr)
     );
     assert!(said.trim_end().ends_with(&verdict), "{said}");
+    // the witness: the newest signed heads, copied out of Kafka; the log still holds them
+    let witness = run.witness().await;
+    let (ok, out) = run.verify_with(&["--witness".into(), witness.into()]).await;
+    assert!(ok, "{out}");
+    assert!(out.trim_end().ends_with(&verdict), "{out}");
     if std::env::var_os("BYOK_WRITE_GOLDEN").is_some() {
         let golden = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -472,82 +479,4 @@ async fn rewrap_replay_and_drain_write_signed_records_and_checkpoints() {
     let v2 = read_topic(&run.tansu.bootstrap(), "archive.v2").len();
     assert_eq!(v2, 60);
     assert!(out.trim_end().ends_with(" 0 failed"), "{out}");
-}
-
-/// Key-usage receipts (§6): every Key Vault request of the worker and of `byok rewrap` carries
-/// its own `x-ms-client-request-id`, and `byok audit kv --tenant` lists exactly the requests the
-/// tenant's vault logged: none missing, none extra; each with its operation and purpose, and the
-/// DEK ids for encrypt and decrypt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn receipts_match_each_vaults_request_log_one_for_one() {
-    let mut run = Run::start().await;
-    run.capture(90).await;
-    run.work_until(90).await;
-    run.emu
-        .admin
-        .key_action("globex-kv", "archive-kek", "rotate", None)
-        .await
-        .unwrap();
-    let opts = byok::lifecycle::rewrap::RewrapOptions {
-        tenant: Some("globex".into()),
-        ..Default::default()
-    };
-    byok::lifecycle::rewrap::rewrap(&run.config, &opts, |_, _| {})
-        .await
-        .unwrap();
-
-    for (tenant, vault) in [("acme", "acme-vault"), ("globex", "globex-kv")] {
-        let (ok, out) = common::run_byok(vec![
-            "audit".into(),
-            "kv".into(),
-            "--config".into(),
-            run.config.source.clone().into(),
-            "--tenant".into(),
-            tenant.into(),
-            "--json".into(),
-        ])
-        .await;
-        assert!(ok, "{out}");
-        let json = &out[out.find('{').unwrap()..];
-        let report: serde_json::Value = serde_json::from_str(json).unwrap();
-        let receipts = report["receipts"].as_array().unwrap();
-        let ours: BTreeSet<String> = receipts
-            .iter()
-            .map(|r| r["req"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(ours.len(), receipts.len(), "one receipt per request id");
-        let log = run.emu.admin.requests(vault).await.unwrap();
-        let theirs: BTreeSet<String> = log["requests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r["client_request_id"]
-                    .as_str()
-                    .unwrap_or("(none)")
-                    .to_owned()
-            })
-            .collect();
-        assert!(!theirs.contains("(none)"), "every request carried an id");
-        assert_eq!(
-            ours, theirs,
-            "{tenant}: the receipts and {vault}'s own log name the same requests"
-        );
-        let ops: BTreeSet<(&str, &str)> = receipts
-            .iter()
-            .map(|r| (r["op"].as_str().unwrap(), r["purpose"].as_str().unwrap()))
-            .collect();
-        assert!(ops.contains(&("encrypt", "new-dek")), "{ops:?}");
-        assert!(ops.contains(&("get", "monitor")), "{ops:?}");
-        for r in receipts {
-            if r["op"] == "encrypt" || r["op"] == "decrypt" {
-                assert_eq!(r["deks"].as_array().unwrap().len(), 1, "{r}");
-            }
-        }
-        if tenant == "globex" {
-            assert!(ops.contains(&("decrypt", "rewrap")), "{ops:?}");
-            assert!(ops.contains(&("encrypt", "rewrap")), "{ops:?}");
-        }
-        eprintln!("{tenant}: {} requests, {ops:?}", receipts.len());
-    }
 }

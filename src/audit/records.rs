@@ -160,6 +160,40 @@ pub struct KvRecord {
     pub entries: Vec<KvEntry>,
 }
 
+/// Where one partition's chain stands, in a `heads` record (§6b).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadEntry {
+    /// Input topic.
+    pub topic: String,
+    /// Input partition.
+    pub partition: i32,
+    /// The offset its chain reached (the last checkpoint's `to`).
+    pub to: i64,
+    /// That checkpoint's link.
+    pub link: String,
+}
+
+/// A `heads` record without `sig` (§6b).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadsRecord {
+    /// 1.
+    pub v: u32,
+    /// `"heads"`.
+    pub t: String,
+    /// Writer id.
+    pub writer: String,
+    /// Position in the writer's sequence.
+    pub seq: u64,
+    /// SHA-256 of the writer's previous record value.
+    pub wprev: String,
+    /// When it was written.
+    pub created: String,
+    /// The partitions the writer owns.
+    pub heads: Vec<HeadEntry>,
+}
+
 /// Sorts leaves as §2 orders them and returns them with their `out` runs.
 pub fn out_runs(leaves: &mut [Leaf]) -> Vec<OutRuns> {
     leaves.sort();

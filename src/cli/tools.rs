@@ -249,16 +249,40 @@ pub(crate) async fn demo(messages: usize) -> Result<ExitCode, String> {
     })
 }
 
+/// The flags of `byok verify`.
+#[derive(Debug)]
+pub(crate) struct VerifyFlags {
+    pub(crate) json: bool,
+    pub(crate) strict: bool,
+    pub(crate) restore: bool,
+    pub(crate) heads: bool,
+    pub(crate) witness: Option<std::path::PathBuf>,
+}
+
 /// `byok verify`: a spinner while the topics are read, the examples of each finding, the
 /// summary (text or JSON), last the verdict line.
-pub(crate) async fn verify(
-    path: &std::path::Path,
-    json: bool,
-    strict: bool,
-    restore: bool,
-) -> Result<ExitCode, String> {
+pub(crate) async fn verify(path: &std::path::Path, flags: VerifyFlags) -> Result<ExitCode, String> {
+    let VerifyFlags {
+        json,
+        strict,
+        restore,
+        heads,
+        witness,
+    } = flags;
     let config = super::load_config(path)?;
     init_logs();
+    let witness = witness
+        .map(|w| {
+            let text = std::fs::read_to_string(&w)
+                .map_err(|e| format!("--witness {}: {e}", w.display()))?;
+            serde_json::from_str::<Vec<String>>(&text).map_err(|e| {
+                format!(
+                    "--witness {}: not a JSON array of signed heads values (as --heads prints): {e}",
+                    w.display()
+                )
+            })
+        })
+        .transpose()?;
     if restore {
         let r = byok::lifecycle::restore::restore_registry(&config)
             .await
@@ -279,7 +303,8 @@ pub(crate) async fn verify(
         0,
         "{spinner} {elapsed_precise} {pos} records read, {per_sec}",
     );
-    let report = byok::verify::verify(&config, &mut |done, _| bar.set_position(done))
+    let opts = byok::verify::VerifyOptions { witness };
+    let report = byok::verify::verify(&config, &opts, &mut |done, _| bar.set_position(done))
         .await
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
@@ -297,6 +322,12 @@ pub(crate) async fn verify(
             report.writers, report.checkpoints, report.findings, report.notices
         );
         println!("note: {}", report.caveat);
+    }
+    if heads {
+        println!(
+            "{}",
+            serde_json::to_string(&report.heads).map_err(|e| e.to_string())?
+        );
     }
     println!("{}", report.verdict());
     let notices: u64 = report.notices.values().sum();

@@ -5,7 +5,9 @@
 //! operation, why it was made, the DEKs it concerned, the status; the auditor writes them as
 //! signed `kv` records, so a tenant can match them one for one with its Key Vault's own logs.
 //!
-//! Receipts carry no key material: ids, names and statuses only.
+//! Receipts are kept per process (a process has one audit writer: a worker, or a tool; the
+//! worker's automatic drain is a second writer in the worker's process, and either may write a
+//! receipt). Receipts carry no key material: ids, names and statuses only.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -18,6 +18,9 @@ pub(super) struct Forks {
     /// Per input partition, offset ranges the live branch covered again after a writer died
     /// (its in-flight outputs, named or not, are orphans there).
     pub(super) recovered: BTreeMap<(String, i32), Vec<(i64, i64)>>,
+    /// Per input partition, the live chain's (`to`, `link`) in order (a witness is checked
+    /// against it).
+    pub(super) live: BTreeMap<(String, i32), Vec<(i64, Hash)>>,
 }
 
 impl Forks {
@@ -142,6 +145,10 @@ pub(super) fn chains(
             });
         }
     }
+    forks.live = history
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|l| (l.to, l.link)).collect()))
+        .collect();
     forks
 }
 

@@ -14,7 +14,9 @@ use serde::Serialize;
 
 use crate::audit::codec::{parse_time, unb64_32};
 use crate::audit::merkle::{self, Hash};
-use crate::audit::records::{Checkpoint, parse_checkpoint, verify_session_signed, verify_signer};
+use crate::audit::records::{
+    Checkpoint, HeadsRecord, parse_checkpoint, verify_session_signed, verify_signer,
+};
 use crate::config::{AuditConfig, Config};
 use crate::kafka::{read_all, reader_consumer};
 
@@ -40,6 +42,13 @@ pub enum VerifyError {
 /// How many examples of each finding are kept.
 const EXAMPLES: usize = 5;
 
+/// How `byok verify` runs.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Signed `heads` values copied out of Kafka earlier (`--witness`).
+    pub witness: Option<Vec<String>>,
+}
+
 /// What `byok verify` found.
 #[derive(Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -57,6 +66,10 @@ pub struct VerifyReport {
     pub examples: Vec<String>,
     /// Unsigned registry and key records trusted below `audit.trust_unsigned_below`.
     pub unsigned_trusted: u64,
+    /// The newest signed `heads` values covering every partition (`--heads`: the witness to
+    /// copy out of Kafka).
+    #[serde(skip)]
+    pub heads: Vec<String>,
     /// Without a witness, removing the newest records with their checkpoints is not detectable.
     pub caveat: &'static str,
 }
@@ -99,6 +112,7 @@ struct WriterState {
 /// Verifies the audit log of `config`'s cluster. `progress` gets (records read, 0).
 pub async fn verify(
     config: &Config,
+    opts: &VerifyOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport, VerifyError> {
     let audit = config.audit.as_ref().ok_or(VerifyError::NotConfigured)?;
@@ -110,6 +124,9 @@ pub async fn verify(
     let consumer = reader_consumer(config)?;
     let mut writers: HashMap<String, WriterState> = HashMap::new();
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
+    // heads values, and per partition the newest one stating it
+    let mut heads_values: Vec<String> = Vec::new();
+    let mut newest: BTreeMap<(String, i32), usize> = BTreeMap::new();
     let mut read = 0u64;
     read_all(&consumer, &audit.topic, None, |m| {
         read += 1;
@@ -126,8 +143,15 @@ pub async fn verify(
             return;
         }
         match audit_record(&pinned, audit, &mut writers, &writer, value) {
-            Ok(Some(c)) => checkpoints.push(c),
-            Ok(None) => {}
+            Ok(Kept::Checkpoint(c)) => checkpoints.push(c),
+            Ok(Kept::Heads(h)) => {
+                let at = heads_values.len();
+                heads_values.push(String::from_utf8_lossy(value).into_owned());
+                for e in h.heads {
+                    newest.insert((e.topic.clone(), e.partition), at);
+                }
+            }
+            Ok(Kept::Nothing) => {}
             Err(kind) => report.finding(kind, at),
         }
     })
@@ -141,6 +165,16 @@ pub async fn verify(
         .map(|(k, _)| k.clone())
         .collect();
     let forks = chains::chains(&checkpoints, &ended, &mut report);
+    if let Some(w) = &opts.witness {
+        check_witness(w, &writers, &forks, &mut report);
+    }
+    let mut wanted: Vec<usize> = newest.into_values().collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    report.heads = wanted
+        .into_iter()
+        .map(|i| heads_values[i].clone())
+        .collect();
     coverage::coverage(
         config,
         &checkpoints,
@@ -160,7 +194,7 @@ fn audit_record(
     writers: &mut HashMap<String, WriterState>,
     writer: &str,
     value: &[u8],
-) -> Result<Option<Checkpoint>, &'static str> {
+) -> Result<Kept, &'static str> {
     let j: serde_json::Value = serde_json::from_slice(value).map_err(|_| "bad signature")?;
     if j["writer"].as_str() != Some(writer) {
         return Err("bad signature");
@@ -202,7 +236,7 @@ fn audit_record(
             }
             None => return Err("writer-chain break"),
         }
-        return Ok(None);
+        return Ok(Kept::Nothing);
     }
     let w = writers.get_mut(writer).ok_or("bad signature")?;
     if w.ended {
@@ -223,13 +257,72 @@ fn audit_record(
     w.wprev = merkle::hash(value);
     match j["t"].as_str() {
         Some("checkpoint") => parse_checkpoint(&signed)
-            .map(Some)
+            .map(Kept::Checkpoint)
+            .map_err(|_| "bad signature"),
+        Some("heads") => serde_json::from_str::<HeadsRecord>(&signed)
+            .map(Kept::Heads)
             .map_err(|_| "bad signature"),
         Some("end") => {
             w.ended = true;
-            Ok(None)
+            Ok(Kept::Nothing)
         }
-        _ => Ok(None),
+        _ => Ok(Kept::Nothing),
+    }
+}
+
+/// What a verified audit record leaves for the later checks.
+enum Kept {
+    Nothing,
+    Checkpoint(Checkpoint),
+    Heads(HeadsRecord),
+}
+
+/// Checks a witness (§6b): each signed `heads` value must verify under its writer's session, and
+/// each (`to`, `link`) it states must still be on its partition's live chain.
+fn check_witness(
+    witness: &[String],
+    writers: &HashMap<String, WriterState>,
+    forks: &chains::Forks,
+    report: &mut VerifyReport,
+) {
+    for (i, value) in witness.iter().enumerate() {
+        let writer = serde_json::from_str::<serde_json::Value>(value)
+            .ok()
+            .and_then(|j| j["writer"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let heads = writers
+            .get(&writer)
+            .and_then(|w| verify_session_signed(value.as_bytes(), &w.session_key).ok())
+            .and_then(|text| serde_json::from_str::<HeadsRecord>(&text).ok());
+        let Some(heads) = heads else {
+            report.finding(
+                "witness mismatch",
+                format!("witness value {i} does not verify under a session of the log"),
+            );
+            continue;
+        };
+        for h in &heads.heads {
+            let key = (h.topic.clone(), h.partition);
+            let on_chain = unb64_32(&h.link, "link").is_ok_and(|link| {
+                forks
+                    .live
+                    .get(&key)
+                    .is_some_and(|v| v.iter().any(|(to, l)| *to == h.to && *l == link))
+            });
+            if !on_chain {
+                let end = forks
+                    .live
+                    .get(&key)
+                    .and_then(|v| v.last().map(|(to, _)| *to));
+                report.finding(
+                    "witness mismatch",
+                    format!(
+                        "{}/{} was witnessed at {} (writer {}); the chain now ends at {end:?} without it",
+                        h.topic, h.partition, h.to, heads.writer
+                    ),
+                );
+            }
+        }
     }
 }
 

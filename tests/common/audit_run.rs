@@ -206,6 +206,32 @@ impl Run {
         super::run_byok(vec!["verify".into(), "--config".into(), path.into()]).await
     }
 
+    /// `byok verify` with more arguments: (success, output).
+    pub(crate) async fn verify_with(&self, more: &[std::ffi::OsString]) -> (bool, String) {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "verify".into(),
+            "--config".into(),
+            self.config.source.clone().into(),
+        ];
+        args.extend(more.iter().cloned());
+        super::run_byok(args).await
+    }
+
+    /// `byok verify --heads`, its JSON array of signed heads saved as a witness file.
+    pub(crate) async fn witness(&self) -> std::path::PathBuf {
+        let (ok, out) = self.verify_with(&["--heads".into()]).await;
+        assert!(ok, "{out}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("[\""))
+            .unwrap_or_else(|| panic!("no heads printed: {out}"));
+        let values: Vec<String> = serde_json::from_str(line).unwrap();
+        assert!(!values.is_empty(), "{out}");
+        let path = self.config.source.with_file_name("witness.json");
+        std::fs::write(&path, line).unwrap();
+        path
+    }
+
     /// The signing key version that certified the sessions (from the first signer statement).
     pub(crate) fn signing_kid(&self) -> String {
         read_topic(&self.tansu.bootstrap(), "byok.audit")

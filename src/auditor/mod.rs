@@ -19,11 +19,13 @@ use crate::audit::codec::{append_signature, b64, format_ms};
 pub use crate::audit::leaves::{PendingLeaves, leaf_of};
 use crate::audit::merkle::{self, ChainStep, Hash, ZERO};
 use crate::audit::records::{
-    Checkpoint, KvEntry, KvRecord, Leaf, Range, RecordKind, RecordSigner, Session, SignerStatement,
-    out_runs, parse_checkpoint, to_json, verify_session_signed,
+    Checkpoint, Leaf, Range, RecordKind, RecordSigner, Session, SignerStatement, out_runs,
+    parse_checkpoint, to_json, verify_session_signed,
 };
 use crate::config::{AuditConfig, Config};
 use crate::lock;
+
+mod statements;
 
 impl AuditorError {
     /// Whether trying again later may succeed (the vault or the broker did not answer).
@@ -171,24 +173,12 @@ pub async fn publish_record(
     Ok(value)
 }
 
-/// A receipt as a `kv` entry.
-fn kv_entry(r: &crate::kms::receipts::Receipt) -> KvEntry {
-    KvEntry {
-        req: r.req.clone(),
-        kid: r.kid.clone(),
-        op: r.op.clone(),
-        purpose: r.purpose.to_owned(),
-        deks: r.deks.clone(),
-        status: r.status,
-        at: format_ms(r.at),
-    }
-}
-
-/// Where the chains stood ([`Auditor::snapshot`]).
-#[derive(Debug, Clone)]
+/// Where the chains stood ([`Auditor::snapshot`]), held while a transaction is open.
+#[derive(Debug)]
 pub struct Snapshot {
     session: (u64, Hash),
     heads: BTreeMap<(String, i32), Head>,
+    _txn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Where a partition's chain stands.
@@ -217,6 +207,13 @@ pub struct Auditor {
     lookup: Mutex<BaseConsumer>,
     /// Stops the receipts task.
     receipts_stop: tokio::sync::Notify,
+    /// Held while a transaction holding a checkpoint is open (exactly-once).
+    txn: Arc<tokio::sync::Mutex<()>>,
+    /// A `heads` record is due (the assignment changed).
+    heads_due: std::sync::atomic::AtomicBool,
+    /// Heads of partitions revoked since the last `heads` record: where their chains stood when
+    /// they were handed over.
+    handed_over: Mutex<BTreeMap<(String, i32), Head>>,
 }
 
 impl Auditor {
@@ -258,6 +255,9 @@ impl Auditor {
             heads: Mutex::new(BTreeMap::new()),
             lookup: Mutex::new(lookup),
             receipts_stop: tokio::sync::Notify::new(),
+            txn: Arc::new(tokio::sync::Mutex::new(())),
+            heads_due: std::sync::atomic::AtomicBool::new(false),
+            handed_over: Mutex::new(BTreeMap::new()),
         };
         let kid = serde_json::from_slice::<serde_json::Value>(&value)
             .ok()
@@ -414,85 +414,6 @@ impl Auditor {
         Ok(Some(Head { to, link, at }))
     }
 
-    /// Writes the key-usage receipts kept since the last call (§6): one signed `kv` record per
-    /// tenant. A record the broker refuses puts the writer's chain and its receipts back.
-    pub async fn write_receipts(&self) -> Result<(), AuditorError> {
-        let receipts = crate::kms::receipts::take();
-        let mut by_tenant: BTreeMap<String, Vec<crate::kms::receipts::Receipt>> = BTreeMap::new();
-        for r in receipts {
-            by_tenant.entry(r.tenant.clone()).or_default().push(r);
-        }
-        let mut tenants = by_tenant.into_iter();
-        while let Some((tenant, list)) = tenants.next() {
-            let mut session = self.session.lock().await;
-            let position = session.position();
-            let (seq, wprev) = session.next();
-            let record = KvRecord {
-                v: 1,
-                t: "kv".into(),
-                writer: session.writer().to_owned(),
-                seq,
-                wprev,
-                created: format_ms(OffsetDateTime::now_utc()),
-                tenant,
-                entries: list.iter().map(kv_entry).collect(),
-            };
-            let value = session.sign(&to_json(&record));
-            let writer = session.writer().to_owned();
-            // the session stays locked: nothing else is signed before this record is written
-            if let Err(e) = self.produce(&self.statements, &writer, value).await {
-                session.resume_position(position);
-                crate::kms::receipts::put_back(
-                    list.into_iter()
-                        .chain(tenants.flat_map(|(_, l)| l))
-                        .collect(),
-                );
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the receipts every second until [`Auditor::stop_receipts`] (a record being
-    /// written is finished: the task is never cut between signing and producing).
-    pub fn spawn_receipts(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = me.receipts_stop.notified() => return,
-                }
-                if let Err(e) = me.write_receipts().await {
-                    tracing::warn!(error = %e, "key-usage receipts not written yet; tried again in 1 s");
-                }
-            }
-        })
-    }
-
-    /// Stops the task of [`Auditor::spawn_receipts`] (the last receipts go with `end`).
-    pub fn stop_receipts(&self) {
-        self.receipts_stop.notify_one();
-    }
-
-    /// Writes `end` (the writer's last `seq`) on a clean exit, after the last receipts.
-    pub async fn end(&self) -> Result<(), AuditorError> {
-        self.write_receipts().await?;
-        let mut session = self.session.lock().await;
-        let (seq, wprev) = session.next();
-        let unsigned = format!(
-            "{{\"v\":1,\"t\":\"end\",\"writer\":{},\"seq\":{seq},\"wprev\":\"{wprev}\",\"created\":\"{}\"}}",
-            serde_json::Value::from(session.writer()),
-            format_ms(OffsetDateTime::now_utc())
-        );
-        let value = session.sign(&unsigned);
-        let writer = session.writer().to_owned();
-        drop(session);
-        self.produce(&self.statements, &writer, value)
-            .await
-            .map(|_| ())
-    }
-
     /// The commit metadata of partitions whose chain head ends at the offset to commit.
     pub fn metadata_for(
         &self,
@@ -512,17 +433,28 @@ impl Auditor {
     /// they come back, the committed metadata says where they stand).
     pub fn forget(&self, revoked: &TopicPartitionList) {
         let mut heads = lock(&self.heads);
+        let mut handed = lock(&self.handed_over);
         for e in revoked.elements() {
-            heads.remove(&(e.topic().to_owned(), e.partition()));
+            let key = (e.topic().to_owned(), e.partition());
+            if let Some(h) = heads.remove(&key) {
+                handed.insert(key, h);
+            }
         }
+        // the assignment changed: where the chains stood goes out with the next heads
+        self.heads_due
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Where the writer's chain and the partitions' chains stand (before a transaction).
     pub async fn snapshot(&self) -> Snapshot {
+        // no kv record is written while the transaction is open: it would follow a checkpoint
+        // an abort may take back
+        let txn = Arc::clone(&self.txn).lock_owned().await;
         let s = self.session.lock().await;
         Snapshot {
             session: s.position(),
             heads: lock(&self.heads).clone(),
+            _txn: txn,
         }
     }
 

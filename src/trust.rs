@@ -540,7 +540,7 @@ mod tests {
         for x in sessions {
             s.trust_session_for_tests(
                 x.writer(),
-                x.public_key(),
+                &x.public_key(),
                 now - time::Duration::days(30),
                 now + time::Duration::days(30),
             );

@@ -110,7 +110,7 @@ fn the_checkpoint_is_reproduced_byte_for_byte_and_reads_back() {
     let parsed = parse_checkpoint(unsigned).unwrap();
     let mut session = Session::from_seed(&parsed.writer, &seed).unwrap();
     assert_eq!(
-        b64(session.public_key()),
+        b64(&session.public_key()),
         c["session_public_b64"].as_str().unwrap()
     );
     // our serialisation of the parsed checkpoint is the same text
@@ -133,7 +133,7 @@ fn the_checkpoint_is_reproduced_byte_for_byte_and_reads_back() {
         c["value"].as_str().unwrap()
     );
     assert_eq!(
-        verify_session_signed(&value, session.public_key()).unwrap(),
+        verify_session_signed(&value, &session.public_key()).unwrap(),
         unsigned
     );
 }

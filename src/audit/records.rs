@@ -214,10 +214,30 @@ pub fn out_runs(leaves: &mut [Leaf]) -> Vec<OutRuns> {
         .collect()
 }
 
+/// A session's current Ed25519 key, shared with its [`RecordSigner`]s (a re-certification
+/// replaces it for all of them).
+type SharedKey = Arc<std::sync::RwLock<Arc<Ed25519KeyPair>>>;
+
+fn current(key: &SharedKey) -> Arc<Ed25519KeyPair> {
+    Arc::clone(
+        &key.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
+/// A key a re-certification replaced (opaque: never leaves memory).
+pub struct RetiredKey(Arc<Ed25519KeyPair>);
+
+impl std::fmt::Debug for RetiredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetiredKey")
+    }
+}
+
 /// A writer's session: its Ed25519 key (never leaves memory) and its chain of records.
 pub struct Session {
     writer: String,
-    key: Arc<Ed25519KeyPair>,
+    key: SharedKey,
     next_seq: u64,
     wprev: Hash,
 }
@@ -226,7 +246,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("writer", &self.writer)
-            .field("public", &b64(self.public_key()))
+            .field("public", &b64(&self.public_key()))
             .field("next_seq", &self.next_seq)
             .finish_non_exhaustive()
     }
@@ -248,7 +268,7 @@ impl Session {
         let key = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| AuditError::Random)?;
         Ok(Self {
             writer: writer.to_owned(),
-            key: Arc::new(key),
+            key: Arc::new(std::sync::RwLock::new(Arc::new(key))),
             next_seq: 0,
             wprev: ZERO,
         })
@@ -276,8 +296,32 @@ impl Session {
     }
 
     /// The session's public key.
-    pub fn public_key(&self) -> &[u8] {
-        self.key.public_key().as_ref()
+    pub fn public_key(&self) -> Vec<u8> {
+        current(&self.key).public_key().as_ref().to_vec()
+    }
+
+    /// A fresh key for the same writer and chain (re-certification at half-life, §5): from now
+    /// on this session and its record signers sign with it. Returns the key it replaced (put it
+    /// back with [`Session::restore_key`] if the new one is not certified).
+    pub fn rekey(&mut self) -> Result<RetiredKey, AuditError> {
+        let rng = ring::rand::SystemRandom::new();
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&rng, &mut seed).map_err(|_| AuditError::Random)?;
+        let key = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| AuditError::Random);
+        seed.fill(0);
+        let mut k = self
+            .key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(RetiredKey(std::mem::replace(&mut *k, Arc::new(key?))))
+    }
+
+    /// Puts back the key [`Session::rekey`] replaced.
+    pub fn restore_key(&mut self, old: RetiredKey) {
+        *self
+            .key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = old.0;
     }
 
     /// The session's signer of registry and key records (§5b), which are not part of its chain.
@@ -296,7 +340,7 @@ impl Session {
     /// Signs `unsigned` (whose `seq`/`wprev` are [`Session::next`]) with the session key and
     /// moves the chain past it; returns the value to produce.
     pub fn sign(&mut self, unsigned: &str) -> Vec<u8> {
-        let sig = self.key.sign(unsigned.as_bytes());
+        let sig = current(&self.key).sign(unsigned.as_bytes());
         self.record(append_signature(unsigned, "sig", sig.as_ref()).into_bytes())
     }
 
@@ -338,7 +382,7 @@ impl RecordKind {
 #[derive(Clone)]
 pub struct RecordSigner {
     writer: String,
-    key: Arc<Ed25519KeyPair>,
+    key: SharedKey,
 }
 
 impl std::fmt::Debug for RecordSigner {
@@ -366,7 +410,7 @@ impl RecordSigner {
             kind.t(),
             b64(prev)
         );
-        let sig = self.key.sign(signed.as_bytes());
+        let sig = current(&self.key).sign(signed.as_bytes());
         append_signature(&signed, "sig", sig.as_ref()).into_bytes()
     }
 }
@@ -425,6 +469,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rekeyed_session_and_its_record_signers_sign_with_the_new_key() {
+        let mut s = Session::from_seed("w", &[3; 32]).unwrap();
+        let signer = s.record_signer();
+        let before = s.public_key();
+        let old = s.rekey().unwrap();
+        let after = s.public_key();
+        assert_ne!(before, after);
+        let v = signer.sign(br#"{"v":1}"#, RecordKind::Dek, &ZERO);
+        assert!(verify_session_signed(&v, &after).is_ok());
+        assert!(verify_session_signed(&v, &before).is_err());
+        s.restore_key(old);
+        assert_eq!(s.public_key(), before);
+        let v = signer.sign(br#"{"v":1}"#, RecordKind::Dek, &ZERO);
+        assert!(verify_session_signed(&v, &before).is_ok());
+    }
+
+    #[test]
     fn out_runs_are_sorted_and_merged() {
         let leaf = |t: &str, p: i32, o: i64| Leaf {
             topic: t.into(),
@@ -453,8 +514,8 @@ mod tests {
         assert_eq!(s.next(), (0, b64(&ZERO)));
         let v = s.sign(r#"{"a":1}"#);
         assert_eq!(s.next(), (1, b64(&hash(&v))));
-        assert!(verify_session_signed(&v, s.public_key()).is_ok());
+        assert!(verify_session_signed(&v, &s.public_key()).is_ok());
         let other = Session::from_seed("w", &[8; 32]).unwrap();
-        assert!(verify_session_signed(&v, other.public_key()).is_err());
+        assert!(verify_session_signed(&v, &other.public_key()).is_err());
     }
 }

@@ -77,6 +77,41 @@ pub enum AuditorError {
     Audit(#[from] crate::audit::AuditError),
 }
 
+/// A checkpoint handed to the producer ([`Auditor::checkpoint_start`]).
+#[allow(missing_debug_implementations)] // the delivery future has no Debug
+pub struct PendingCheckpoint<'a> {
+    auditor: &'a Auditor,
+    delivery: rdkafka::producer::DeliveryFuture,
+    heads: Vec<((String, i32), i64, Hash)>,
+}
+
+impl PendingCheckpoint<'_> {
+    /// Waits for the checkpoint's acknowledgement; returns the commit metadata per input
+    /// partition.
+    pub async fn written(self) -> Result<BTreeMap<(String, i32), String>, AuditorError> {
+        let produce = |source| AuditorError::Produce {
+            topic: self.auditor.topic.clone(),
+            source,
+        };
+        let d = match self.delivery.await {
+            Ok(Ok(d)) => d,
+            Ok(Err((e, _))) => return Err(produce(e)),
+            Err(_) => return Err(produce(rdkafka::error::KafkaError::Canceled)),
+        };
+        let at = (d.partition, d.offset);
+        let mut meta = BTreeMap::new();
+        let mut h = lock(&self.auditor.heads);
+        for (k, to, link) in self.heads {
+            meta.insert(k.clone(), metadata(&link, at));
+            if let Some(head) = h.get_mut(&k).filter(|x| x.to == to && x.link == link) {
+                head.at = Some(at);
+            }
+        }
+        ::metrics::counter!("byok_audit_checkpoints_total").increment(1);
+        Ok(meta)
+    }
+}
+
 /// A writer's role in its signer statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -186,7 +221,8 @@ pub struct Snapshot {
 struct Head {
     to: i64,
     link: Hash,
-    at: (i32, i64),
+    /// Where its checkpoint is in the audit topic (unknown until acknowledged).
+    at: Option<(i32, i64)>,
 }
 
 /// The process's audit writer.
@@ -214,6 +250,10 @@ pub struct Auditor {
     /// Heads of partitions revoked since the last `heads` record: where their chains stood when
     /// they were handed over.
     handed_over: Mutex<BTreeMap<(String, i32), Head>>,
+    /// What certifies a new session key (re-certification at half-life).
+    certifier: (Config, AuditConfig),
+    /// When the current session key was certified.
+    certified: Mutex<std::time::Instant>,
 }
 
 impl Auditor {
@@ -258,6 +298,8 @@ impl Auditor {
             txn: Arc::new(tokio::sync::Mutex::new(())),
             heads_due: std::sync::atomic::AtomicBool::new(false),
             handed_over: Mutex::new(BTreeMap::new()),
+            certifier: (config.clone(), audit.clone()),
+            certified: Mutex::new(std::time::Instant::now()),
         };
         let kid = serde_json::from_slice::<serde_json::Value>(&value)
             .ok()
@@ -304,9 +346,21 @@ impl Auditor {
     /// metadata per input partition, once the checkpoint is acknowledged.
     pub async fn checkpoint(
         &self,
-        mut leaves: Vec<Leaf>,
+        leaves: Vec<Leaf>,
         ranges: &[BatchRange],
     ) -> Result<BTreeMap<(String, i32), String>, AuditorError> {
+        self.checkpoint_start(leaves, ranges).await?.written().await
+    }
+
+    /// Signs a batch's checkpoint and hands it to the producer; the next batch's checkpoint may
+    /// follow at once (one producer, one partition: the log keeps the order they were handed
+    /// over, so checkpoints do not wait for each other's acknowledgement).
+    /// [`PendingCheckpoint::written`] waits for this one's.
+    pub async fn checkpoint_start(
+        &self,
+        mut leaves: Vec<Leaf>,
+        ranges: &[BatchRange],
+    ) -> Result<PendingCheckpoint<'_>, AuditorError> {
         leaves.extend(self.pending.take());
         let out = out_runs(&mut leaves);
         let hashes: Vec<Hash> = leaves.iter().map(|l| l.hash).collect();
@@ -353,16 +407,52 @@ impl Auditor {
         };
         let value = session.sign(&to_json(&c));
         let writer = session.writer().to_owned();
-        let at = self.produce(&self.producer, &writer, value).await?;
-        drop(session);
-        let mut meta = BTreeMap::new();
+        let delivery = self.enqueue(&writer, &value).await?;
+        // the next batch's ranges continue from these links
         let mut h = lock(&self.heads);
-        for (k, to, link) in heads {
-            meta.insert(k.clone(), metadata(&link, at));
-            h.insert(k, Head { to, link, at });
+        for (k, to, link) in &heads {
+            h.insert(
+                k.clone(),
+                Head {
+                    to: *to,
+                    link: *link,
+                    at: None,
+                },
+            );
         }
-        ::metrics::counter!("byok_audit_checkpoints_total").increment(1);
-        Ok(meta)
+        drop(h);
+        drop(session);
+        Ok(PendingCheckpoint {
+            auditor: self,
+            delivery,
+            heads,
+        })
+    }
+
+    /// Hands a record to the checkpoints' producer (waiting while its queue is full).
+    async fn enqueue(
+        &self,
+        writer: &str,
+        value: &[u8],
+    ) -> Result<rdkafka::producer::DeliveryFuture, AuditorError> {
+        loop {
+            let record = FutureRecord::to(&self.topic).key(writer).payload(value);
+            match self.producer.send_result(record) {
+                Ok(d) => return Ok(d),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err((source, _)) => {
+                    return Err(AuditorError::Produce {
+                        topic: self.topic.clone(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     /// The previous link of a batch's range, its `from`, and why the chain restarts if it does.
@@ -411,7 +501,11 @@ impl Auditor {
         if !ends_there {
             return Err("the checkpoint named by the commit metadata does not end there".into());
         }
-        Ok(Some(Head { to, link, at }))
+        Ok(Some(Head {
+            to,
+            link,
+            at: Some(at),
+        }))
     }
 
     /// The commit metadata of partitions whose chain head ends at the offset to commit.
@@ -424,7 +518,7 @@ impl Auditor {
             .iter()
             .filter_map(|(k, to)| {
                 let h = heads.get(k).filter(|h| h.to == *to)?;
-                Some((k.clone(), metadata(&h.link, h.at)))
+                Some((k.clone(), metadata(&h.link, h.at?)))
             })
             .collect()
     }
@@ -517,7 +611,7 @@ fn last_checkpoint(
                     return Ok(Head {
                         to,
                         link,
-                        at: (ap, *offset),
+                        at: Some((ap, *offset)),
                     });
                 }
             }
@@ -600,6 +694,45 @@ fn read_at(consumer: &BaseConsumer, topic: &str, at: (i32, i64)) -> Result<Vec<u
         .ok_or_else(|| "the checkpoint named by the commit metadata was not found".to_owned())
 }
 
+impl Auditor {
+    /// Whether the session key reached half its validity (§5: a writer running longer certifies
+    /// a new one).
+    pub fn recertification_due(&self) -> bool {
+        lock(&self.certified).elapsed() >= SESSION_VALIDITY / 2
+    }
+
+    /// Certifies a new session key (§5): a new `signer` statement whose `seq` continues the
+    /// writer's chain; records signed from now on (registry and key records too) use the new
+    /// key. A statement the vault or the broker refuses leaves the old key in use.
+    pub async fn recertify(&self) -> Result<(), AuditorError> {
+        let _txn = self.txn.lock().await;
+        let mut session = self.session.lock().await;
+        let position = session.position();
+        let (config, audit) = &self.certifier;
+        let old = session.rekey()?;
+        let value = match certify(config, audit, self.role, &self.group, &mut session).await {
+            Ok(v) => v,
+            Err(e) => {
+                session.resume_position(position);
+                session.restore_key(old);
+                return Err(e);
+            }
+        };
+        let writer = session.writer().to_owned();
+        if let Err(e) = self.produce(&self.statements, &writer, value).await {
+            session.resume_position(position);
+            session.restore_key(old);
+            return Err(e);
+        }
+        *lock(&self.certified) = std::time::Instant::now();
+        tracing::info!(writer, "audit session key certified again (half-life)");
+        Ok(())
+    }
+}
+
+/// How long a session key is valid (`not_after` - `not_before`, at most 24 h).
+const SESSION_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
 /// The signer statement of `session`, signed by the operator's key in Key Vault (PS256 over its
 /// SHA-256), and the session moved past it.
 async fn certify(
@@ -634,9 +767,9 @@ async fn certify(
             Role::Worker => "worker".into(),
             Role::Tool => "tool".into(),
         },
-        session_key: b64(session.public_key()),
+        session_key: b64(&session.public_key()),
         not_before: format_ms(now),
-        not_after: format_ms(now + time::Duration::hours(24)),
+        not_after: format_ms(now + SESSION_VALIDITY),
         signing_kid: version.kid.to_string(),
     };
     let unsigned = to_json(&st);

@@ -82,6 +82,11 @@ impl Auditor {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = me.receipts_stop.notified() => return,
                 }
+                if me.recertification_due()
+                    && let Err(e) = me.recertify().await
+                {
+                    tracing::warn!(error = %e, "the session key could not be certified again yet; the current one stays valid until its not_after");
+                }
                 if let Err(e) = me.write_receipts().await {
                     tracing::warn!(error = %e, "key-usage receipts not written yet; tried again in 1 s");
                 }

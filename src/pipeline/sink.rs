@@ -339,6 +339,7 @@ impl Sink {
             None => (None, None),
         };
         let done = tokio::spawn(async move {
+            let mut written = written;
             let audit = auditor.is_some();
             let r = produce_all(
                 &producer,
@@ -355,9 +356,16 @@ impl Sink {
             let r = match (r, auditor) {
                 (Ok(leaves), Some(a)) => {
                     super::failpoint::hit("before-checkpoint");
-                    let meta = a.checkpoint(leaves, &ranges).await.map_err(Into::into);
-                    super::failpoint::hit("after-checkpoint");
-                    meta
+                    match a.checkpoint_start(leaves, &ranges).await {
+                        Ok(pending) => {
+                            // the next batch's checkpoint follows it into the producer now
+                            drop(written.take());
+                            let meta = pending.written().await.map_err(Into::into);
+                            super::failpoint::hit("after-checkpoint");
+                            meta
+                        }
+                        Err(e) => Err(e.into()),
+                    }
                 }
                 (Ok(_), None) => Ok(CommitMetadata::new()),
                 (Err(e), _) => Err(e),

@@ -61,9 +61,18 @@ fn verify_audit(records: &[Raw], n: &[u8], e: &[u8]) -> Audit {
                     verify_signer(value, n, e).expect("signer verifies under the operator's key");
                 assert_eq!(st.cluster, "test-cluster");
                 assert!(st.role == "worker" || st.role == "tool", "{}", st.role);
-                assert_eq!(st.seq, 0);
+                // the first statement, or a re-certification continuing the writer's chain
+                let (seq, wprev) = state
+                    .get(&writer)
+                    .map_or((0, [0u8; 32]), |(_, s, w)| (*s, *w));
+                assert_eq!(st.seq, seq, "writer chain: seq of a signer statement");
+                assert_eq!(
+                    b64_32(&st.wprev),
+                    wprev,
+                    "writer chain: wprev of a signer statement"
+                );
                 let key = URL_SAFE_NO_PAD.decode(&st.session_key).unwrap();
-                state.insert(writer.clone(), (key.clone(), 1, merkle::hash(value)));
+                state.insert(writer.clone(), (key.clone(), seq + 1, merkle::hash(value)));
                 audit.sessions.insert(writer.clone(), key);
                 audit.writers.insert(writer);
             }
@@ -479,4 +488,82 @@ async fn rewrap_replay_and_drain_write_signed_records_and_checkpoints() {
     let v2 = read_topic(&run.tansu.bootstrap(), "archive.v2").len();
     assert_eq!(v2, 60);
     assert!(out.trim_end().ends_with(" 0 failed"), "{out}");
+}
+
+/// Re-certification at half-life (§5): a writer certifies a new session key with a second
+/// `signer` statement continuing its chain; what it signs afterwards (a checkpoint, a registry
+/// record) verifies under the new key, and readers use the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_certified_again_keeps_its_chain_and_its_records_verify() {
+    let mut run = Run::start().await;
+    run.capture(30).await;
+    run.work_until(30).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", run.tansu.bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let audit = run.config.audit.clone().unwrap();
+    let a = byok::auditor::Auditor::start(
+        &run.config,
+        &audit,
+        byok::auditor::Role::Tool,
+        "byok-test",
+        producer.clone(),
+        producer.clone(),
+    )
+    .await
+    .unwrap();
+    let signer = a.record_audit().await;
+    a.checkpoint(Vec::new(), &[]).await.unwrap();
+    a.recertify().await.unwrap();
+    // a registry record signed after the re-certification, with the signer handed out before it
+    let acme_kid = byok::kms::KekId::parse(
+        "https://acme-vault.vault.azure.net/keys/byok-key/0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
+    let record = byok::registry::DekRecord {
+        dek: byok::dek::DekId::new_v7(),
+        tenant: "acme".into(),
+        kek: acme_kid,
+        wrapped: vec![1; 384],
+        created: time::OffsetDateTime::now_utc(),
+        worker: "byok-test".into(),
+        rewrapped: None,
+        wrapped_locally: false,
+    };
+    byok::auditor::publish_record(
+        &producer,
+        "byok.deks",
+        &record.dek.to_string(),
+        byok::audit::records::RecordKind::Dek,
+        record.to_json(),
+        &[0u8; 32],
+        Some(&signer),
+    )
+    .await
+    .unwrap();
+    a.checkpoint(Vec::new(), &[]).await.unwrap();
+    a.end().await.unwrap();
+
+    let (n, e) = run.operator_signing_key().await;
+    let log = verify_audit(&read_topic(&run.tansu.bootstrap(), "byok.audit"), &n, &e);
+    assert_eq!(log.writers.len(), 2);
+    let statements = read_topic(&run.tansu.bootstrap(), "byok.audit")
+        .iter()
+        .filter(|r| {
+            r.3.as_deref()
+                .is_some_and(|v| v.starts_with(br#"{"v":1,"t":"signer","#))
+        })
+        .count();
+    assert!(statements >= 3, "the worker's and the tool's two");
+    let kid = run.signing_kid();
+    let (ok, out) = run.verify_cli(&kid).await;
+    assert!(ok, "{out}");
+    assert!(out.trim_end().ends_with(" 0 failed"), "{out}");
+    let registry = byok::archive::load_registry(&run.config).await.unwrap();
+    assert!(
+        registry.contains_key(&record.dek),
+        "readers use the record signed with the new key"
+    );
 }

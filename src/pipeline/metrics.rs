@@ -17,7 +17,19 @@ pub fn batch_done(health: &Health, records: usize, started: Instant) {
 }
 
 /// Counters: name and help. Every one is visible from the start (at 0).
-const COUNTERS: [(&str, &str); 12] = [
+const COUNTERS: [(&str, &str); 15] = [
+    (
+        "byok_audit_checkpoints_total",
+        "audit checkpoints written (flat while records flow: the audit log is not written)",
+    ),
+    (
+        "byok_local_wraps_failed_total",
+        "locally wrapped DEKs that did not open through Key Vault (alert)",
+    ),
+    (
+        "byok_registry_rejected_total",
+        "registry and key records not used (forged, unsigned, relabelled, rolled back, tombstoned, wrong key)",
+    ),
     (
         "byok_records_in_total",
         "captured records consumed, produced and committed",
@@ -122,6 +134,7 @@ pub fn describe() {
     metrics::gauge!("byok_partitions_paused").set(0.0);
     metrics::gauge!("byok_produce_backing_off").set(0.0);
     metrics::gauge!("byok_tenants_held").set(0.0);
+    metrics::gauge!("byok_local_wrap_stopped").set(0.0);
     for (c, _) in COUNTERS {
         if !matches!(
             c,

@@ -21,6 +21,7 @@ use crate::kafka::{owned_headers, read_all, reader_consumer};
 pub(super) async fn coverage(
     config: &Config,
     checkpoints: &[Checkpoint],
+    ended: &HashSet<String>,
     forks: &Forks,
     rejected: &HashSet<(String, i32, i64)>,
     report: &mut VerifyReport,
@@ -95,9 +96,18 @@ pub(super) async fn coverage(
                     hashes[i].push((at, leaf.hash));
                 }
                 None if rejected.contains(&at) => {} // reported as what it is
-                None => match src {
-                    Some(src) => unnamed.push((at, src)),
-                    None => report.finding(
+                None => match (src, crashed_writer(m.payload(), ended, &topic, config)) {
+                    (Some(src), _) => unnamed.push((at, src)),
+                    // a registry or key record that verifies (else it is in `rejected`), signed by
+                    // a writer that died before a checkpoint named it: no one else can sign one
+                    (None, Some(w)) => report.notice(
+                        "orphan",
+                        format!(
+                            "{}/{}/{}: a record of writer {w}, which died before its checkpoint",
+                            at.0, at.1, at.2
+                        ),
+                    ),
+                    (None, None) => report.finding(
                         "injected",
                         format!("{}/{}/{} is named by no checkpoint", at.0, at.1, at.2),
                     ),
@@ -175,4 +185,20 @@ fn recovered_source(forks: &Forks, headers: &[(String, Option<Vec<u8>>)]) -> Opt
     forks
         .recovered(topic, partition, offset)
         .then(|| src.to_owned())
+}
+
+/// The writer of a registry or key record, when that writer never wrote `end` (it crashed). Only
+/// called for records that verified as signed by a certified writer.
+fn crashed_writer(
+    value: Option<&[u8]>,
+    ended: &HashSet<String>,
+    topic: &str,
+    config: &Config,
+) -> Option<String> {
+    if topic != config.kafka.registry_topic && topic != config.kafka.keks_topic {
+        return None;
+    }
+    let j: serde_json::Value = serde_json::from_slice(value?).ok()?;
+    let w = j["writer"].as_str()?;
+    (!ended.contains(w)).then(|| w.to_owned())
 }

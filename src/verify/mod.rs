@@ -178,6 +178,7 @@ pub async fn verify(
     coverage::coverage(
         config,
         &checkpoints,
+        &ended,
         &forks,
         &rejected,
         &mut report,

@@ -262,6 +262,64 @@ proptest! {
         }
     }
 
+    /// Registry and key records as readers take them (`byok.deks`, `byok.keks` and their copies
+    /// in `byok.audit`, writable by anyone with Kafka access): any key and value bytes, JSON
+    /// shapes, and a genuinely signed record with one byte changed never panic the reader, and
+    /// the changed record is never used; the genuine one still is.
+    #[test]
+    fn registry_records_any_bytes(
+        key in prop::collection::vec(any::<u8>(), 0..60),
+        bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            json().prop_map(|v| v.to_string().into_bytes()),
+            json().prop_map(|v| format!("{},\"t\":\"dek\",\"writer\":\"w\",\"prev\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\",\"sig\":\"AAAA\"}}", v.to_string().trim_end_matches('}')).into_bytes()),
+        ],
+        copy in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        to in any::<u8>(),
+    ) {
+        use byok::audit::records::{RecordKind, Session};
+        use byok::trust::{Place, Rules, Signers, Trusted};
+        let session = Session::from_seed("w", &[5; 32]).unwrap();
+        let mut signers = Signers::new(Default::default(), "c");
+        let now = time::OffsetDateTime::now_utc();
+        signers.trust_session_for_tests("w", &session.public_key(), now - time::Duration::days(1), now + time::Duration::days(1));
+        let place = |offset| Place { topic: "byok.deks".into(), partition: 0, offset };
+        let rules = Rules { signers: &signers, unsigned_ok: &|_: &Place| false, check: &|_: &byok::registry::DekRecord| Ok(()) };
+        let mut t: Trusted<byok::registry::DekRecord> = Trusted::default();
+        let _ = t.apply(&rules, place(0), Some(&key), Some(&bytes), copy);
+        let _ = t.apply(&rules, place(1), Some(&key), None, copy);
+        let mut k: Trusted<byok::kms::local::KekRecord> = Trusted::default();
+        let krules = Rules { signers: &signers, unsigned_ok: &|_: &Place| true, check: &|_: &byok::kms::local::KekRecord| Ok(()) };
+        let _ = k.apply(&krules, place(0), Some(&key), Some(&bytes), copy);
+        t.finish();
+        k.finish();
+        // a genuine record with one byte changed is never used
+        let dek = byok::dek::DekId::new_v7();
+        let record = byok::registry::DekRecord {
+            dek,
+            tenant: "acme".into(),
+            kek: byok::kms::KekId::parse("https://acme.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef").unwrap(),
+            wrapped: vec![1; 64],
+            created: now,
+            worker: "w".into(),
+            rewrapped: None,
+            wrapped_locally: false,
+        };
+        let good = session.record_signer().sign(&record.to_json(), RecordKind::Dek, &[0; 32]);
+        let mut changed = good.clone();
+        let i = at.index(changed.len());
+        let id = dek.to_string();
+        let mut fresh: Trusted<byok::registry::DekRecord> = Trusted::default();
+        if changed[i] != to {
+            changed[i] = to;
+            let _ = fresh.apply(&rules, place(2), Some(id.as_bytes()), Some(&changed), false);
+            prop_assert!(fresh.get(&id).is_none_or(|c| c.value == good));
+        }
+        prop_assert_eq!(fresh.apply(&rules, place(3), Some(id.as_bytes()), Some(&good), false), None);
+        prop_assert_eq!(&fresh.get(&id).unwrap().value, &good);
+    }
+
     /// `byok inspect`'s hex input: any text.
     #[test]
     fn inspect_hex_any_text(text in ".{0,120}") {

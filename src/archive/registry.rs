@@ -22,7 +22,11 @@ use crate::trust::{Pinned, Place, Rules, SignedRecord, Signers, Trusted};
 /// Loads the DEK registry: per DEK, the record a reader may use.
 pub async fn load_registry(config: &Config) -> Result<HashMap<DekId, DekRecord>, ReadError> {
     if config.audit.is_none() {
-        return load_unsigned_registry(config).await;
+        return Ok(load_unsigned_registry(config)
+            .await?
+            .into_iter()
+            .map(|(id, (r, _))| (id, r))
+            .collect());
     }
     Ok(crate::trust::dek_records(
         load_trusted::<DekRecord>(config).await?,
@@ -34,24 +38,7 @@ pub async fn load_registry_current(
     config: &Config,
 ) -> Result<HashMap<DekId, (DekRecord, Hash)>, ReadError> {
     if config.audit.is_none() {
-        let consumer = reader_consumer(config)?;
-        let mut map = HashMap::new();
-        read_all(
-            &consumer,
-            &config.kafka.registry_topic,
-            None,
-            |m| match RegistryEntry::decode(m.key(), m.payload()) {
-                Ok(RegistryEntry::Live(r)) => {
-                    map.insert(r.dek, (r, hash(m.payload().unwrap_or_default())));
-                }
-                Ok(RegistryEntry::Destroyed(id)) => {
-                    map.remove(&id);
-                }
-                Err(e) => tracing::warn!(error = %e, "unreadable registry record"),
-            },
-        )
-        .await?;
-        return Ok(map);
+        return load_unsigned_registry(config).await;
     }
     Ok(load_trusted::<DekRecord>(config)
         .await?
@@ -260,8 +247,10 @@ pub async fn pinned_keys(config: &Config, audit: &AuditConfig) -> Result<Pinned,
     Ok(out)
 }
 
-/// Without an audit log: the latest record per DEK; tombstones remove.
-async fn load_unsigned_registry(config: &Config) -> Result<HashMap<DekId, DekRecord>, ReadError> {
+/// Without an audit log: the latest record per DEK (with its value's hash); tombstones remove.
+async fn load_unsigned_registry(
+    config: &Config,
+) -> Result<HashMap<DekId, (DekRecord, Hash)>, ReadError> {
     let consumer = reader_consumer(config)?;
     let mut map = HashMap::new();
     read_all(
@@ -270,14 +259,12 @@ async fn load_unsigned_registry(config: &Config) -> Result<HashMap<DekId, DekRec
         None,
         |m| match RegistryEntry::decode(m.key(), m.payload()) {
             Ok(RegistryEntry::Live(r)) => {
-                map.insert(r.dek, r);
+                map.insert(r.dek, (r, hash(m.payload().unwrap_or_default())));
             }
             Ok(RegistryEntry::Destroyed(id)) => {
                 map.remove(&id);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable registry record");
-            }
+            Err(e) => tracing::warn!(error = %e, "unreadable registry record"),
         },
     )
     .await?;

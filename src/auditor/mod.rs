@@ -694,48 +694,9 @@ fn read_at(consumer: &BaseConsumer, topic: &str, at: (i32, i64)) -> Result<Vec<u
         .ok_or_else(|| "the checkpoint named by the commit metadata was not found".to_owned())
 }
 
-impl Auditor {
-    /// Whether the session key reached half its validity (§5: a writer running longer certifies
-    /// a new one).
-    pub fn recertification_due(&self) -> bool {
-        lock(&self.certified).elapsed() >= SESSION_VALIDITY / 2
-    }
-
-    /// Certifies a new session key (§5): a new `signer` statement whose `seq` continues the
-    /// writer's chain; records signed from now on (registry and key records too) use the new
-    /// key. A statement the vault or the broker refuses leaves the old key in use.
-    pub async fn recertify(&self) -> Result<(), AuditorError> {
-        let _txn = self.txn.lock().await;
-        let mut session = self.session.lock().await;
-        let position = session.position();
-        let (config, audit) = &self.certifier;
-        let old = session.rekey()?;
-        let value = match certify(config, audit, self.role, &self.group, &mut session).await {
-            Ok(v) => v,
-            Err(e) => {
-                session.resume_position(position);
-                session.restore_key(old);
-                return Err(e);
-            }
-        };
-        let writer = session.writer().to_owned();
-        if let Err(e) = self.produce(&self.statements, &writer, value).await {
-            session.resume_position(position);
-            session.restore_key(old);
-            return Err(e);
-        }
-        *lock(&self.certified) = std::time::Instant::now();
-        tracing::info!(writer, "audit session key certified again (half-life)");
-        Ok(())
-    }
-}
-
-/// How long a session key is valid (`not_after` - `not_before`, at most 24 h).
-const SESSION_VALIDITY: Duration = Duration::from_secs(24 * 3600);
-
 /// The signer statement of `session`, signed by the operator's key in Key Vault (PS256 over its
 /// SHA-256), and the session moved past it.
-async fn certify(
+pub(super) async fn certify(
     config: &Config,
     audit: &AuditConfig,
     role: Role,
@@ -769,7 +730,7 @@ async fn certify(
         },
         session_key: b64(&session.public_key()),
         not_before: format_ms(now),
-        not_after: format_ms(now + SESSION_VALIDITY),
+        not_after: format_ms(now + statements::SESSION_VALIDITY),
         signing_kid: version.kid.to_string(),
     };
     let unsigned = to_json(&st);

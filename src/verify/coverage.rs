@@ -14,6 +14,9 @@ use crate::audit::records::Checkpoint;
 use crate::config::Config;
 use crate::kafka::{owned_headers, read_all, reader_consumer};
 
+/// Where a record is: topic, partition, offset.
+type Place = (String, i32, i64);
+
 /// Every output record a leaf of exactly one checkpoint; roots recomputed. The leaves of
 /// checkpoints a crash abandoned are orphans (a notice), as are records named by no checkpoint
 /// whose source the live branch covered again after the crash with a leaf of the same source;
@@ -27,45 +30,14 @@ pub(super) async fn coverage(
     report: &mut VerifyReport,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), VerifyError> {
-    let mut named: HashMap<(String, i32, i64), usize> = HashMap::new();
-    for (i, c) in checkpoints.iter().enumerate() {
-        for o in &c.out {
-            for [first, len] in &o.runs {
-                for off in *first..first + len {
-                    if named
-                        .insert((o.topic.clone(), o.partition, off), i)
-                        .is_some()
-                    {
-                        report.finding(
-                            "rewind",
-                            format!("{}/{}/{off} named twice", o.topic, o.partition),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    type Place = (String, i32, i64);
+    let mut named = named_leaves(checkpoints, report);
     // sources covered again after a crash: those of live leaves, and records named by none
     let mut live_sources: HashSet<String> = HashSet::new();
     let mut unnamed: Vec<(Place, String)> = Vec::new();
     let mut hashes: Vec<Vec<(Place, Hash)>> = vec![Vec::new(); checkpoints.len()];
     let consumer = reader_consumer(config)?;
     let mut read = 0u64;
-    // the configured outputs, and any other topic a checkpoint names (a replay's target)
-    let mut topics: Vec<String> = crate::topics::topics_of(config)
-        .into_iter()
-        .filter(|(_, r)| !matches!(r, crate::topics::Role::Input | crate::topics::Role::Audit))
-        .map(|(t, _)| t)
-        .collect();
-    for c in checkpoints {
-        for o in &c.out {
-            if !topics.contains(&o.topic) {
-                topics.push(o.topic.clone());
-            }
-        }
-    }
-    for topic in topics {
+    for topic in topics_to_read(config, checkpoints) {
         read_all(&consumer, &topic, None, |m| {
             read += 1;
             if read.is_multiple_of(1000) {
@@ -132,6 +104,96 @@ pub(super) async fn coverage(
             format!("{t}/{p}/{o} is named by a checkpoint and absent"),
         );
     }
+    roots(checkpoints, hashes, forks, report);
+    Ok(())
+}
+
+/// The record's `byok.src` when it names an input offset the live branch covered again after a
+/// crash.
+fn recovered_source(forks: &Forks, headers: &[(String, Option<Vec<u8>>)]) -> Option<String> {
+    let src = headers
+        .iter()
+        .find(|(k, _)| k == crate::envelope::headers::names::SRC)
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| std::str::from_utf8(v).ok())?;
+    let mut it = src.rsplitn(3, '/');
+    let offset: i64 = it.next()?.parse().ok()?;
+    let partition: i32 = it.next()?.parse().ok()?;
+    let topic = it.next()?;
+    forks
+        .recovered(topic, partition, offset)
+        .then(|| src.to_owned())
+}
+
+/// The writer of a registry or key record, when that writer never wrote `end` (it crashed). Only
+/// called for records that verified as signed by a certified writer.
+fn crashed_writer(
+    value: Option<&[u8]>,
+    ended: &HashSet<String>,
+    topic: &str,
+    config: &Config,
+) -> Option<String> {
+    if topic != config.kafka.registry_topic && topic != config.kafka.keks_topic {
+        return None;
+    }
+    let j: serde_json::Value = serde_json::from_slice(value?).ok()?;
+    let w = j["writer"].as_str()?;
+    (!ended.contains(w)).then(|| w.to_owned())
+}
+
+/// Where each checkpoint's leaves are: (topic, partition, offset) -> checkpoint index; an offset
+/// named twice is a rewind.
+fn named_leaves(
+    checkpoints: &[Checkpoint],
+    report: &mut VerifyReport,
+) -> HashMap<(String, i32, i64), usize> {
+    let mut named: HashMap<(String, i32, i64), usize> = HashMap::new();
+    for (i, c) in checkpoints.iter().enumerate() {
+        for o in &c.out {
+            for [first, len] in &o.runs {
+                for off in *first..first + len {
+                    if named
+                        .insert((o.topic.clone(), o.partition, off), i)
+                        .is_some()
+                    {
+                        report.finding(
+                            "rewind",
+                            format!("{}/{}/{off} named twice", o.topic, o.partition),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    named
+}
+
+/// The configured outputs, and any other topic a checkpoint names (a replay's target).
+fn topics_to_read(config: &Config, checkpoints: &[Checkpoint]) -> Vec<String> {
+    let mut topics: Vec<String> = crate::topics::topics_of(config)
+        .into_iter()
+        .filter(|(_, r)| !matches!(r, crate::topics::Role::Input | crate::topics::Role::Audit))
+        .map(|(t, _)| t)
+        .collect();
+    for c in checkpoints {
+        for o in &c.out {
+            if !topics.contains(&o.topic) {
+                topics.push(o.topic.clone());
+            }
+        }
+    }
+    topics
+}
+
+/// Each checkpoint's leaves, read back, hashed to its root: live leaves pass, an abandoned
+/// checkpoint's are orphans, a root that differs is altered (checkpoints missing leaves were
+/// reported removed).
+fn roots(
+    checkpoints: &[Checkpoint],
+    hashes: Vec<Vec<(Place, Hash)>>,
+    forks: &Forks,
+    report: &mut VerifyReport,
+) {
     for (i, mut leaves) in hashes.into_iter().enumerate() {
         let c = &checkpoints[i];
         if leaves.len() as u64 != c.leaves {
@@ -167,38 +229,4 @@ pub(super) async fn coverage(
             );
         }
     }
-    Ok(())
-}
-
-/// The record's `byok.src` when it names an input offset the live branch covered again after a
-/// crash.
-fn recovered_source(forks: &Forks, headers: &[(String, Option<Vec<u8>>)]) -> Option<String> {
-    let src = headers
-        .iter()
-        .find(|(k, _)| k == crate::envelope::headers::names::SRC)
-        .and_then(|(_, v)| v.as_deref())
-        .and_then(|v| std::str::from_utf8(v).ok())?;
-    let mut it = src.rsplitn(3, '/');
-    let offset: i64 = it.next()?.parse().ok()?;
-    let partition: i32 = it.next()?.parse().ok()?;
-    let topic = it.next()?;
-    forks
-        .recovered(topic, partition, offset)
-        .then(|| src.to_owned())
-}
-
-/// The writer of a registry or key record, when that writer never wrote `end` (it crashed). Only
-/// called for records that verified as signed by a certified writer.
-fn crashed_writer(
-    value: Option<&[u8]>,
-    ended: &HashSet<String>,
-    topic: &str,
-    config: &Config,
-) -> Option<String> {
-    if topic != config.kafka.registry_topic && topic != config.kafka.keks_topic {
-        return None;
-    }
-    let j: serde_json::Value = serde_json::from_slice(value?).ok()?;
-    let w = j["writer"].as_str()?;
-    (!ended.contains(w)).then(|| w.to_owned())
 }

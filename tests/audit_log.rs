@@ -432,18 +432,7 @@ async fn rewrap_replay_and_drain_write_signed_records_and_checkpoints() {
     run.work_until(90).await;
     let kid = run.signing_kid();
 
-    run.emu
-        .admin
-        .key_action("globex-kv", "archive-kek", "rotate", None)
-        .await
-        .unwrap();
-    let opts = byok::lifecycle::rewrap::RewrapOptions {
-        tenant: Some("globex".into()),
-        ..Default::default()
-    };
-    let stats = byok::lifecycle::rewrap::rewrap(&run.config, &opts, |_, _| {})
-        .await
-        .unwrap();
+    let stats = run.rotate_and_rewrap_globex().await;
     let globex = &stats["globex"];
     assert!(globex.rewrapped >= 1, "{globex:?}");
     assert!(globex.failed.is_empty(), "{globex:?}");

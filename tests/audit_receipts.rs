@@ -19,18 +19,7 @@ async fn receipts_match_each_vaults_request_log_one_for_one() {
     let mut run = Run::start().await;
     run.capture(90).await;
     run.work_until(90).await;
-    run.emu
-        .admin
-        .key_action("globex-kv", "archive-kek", "rotate", None)
-        .await
-        .unwrap();
-    let opts = byok::lifecycle::rewrap::RewrapOptions {
-        tenant: Some("globex".into()),
-        ..Default::default()
-    };
-    byok::lifecycle::rewrap::rewrap(&run.config, &opts, |_, _| {})
-        .await
-        .unwrap();
+    run.rotate_and_rewrap_globex().await;
 
     for (tenant, vault) in [("acme", "acme-vault"), ("globex", "globex-kv")] {
         let (ok, out) = common::run_byok(vec![

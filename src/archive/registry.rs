@@ -11,6 +11,7 @@ use rdkafka::Message;
 
 use super::ReadError;
 use crate::audit::merkle::{Hash, hash};
+use crate::audit::records::RecordKind;
 use crate::config::{AuditConfig, Config, UnsignedMark};
 use crate::dek::DekId;
 use crate::kafka::{read_all, reader_consumer};
@@ -76,13 +77,39 @@ pub async fn load_trusted<T: SignedRecord + KeyChecked>(
     config: &Config,
 ) -> Result<Trusted<T>, ReadError> {
     let audit = config.audit.as_ref().ok_or(ReadError::NoAudit)?;
-    let history = read_history(config, audit, T::KIND).await?;
+    let history = read_history(config, audit, &[T::KIND]).await?;
+    trusted_with(config, &history).await
+}
+
+/// The registry and the key records that verify, from one reading of the audit topic.
+pub async fn load_trusted_both(
+    config: &Config,
+) -> Result<(Trusted<DekRecord>, Trusted<KekRecord>), ReadError> {
+    let audit = config.audit.as_ref().ok_or(ReadError::NoAudit)?;
+    let history = read_history(config, audit, &[RecordKind::Dek, RecordKind::Kek]).await?;
+    Ok((
+        trusted_with(config, &history).await?,
+        trusted_with(config, &history).await?,
+    ))
+}
+
+/// The records of `T`'s topic that verify under `history`'s signers, its copies read first.
+async fn trusted_with<T: SignedRecord + KeyChecked>(
+    config: &Config,
+    history: &History,
+) -> Result<Trusted<T>, ReadError> {
+    let audit = config.audit.as_ref().ok_or(ReadError::NoAudit)?;
     let topic = match T::KIND {
-        crate::audit::records::RecordKind::Dek => &config.kafka.registry_topic,
-        crate::audit::records::RecordKind::Kek => &config.kafka.keks_topic,
+        RecordKind::Dek => &config.kafka.registry_topic,
+        RecordKind::Kek => &config.kafka.keks_topic,
     };
     let mut trusted = Trusted::default();
-    let mut records = history.copies;
+    let mut records: Vec<(Place, String, Option<Vec<u8>>)> = history
+        .copies
+        .iter()
+        .filter(|(kind, ..)| *kind == T::KIND)
+        .map(|(_, place, key, value)| (place.clone(), key.clone(), value.clone()))
+        .collect();
     let consumer = reader_consumer(config)?;
     let copies = records.len();
     read_all(&consumer, topic, None, |m| {
@@ -163,8 +190,8 @@ impl KeyChecked for KekRecord {
 pub struct History {
     /// Session keys certified by a pinned version.
     pub signers: Signers,
-    /// `(place, key, value)` of each copy.
-    pub copies: Vec<(Place, String, Option<Vec<u8>>)>,
+    /// `(kind, place, key, value)` of each copy.
+    pub copies: Vec<(RecordKind, Place, String, Option<Vec<u8>>)>,
 }
 
 impl std::fmt::Debug for History {
@@ -177,26 +204,27 @@ impl std::fmt::Debug for History {
 }
 
 /// Reads the audit topic: signer statements (kept when a pinned version certifies them) and the
-/// copies keyed `<kind>:`.
+/// copies of `kinds` (keyed `<kind>:`).
 pub async fn read_history(
     config: &Config,
     audit: &AuditConfig,
-    kind: crate::audit::records::RecordKind,
+    kinds: &[RecordKind],
 ) -> Result<History, ReadError> {
     let mut signers = Signers::new(pinned_keys(config, audit).await?, &audit.cluster);
-    let prefix = kind.copy_key("");
+    let prefixes: Vec<(RecordKind, String)> = kinds.iter().map(|k| (*k, k.copy_key(""))).collect();
     let mut copies = Vec::new();
     let consumer = reader_consumer(config)?;
     read_all(&consumer, &audit.topic, None, |m| {
         let key = m.key().unwrap_or_default();
         let value = m.payload().unwrap_or_default();
-        if key.starts_with(prefix.as_bytes()) {
+        if let Some((kind, _)) = prefixes.iter().find(|(_, p)| key.starts_with(p.as_bytes())) {
             let place = Place {
                 topic: audit.topic.clone(),
                 partition: m.partition(),
                 offset: m.offset(),
             };
             copies.push((
+                *kind,
                 place,
                 String::from_utf8_lossy(key).into_owned(),
                 m.payload().map(<[u8]>::to_vec),

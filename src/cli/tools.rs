@@ -29,10 +29,7 @@ pub(crate) async fn keys_usage(
         .await
         .map_err(|e| e.to_string())?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&usage).map_err(|e| e.to_string())?
-        );
+        print_json(&usage)?;
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", byok::lifecycle::usage::render_text(&usage));
@@ -67,10 +64,7 @@ pub(crate) async fn tool<S: serde::Serialize, E: std::fmt::Display>(
     for f in &failed {
         eprintln!("{f}");
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?
-    );
+    print_json(&stats)?;
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -312,10 +306,7 @@ pub(crate) async fn verify(path: &std::path::Path, flags: VerifyFlags) -> Result
         eprintln!("{e}");
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        print_json(&report)?;
     } else {
         println!(
             "{} writer(s), {} checkpoint(s); findings {:?}; notices {:?}",
@@ -352,10 +343,7 @@ pub(crate) async fn audit_kv(
         .await
         .map_err(|e| e.to_string())?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        print_json(&report)?;
     } else {
         println!(
             "{:<24} {:<36} {:<8} {:<8} {:>6} {:<40} key",
@@ -384,4 +372,13 @@ pub(crate) async fn audit_kv(
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).map_err(|e| e.to_string())?
+    );
+    Ok(())
 }

@@ -11,10 +11,8 @@ use std::sync::Arc;
 use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
-use crate::archive::registry::{KeyChecked, load_trusted};
+use crate::archive::registry::{KeyChecked, load_trusted_both};
 use crate::config::Config;
-use crate::kms::local::KekRecord;
-use crate::registry::DekRecord;
 use crate::trust::{SignedRecord, Trusted};
 
 /// What was put back.
@@ -29,8 +27,7 @@ pub struct Restored {
 /// Puts back every registry and key record whose compacted topic does not end on its current
 /// value. Needs `[audit]`.
 pub async fn restore_registry(config: &Config) -> Result<Restored, super::LifecycleError> {
-    let deks = load_trusted::<DekRecord>(config).await?;
-    let keks = load_trusted::<KekRecord>(config).await?;
+    let (deks, keks) = load_trusted_both(config).await?;
     let mut out = Restored::default();
     if deks.to_restore().is_empty() && keks.to_restore().is_empty() {
         return Ok(out);

@@ -333,9 +333,7 @@ async fn registry_findings(
     config: &Config,
     report: &mut VerifyReport,
 ) -> Result<std::collections::HashSet<(String, i32, i64)>, VerifyError> {
-    use crate::archive::registry::load_trusted;
-    let deks = load_trusted::<crate::registry::DekRecord>(config).await?;
-    let keks = load_trusted::<crate::kms::local::KekRecord>(config).await?;
+    let (deks, keks) = crate::archive::registry::load_trusted_both(config).await?;
     let mut places = std::collections::HashSet::new();
     for (what, r) in deks
         .rejected

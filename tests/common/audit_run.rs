@@ -206,6 +206,24 @@ impl Run {
         super::run_byok(vec!["verify".into(), "--config".into(), path.into()]).await
     }
 
+    /// Rotates globex's key in its vault and runs `byok rewrap --tenant globex`.
+    pub(crate) async fn rotate_and_rewrap_globex(
+        &self,
+    ) -> std::collections::BTreeMap<String, byok::lifecycle::rewrap::RewrapStats> {
+        self.emu
+            .admin
+            .key_action("globex-kv", "archive-kek", "rotate", None)
+            .await
+            .unwrap();
+        let opts = byok::lifecycle::rewrap::RewrapOptions {
+            tenant: Some("globex".into()),
+            ..Default::default()
+        };
+        byok::lifecycle::rewrap::rewrap(&self.config, &opts, |_, _| {})
+            .await
+            .unwrap()
+    }
+
     /// `byok verify` with more arguments: (success, output).
     pub(crate) async fn verify_with(&self, more: &[std::ffi::OsString]) -> (bool, String) {
         let mut args: Vec<std::ffi::OsString> = vec![

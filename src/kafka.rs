@@ -217,14 +217,8 @@ impl<'c> TopicReader<'c> {
         topic: &str,
         opts: Option<&ReadOptions>,
     ) -> Result<Self, TopicError> {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| TopicError::Msg(format!("topic {topic}: {e}")))?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        let partitions: Vec<i32> = partitions(consumer, topic)?
+            .into_iter()
             .filter(|p| opts.is_none_or(|o| o.partitions.is_empty() || o.partitions.contains(p)))
             .collect();
         if partitions.is_empty() {
@@ -309,6 +303,19 @@ impl<'c> TopicReader<'c> {
         }
         Ok(None)
     }
+}
+
+/// The partitions of `topic` (none when it does not exist).
+pub(crate) fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, TopicError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| TopicError::Msg(format!("topic {topic}: {e}")))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
 }
 
 /// The first offset of each partition whose timestamp is at or after `ms` (partitions with

@@ -173,28 +173,7 @@ enum Command {
     /// (gaps, rewinds, restarts), and every archive, quarantine, registry and key record a leaf of
     /// exactly one checkpoint (injected, removed, altered). Prints examples and a summary whose
     /// last line is "N passed, M failed"; exit 1 on any finding (and on notices with --strict).
-    Verify {
-        /// The worker configuration (its [audit] section).
-        #[arg(long)]
-        config: PathBuf,
-        /// JSON summary instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Notices (restarts) fail too.
-        #[arg(long)]
-        strict: bool,
-        /// First put back registry and key records the compacted topics lost (a tombstone, a
-        /// compaction, a refused record after them) from their copies in the audit topic.
-        #[arg(long)]
-        restore_registry: bool,
-        /// Also print the newest signed heads (a JSON array): copied out of Kafka (a WORM store,
-        /// the tenant, an auditor), they are the witness a later verify checks.
-        #[arg(long)]
-        heads: bool,
-        /// A witness saved earlier with --heads: each partition's chain must still hold it.
-        #[arg(long)]
-        witness: Option<PathBuf>,
-    },
+    Verify(VerifyFlags),
     /// The audit log: key-usage receipts (`byok audit kv --tenant ID`).
     Audit {
         #[command(subcommand)]
@@ -574,23 +553,7 @@ fn main() -> ExitCode {
         } => runtime()
             .and_then(|rt| rt.block_on(keys_usage(&config, tenant, json)))
             .unwrap_or_else(|e| fail(&e)),
-        Command::Verify {
-            config,
-            json,
-            strict,
-            restore_registry,
-            heads,
-            witness,
-        } => block_on(verify(
-            &config,
-            VerifyFlags {
-                json,
-                strict,
-                restore: restore_registry,
-                heads,
-                witness,
-            },
-        )),
+        Command::Verify(flags) => block_on(verify(flags)),
         Command::Audit {
             command:
                 AuditCommand::Kv {

@@ -72,6 +72,10 @@ pub struct Unopened {
     pub offset: i64,
     /// Why.
     pub reason: String,
+    /// The record is a marker the worker wrote for a record it could not keep (not sealed:
+    /// there is nothing to open).
+    #[serde(skip)]
+    pub marker: bool,
 }
 
 /// What reading found.
@@ -297,6 +301,7 @@ pub async fn read(
                     topic: opts.topic.clone(),
                     partition,
                     offset,
+                    marker: matches!(reason, RecordError::Marker(_)),
                     reason: reason.to_string(),
                 });
             }

@@ -244,26 +244,84 @@ pub(crate) async fn demo(messages: usize) -> Result<ExitCode, String> {
 }
 
 /// The flags of `byok verify`.
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub(crate) struct VerifyFlags {
-    pub(crate) json: bool,
-    pub(crate) strict: bool,
-    pub(crate) restore: bool,
-    pub(crate) heads: bool,
-    pub(crate) witness: Option<std::path::PathBuf>,
+    /// The worker configuration (its [audit] section).
+    #[arg(long)]
+    config: std::path::PathBuf,
+    /// JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Notices (restarts, forks, orphans) fail too.
+    #[arg(long)]
+    strict: bool,
+    /// First put back registry and key records the compacted topics lost (a tombstone, a
+    /// compaction, a refused record after them) from their copies in the audit topic.
+    #[arg(long)]
+    restore_registry: bool,
+    /// Also print the newest signed heads (a JSON array): copied out of Kafka (a WORM store,
+    /// the tenant, an auditor), they are the witness a later verify checks.
+    #[arg(long)]
+    heads: bool,
+    /// A witness saved earlier with --heads: each partition's chain must still hold it.
+    #[arg(long)]
+    witness: Option<std::path::PathBuf>,
+    /// Check only checkpoints written at or after this RFC 3339 time (signatures and chains are
+    /// still followed from the start of the audit log).
+    #[arg(long)]
+    since: Option<String>,
+    /// Check only checkpoints written before this RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Check only checkpoints whose input ranges or leaves touch these offsets:
+    /// TOPIC:PARTITION:FROM-TO or TOPIC:FROM-TO (repeatable), e.g. capture.messages:3:1200-1700.
+    #[arg(long, value_name = "RANGE")]
+    offsets: Vec<String>,
+    /// Leaves read and checked together; a record no checkpoint named within this many records
+    /// of its partition is classified then. Memory is about 100 bytes per leaf of the window.
+    #[arg(long, default_value_t = byok::verify::DEFAULT_WINDOW)]
+    window: usize,
+    /// Also open every archive and quarantine record (needs decrypt permission on every
+    /// tenant's key and the operator's): one that does not open is a finding.
+    #[arg(long)]
+    readability: bool,
+}
+
+/// An RFC 3339 time flag.
+fn rfc3339(v: Option<String>, flag: &str) -> Result<Option<time::OffsetDateTime>, String> {
+    v.map(|t| {
+        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).map_err(
+            |_| format!("--{flag} {t:?} is not an RFC 3339 time such as 2026-11-29T17:00:00Z"),
+        )
+    })
+    .transpose()
 }
 
 /// `byok verify`: a spinner while the topics are read, the examples of each finding, the
 /// summary (text or JSON), last the verdict line.
-pub(crate) async fn verify(path: &std::path::Path, flags: VerifyFlags) -> Result<ExitCode, String> {
+pub(crate) async fn verify(flags: VerifyFlags) -> Result<ExitCode, String> {
     let VerifyFlags {
+        config: path,
         json,
         strict,
-        restore,
+        restore_registry: restore,
         heads,
         witness,
+        since,
+        until,
+        offsets,
+        window,
+        readability,
     } = flags;
-    let config = super::load_config(path)?;
+    let range = byok::verify::VerifyRange {
+        since: rfc3339(since, "since")?,
+        until: rfc3339(until, "until")?,
+        offsets: offsets
+            .iter()
+            .map(|o| o.parse())
+            .collect::<Result<_, String>>()?,
+    };
+    let config = super::load_config(&path)?;
     init_logs();
     let witness = witness
         .map(|w| {
@@ -297,7 +355,12 @@ pub(crate) async fn verify(path: &std::path::Path, flags: VerifyFlags) -> Result
         0,
         "{spinner} {elapsed_precise} {pos} records read, {per_sec}",
     );
-    let opts = byok::verify::VerifyOptions { witness };
+    let opts = byok::verify::VerifyOptions {
+        witness,
+        range,
+        window,
+        readability,
+    };
     let report = byok::verify::verify(&config, &opts, &mut |done, _| bar.set_position(done))
         .await
         .map_err(|e| e.to_string())?;
@@ -309,9 +372,17 @@ pub(crate) async fn verify(path: &std::path::Path, flags: VerifyFlags) -> Result
         print_json(&report)?;
     } else {
         println!(
-            "{} writer(s), {} checkpoint(s); findings {:?}; notices {:?}",
-            report.writers, report.checkpoints, report.findings, report.notices
+            "range {}: {} writer(s), {} checkpoint(s), {} in range; findings {:?}; notices {:?}",
+            report.range,
+            report.writers,
+            report.checkpoints,
+            report.checkpoints_in_range,
+            report.findings,
+            report.notices
         );
+        if let Some(n) = report.readable {
+            println!("readability: {n} archive and quarantine record(s) opened");
+        }
         println!("note: {}", report.caveat);
     }
     if heads {

@@ -492,6 +492,7 @@ impl Run<'_> {
                         topic: self.opts.from.clone(),
                         partition: at.0,
                         offset: at.1,
+                        marker: matches!(reason, crate::archive::RecordError::Marker(_)),
                         reason: reason.to_string(),
                     });
                 }

@@ -7,7 +7,7 @@
 //! This module must never trust a key a record names: only the versions pinned in
 //! `audit.signing_keys`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rdkafka::Message;
 use serde::Serialize;
@@ -18,11 +18,17 @@ use crate::audit::records::{
     Checkpoint, HeadsRecord, parse_checkpoint, verify_session_signed, verify_signer,
 };
 use crate::config::{AuditConfig, Config};
-use crate::kafka::{read_all, reader_consumer};
+use crate::kafka::TopicReader;
+use crate::kafka::reader_consumer;
 
 mod chains;
 mod coverage;
+mod intervals;
+mod range;
+mod readability;
 pub mod receipts;
+
+pub use range::{OffsetRange, VerifyRange};
 
 /// Verification could not run (a finding is not an error: it is in the report).
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +49,32 @@ pub enum VerifyError {
 const EXAMPLES: usize = 5;
 
 /// How `byok verify` runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Signed `heads` values copied out of Kafka earlier (`--witness`).
     pub witness: Option<Vec<String>>,
+    /// Which checkpoints to check (all when empty).
+    pub range: VerifyRange,
+    /// How many leaves are read and checked together; records no checkpoint named within this
+    /// many records of their partition are classified then (memory is about 100 bytes each).
+    pub window: usize,
+    /// Also open every archive and quarantine record (needs decrypt permission).
+    pub readability: bool,
 }
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            witness: None,
+            range: VerifyRange::default(),
+            window: DEFAULT_WINDOW,
+            readability: false,
+        }
+    }
+}
+
+/// The default `--window`.
+pub const DEFAULT_WINDOW: usize = 500_000;
 
 /// What `byok verify` found.
 #[derive(Debug, Default, Serialize)]
@@ -66,6 +93,13 @@ pub struct VerifyReport {
     pub examples: Vec<String>,
     /// Unsigned registry and key records trusted below `audit.trust_unsigned_below`.
     pub unsigned_trusted: u64,
+    /// The range checked (`all` without one).
+    pub range: String,
+    /// Checkpoints in the range (their leaves were read and checked).
+    pub checkpoints_in_range: u64,
+    /// With `--readability`: archive and quarantine records that opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readable: Option<u64>,
     /// The newest signed `heads` values covering every partition (`--heads`: the witness to
     /// copy out of Kafka).
     #[serde(skip)]
@@ -107,6 +141,8 @@ struct WriterState {
     not_before: time::OffsetDateTime,
     not_after: time::OffsetDateTime,
     ended: bool,
+    /// when its newest record was written
+    last: time::OffsetDateTime,
 }
 
 /// Verifies the audit log of `config`'s cluster. `progress` gets (records read, 0).
@@ -119,73 +155,130 @@ pub async fn verify(
     let pinned = crate::archive::registry::pinned_keys(config, audit).await?;
     let mut report = VerifyReport {
         caveat: "without a witness (--witness), removing the newest records together with their checkpoints and commits is not detectable inside Kafka",
+        range: opts.range.to_string(),
         ..VerifyReport::default()
     };
-    let consumer = reader_consumer(config)?;
+    let rejected = registry_findings(config, &mut report).await?;
+    let mut chains = chains::Chains::watching(witness_claims(opts.witness.as_deref()));
+    let audit_consumer = reader_consumer(config)?;
+    let out_consumer = reader_consumer(config)?;
+    let mut cov = coverage::Coverage::new(
+        config,
+        &out_consumer,
+        &rejected,
+        opts.window,
+        opts.range.is_whole(),
+    );
     let mut writers: HashMap<String, WriterState> = HashMap::new();
-    let mut checkpoints: Vec<Checkpoint> = Vec::new();
-    // heads values, and per partition the newest one stating it
-    let mut heads_values: Vec<String> = Vec::new();
-    let mut newest: BTreeMap<(String, i32), usize> = BTreeMap::new();
+    let mut ended: HashSet<String> = HashSet::new();
+    let mut heads = Heads::default();
+    let mut reader = TopicReader::open(&audit_consumer, &audit.topic, None).await?;
     let mut read = 0u64;
-    read_all(&consumer, &audit.topic, None, |m| {
+    let mut index = 0usize;
+    loop {
+        let (writer, value, at) = {
+            let Some(m) = reader.next().await? else {
+                break;
+            };
+            let writer = m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            let at = format!("{}/{}/{}", audit.topic, m.partition(), m.offset());
+            (writer, m.payload().unwrap_or_default().to_vec(), at)
+        };
         read += 1;
         if read.is_multiple_of(1000) {
-            progress(read, 0);
+            progress(read + cov.read, 0);
         }
-        let writer = m
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default();
-        let value = m.payload().unwrap_or_default();
-        let at = format!("{}/{}/{}", audit.topic, m.partition(), m.offset());
         if writer.starts_with("dek:") || writer.starts_with("kek:") {
-            return;
+            continue;
         }
-        match audit_record(&pinned, audit, &mut writers, &writer, value) {
-            Ok(Kept::Checkpoint(c)) => checkpoints.push(c),
-            Ok(Kept::Heads(h)) => {
-                let at = heads_values.len();
-                heads_values.push(String::from_utf8_lossy(value).into_owned());
-                for e in h.heads {
-                    newest.insert((e.topic.clone(), e.partition), at);
+        match audit_record(&pinned, audit, &mut writers, &writer, &value) {
+            Ok(Kept::Checkpoint(c)) => {
+                report.checkpoints += 1;
+                let abandoned = chains.step(index, &c, &ended, &mut report);
+                cov.abandon(&abandoned, &mut report);
+                let in_range = opts.range.contains(&c);
+                report.checkpoints_in_range += u64::from(in_range);
+                let full = cov.add(index, &c, in_range, &mut report);
+                index += 1;
+                if full {
+                    cov.flush(&chains.forks, &ended, &mut report, &mut |n, t| {
+                        progress(read + n, t)
+                    })
+                    .await?;
                 }
+            }
+            Ok(Kept::Heads(h)) => heads.add(h, &value),
+            Ok(Kept::End) => {
+                ended.insert(writer);
             }
             Ok(Kept::Nothing) => {}
             Err(kind) => report.finding(kind, at),
         }
+    }
+    // a writer that has not ended and wrote lately may still name its newest outputs
+    let settle = time::OffsetDateTime::now_utc() - coverage::SETTLE;
+    let live = writers.values().any(|w| !w.ended && w.last >= settle);
+    cov.finish(&chains.forks, &ended, live, &mut report, &mut |n, t| {
+        progress(read + n, t)
     })
     .await?;
     report.writers = writers.len() as u64;
-    report.checkpoints = checkpoints.len() as u64;
-    let rejected = registry_findings(config, &mut report).await?;
-    let ended: std::collections::HashSet<String> = writers
-        .iter()
-        .filter(|(_, w)| w.ended)
-        .map(|(k, _)| k.clone())
-        .collect();
-    let forks = chains::chains(&checkpoints, &ended, &mut report);
     if let Some(w) = &opts.witness {
-        check_witness(w, &writers, &forks, &mut report);
+        check_witness(w, &writers, &chains, &mut report);
     }
-    let mut wanted: Vec<usize> = newest.into_values().collect();
-    wanted.sort_unstable();
-    wanted.dedup();
-    report.heads = wanted
-        .into_iter()
-        .map(|i| heads_values[i].clone())
-        .collect();
-    coverage::coverage(
-        config,
-        &checkpoints,
-        &ended,
-        &forks,
-        &rejected,
-        &mut report,
-        progress,
-    )
-    .await?;
+    report.heads = heads.newest();
+    if opts.readability {
+        readability::check(config, &opts.range, &mut report).await?;
+    }
     Ok(report)
+}
+
+/// The newest signed `heads` value stating each partition (the witness to copy out).
+#[derive(Debug, Default)]
+struct Heads {
+    values: BTreeMap<usize, String>,
+    newest: BTreeMap<(String, i32), usize>,
+    next: usize,
+}
+
+impl Heads {
+    fn add(&mut self, h: HeadsRecord, value: &[u8]) {
+        let at = self.next;
+        self.next += 1;
+        self.values
+            .insert(at, String::from_utf8_lossy(value).into_owned());
+        for e in h.heads {
+            self.newest.insert((e.topic, e.partition), at);
+        }
+        let used: HashSet<usize> = self.newest.values().copied().collect();
+        self.values.retain(|k, _| used.contains(k));
+    }
+    fn newest(self) -> Vec<String> {
+        self.values.into_values().collect()
+    }
+}
+
+/// The (partition, `to`, `link`) each witness value states (its signature is checked at the
+/// end, once the sessions are known).
+fn witness_claims(witness: Option<&[String]>) -> HashMap<((String, i32), i64), Hash> {
+    let mut wanted = HashMap::new();
+    for value in witness.unwrap_or_default() {
+        let Ok((text, _)) = crate::audit::codec::split_signed(value.as_bytes(), "sig") else {
+            continue;
+        };
+        let Ok(h) = serde_json::from_str::<HeadsRecord>(&text) else {
+            continue;
+        };
+        for e in h.heads {
+            if let Ok(link) = unb64_32(&e.link, "link") {
+                wanted.insert(((e.topic, e.partition), e.to), link);
+            }
+        }
+    }
+    wanted
 }
 
 /// One record of the audit topic: a checkpoint to keep, nothing, or the kind of finding.
@@ -220,6 +313,7 @@ fn audit_record(
                 w.wprev = merkle::hash(value);
                 w.not_before = time(&st.not_before)?;
                 w.not_after = time(&st.not_after)?;
+                w.last = w.not_before;
             }
             Some(_) => return Err("writer-chain break"),
             None if st.seq == 0 => {
@@ -232,6 +326,7 @@ fn audit_record(
                         not_before: time(&st.not_before)?,
                         not_after: time(&st.not_after)?,
                         ended: false,
+                        last: time(&st.not_before)?,
                     },
                 );
             }
@@ -256,6 +351,7 @@ fn audit_record(
     }
     w.next_seq += 1;
     w.wprev = merkle::hash(value);
+    w.last = created;
     match j["t"].as_str() {
         Some("checkpoint") => parse_checkpoint(&signed)
             .map(Kept::Checkpoint)
@@ -265,7 +361,7 @@ fn audit_record(
             .map_err(|_| "bad signature"),
         Some("end") => {
             w.ended = true;
-            Ok(Kept::Nothing)
+            Ok(Kept::End)
         }
         _ => Ok(Kept::Nothing),
     }
@@ -274,6 +370,7 @@ fn audit_record(
 /// What a verified audit record leaves for the later checks.
 enum Kept {
     Nothing,
+    End,
     Checkpoint(Checkpoint),
     Heads(HeadsRecord),
 }
@@ -283,7 +380,7 @@ enum Kept {
 fn check_witness(
     witness: &[String],
     writers: &HashMap<String, WriterState>,
-    forks: &chains::Forks,
+    chains: &chains::Chains,
     report: &mut VerifyReport,
 ) {
     for (i, value) in witness.iter().enumerate() {
@@ -304,22 +401,16 @@ fn check_witness(
         };
         for h in &heads.heads {
             let key = (h.topic.clone(), h.partition);
-            let on_chain = unb64_32(&h.link, "link").is_ok_and(|link| {
-                forks
-                    .live
-                    .get(&key)
-                    .is_some_and(|v| v.iter().any(|(to, l)| *to == h.to && *l == link))
-            });
-            if !on_chain {
-                let end = forks
-                    .live
-                    .get(&key)
-                    .and_then(|v| v.last().map(|(to, _)| *to));
+            if !chains.witnessed_live(&key, h.to) {
                 report.finding(
                     "witness mismatch",
                     format!(
-                        "{}/{} was witnessed at {} (writer {}); the chain now ends at {end:?} without it",
-                        h.topic, h.partition, h.to, heads.writer
+                        "{}/{} was witnessed at {} (writer {}); the chain now ends at {:?} without it",
+                        h.topic,
+                        h.partition,
+                        h.to,
+                        heads.writer,
+                        chains.end(&key)
                     ),
                 );
             }
@@ -332,9 +423,9 @@ fn check_witness(
 async fn registry_findings(
     config: &Config,
     report: &mut VerifyReport,
-) -> Result<std::collections::HashSet<(String, i32, i64)>, VerifyError> {
+) -> Result<HashSet<(String, i32, i64)>, VerifyError> {
     let (deks, keks) = crate::archive::registry::load_trusted_both(config).await?;
-    let mut places = std::collections::HashSet::new();
+    let mut places = HashSet::new();
     for (what, r) in deks
         .rejected
         .iter()

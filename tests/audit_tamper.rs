@@ -520,3 +520,41 @@ async fn workers_that_die_mid_stream_leave_forks_and_orphans_that_verify_explain
         "{live} live leaves for {captured} captured"
     );
 }
+
+/// Verify streams: a tiny window (records classified and checkpoints checked a few leaves at a
+/// time) reaches the same verdict as the default; a range checks only the checkpoints touching
+/// it; `--readability` opens every archive and quarantine record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_window_and_a_range_reach_the_same_verdict() {
+    let (run, _) = verified_run().await;
+    let (ok, whole) = run.verify_with(&[]).await;
+    assert!(ok, "{whole}");
+    let verdict = whole.trim_end().lines().last().unwrap().to_owned();
+    let passed: u64 = verdict.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 90, "{whole}");
+    let (ok, out) = run.verify_with(&["--window".into(), "3".into()]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.trim_end().ends_with(&verdict),
+        "window 3: {out}\nwhole: {whole}"
+    );
+    // every offset of the input topic: every checkpoint, the same verdict
+    let (ok, out) = run
+        .verify_with(&["--offsets".into(), "capture.messages:0-".into()])
+        .await;
+    assert!(ok && out.trim_end().ends_with(&verdict), "{out}");
+    assert!(!out.contains(" 0 in range"), "{out}");
+    // a time range after the run: nothing in range, nothing checked
+    let (ok, out) = run
+        .verify_with(&["--since".into(), "2099-01-01T00:00:00Z".into()])
+        .await;
+    assert!(ok && out.contains(" 0 in range"), "{out}");
+    assert!(out.trim_end().ends_with("0 passed, 0 failed"), "{out}");
+    let (ok, out) = run.verify_with(&["--readability".into()]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("readability: "), "{out}");
+    let (ok, out) = run
+        .verify_with(&["--offsets".into(), "capture.messages:x-1".into()])
+        .await;
+    assert!(!ok && out.contains("TOPIC:PARTITION:FROM-TO"), "{out}");
+}

@@ -187,14 +187,7 @@ pub(crate) async fn cat(
 
 /// An RFC 3339 time given as `--flag`, in ms since the epoch.
 pub(crate) fn rfc3339_ms(v: Option<String>, flag: &str) -> Result<Option<i64>, String> {
-    v.map(|t| {
-        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
-            .map(|d| (d.unix_timestamp_nanos() / 1_000_000) as i64)
-            .map_err(|_| {
-                format!("--{flag} {t:?} is not an RFC 3339 time such as 2026-11-29T17:00:00Z")
-            })
-    })
-    .transpose()
+    Ok(rfc3339(v, flag)?.map(|d| (d.unix_timestamp_nanos() / 1_000_000) as i64))
 }
 
 /// `byok replay`: `--from`/`--to` re-seals into another topic, `--quarantine` drains.

@@ -287,8 +287,7 @@ impl<'a> Coverage<'a> {
             to_offset: to,
             ..ReadOptions::topic(topic)
         };
-        let registry =
-            topic == self.config.kafka.registry_topic || topic == self.config.kafka.keks_topic;
+        let registry = self.is_registry(topic);
         let key = (topic.to_owned(), partition);
         if !crate::kafka::partitions(self.consumer, topic)?.contains(&partition) {
             // the topic or partition is gone: what the checkpoints name there is removed
@@ -397,6 +396,11 @@ impl<'a> Coverage<'a> {
         }
     }
 
+    /// Whether `topic` holds registry or key records (signed by their writer).
+    fn is_registry(&self, topic: &str) -> bool {
+        topic == self.config.kafka.registry_topic || topic == self.config.kafka.keks_topic
+    }
+
     /// Classifies the records that waited a window (all of them at the end).
     fn evict(
         &mut self,
@@ -409,8 +413,7 @@ impl<'a> Coverage<'a> {
         let mut keys: Vec<Part> = self.parts.keys().cloned().collect();
         keys.sort();
         for key in keys {
-            let registry =
-                key.0 == self.config.kafka.registry_topic || key.0 == self.config.kafka.keks_topic;
+            let registry = self.is_registry(&key.0);
             let Some(part) = self.parts.get_mut(&key) else {
                 continue;
             };
